@@ -1,0 +1,345 @@
+//! Keys and values of the BPF maps. Addresses and ports are stored exactly as
+//! they appear on the wire (network byte order); IPv4 addresses occupy the
+//! first 4 bytes of a 16-byte field, the rest zero.
+
+/// Size of a service's selection table: a prime, as in Maglev. One slot is the
+/// weight precision (1/65,537).
+pub const TABLE_SIZE: usize = 65_537;
+/// Table entry that means "no eligible backend".
+pub const NO_BACKEND: u16 = u16::MAX;
+
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+pub const DEFAULT_MAX_BACKENDS: u32 = 16_384;
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Source cohorts (CIDR -> pool) across all services.
+pub const DEFAULT_MAX_COHORTS: u32 = 1024;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names as they appear in the object and under bpffs.
+pub mod names {
+    pub const PROGRAM: &str = "switch";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICES: &str = "SERVICES";
+    pub const TABLES: &str = "TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const REALS: &str = "REALS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COHORTS: &str = "COHORTS";
+    pub const DEVICES: &str = "DEVICES";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const REASONS: &str = "REASONS";
+    /// Maps that hold state; all are pinned so a daemon restart adopts them.
+    pub const PINNED: [&str; 11] = [
+        CONFIG,
+        SERVICES,
+        TABLES,
+        BACKENDS,
+        REALS,
+        FLOWS,
+        COHORTS,
+        DEVICES,
+        BACKEND_STATS,
+        SERVICE_STATS,
+        REASONS,
+    ];
+}
+
+/// Global settings, slot 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Secret per-deployment hash seed; equal on every switch host of a
+    /// deployment so they choose the same backend for the same flow.
+    pub seed: u32,
+    /// Set to 1 by userspace once the seed and tables are written; until
+    /// then the program passes everything to the kernel.
+    pub ready: u32,
+    /// How long a TCP flow stays pinned after its FIN or RST.
+    pub tcp_close_grace_ns: u64,
+    /// How long an idle UDP flow stays pinned.
+    pub udp_idle_ns: u64,
+    /// How long an idle TCP flow stays pinned (a safety net for flows whose
+    /// FIN never crossed this host).
+    pub tcp_idle_ns: u64,
+}
+
+/// How a service forwards a packet to its backend.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Destination rewritten to the backend; the switch is the backends'
+    /// gateway and rewrites their replies back to the VIP.
+    Nat = 0,
+    /// Only the L2 destination changes; backends hold the VIP themselves and
+    /// reply directly to the client.
+    Dsr = 1,
+}
+
+impl Mode {
+    pub fn from_u8(v: u8) -> Option<Mode> {
+        match v {
+            0 => Some(Mode::Nat),
+            1 => Some(Mode::Dsr),
+            _ => None,
+        }
+    }
+}
+
+/// `Service::flags`: hash the client address only, so one client always
+/// reaches the same backend (and so the same version).
+pub const SERVICE_CLIENT_AFFINITY: u8 = 1;
+
+/// Key of `SERVICES`: the VIP as a packet shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `SERVICES`. Replacing this one value is how a whole new selection
+/// state (table, pools, weights) goes live at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into per-service arrays (stats) and the base of its table slots.
+    pub id: u32,
+    /// Index into `TABLES` of the live selection table.
+    pub table: u32,
+    /// Index into `TABLES` of the table used for cohort sources, or
+    /// `u32::MAX` when the service has no cohort.
+    pub cohort_table: u32,
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A selection table: slot -> global backend index (or `NO_BACKEND`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Table {
+    pub slots: [u16; TABLE_SIZE],
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    /// The slot is free; flows pinned to it are re-chosen.
+    Unused = 0,
+    Active = 1,
+    /// No new flows; pinned flows keep going.
+    Draining = 2,
+    /// Failed health checks: no new flows, pinned flows are re-chosen.
+    Down = 3,
+}
+
+impl BackendState {
+    pub fn from_u8(v: u8) -> BackendState {
+        match v {
+            1 => BackendState::Active,
+            2 => BackendState::Draining,
+            3 => BackendState::Down,
+            _ => BackendState::Unused,
+        }
+    }
+}
+
+/// Value of `BACKENDS`, indexed by the global backend index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub state: u8,
+    /// Bumped every time the slot is given to a different backend, so a flow
+    /// pinned to the old occupant is never sent to the new one.
+    pub generation: u32,
+    pub service: u32,
+}
+
+/// Key of `REALS`: a backend's address as its replies show it (nat mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RealKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `REALS`: the VIP to put back as the source of a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub vip: [u8; 16],
+    pub vip_port: u16,
+    pub _pad: [u8; 2],
+    pub backend: u32,
+}
+
+/// Key of `FLOWS`: the 5-tuple of a client->VIP packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `Flow::flags`: a FIN or RST was seen; the entry lives for the grace time.
+pub const FLOW_CLOSING: u32 = 1;
+
+/// Value of `FLOWS`: the backend a flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend: u32,
+    pub generation: u32,
+    pub service: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Key of `COHORTS` (an LPM trie): service id then source address, so one
+/// trie holds the cohorts of every service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CohortKey {
+    pub service: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Per-CPU counters of one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// TCP RSTs sent by the backend (nat mode: seen on the return path).
+    pub rsts: u64,
+}
+
+/// Per-CPU counters of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub no_backend: u64,
+}
+
+/// Why a packet got the verdict it got: the index into `REASONS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a backend (client -> VIP).
+    Forwarded = 0,
+    /// A backend's reply rewritten back to the VIP and forwarded.
+    ReplyForwarded,
+    /// Not for a VIP or from a backend: passed to the kernel untouched.
+    NotVip,
+    /// Not IPv4/IPv6 (ARP, LLDP...): passed untouched.
+    NotIp,
+    /// Header cut short: passed untouched (the kernel drops it).
+    Truncated,
+    /// IPv4 header with options: passed untouched.
+    Ipv4Options,
+    /// IPv4 fragment: passed untouched, ports are not in every fragment.
+    Fragment,
+    /// IPv6 extension header before L4: passed untouched.
+    Ipv6ExtHeader,
+    /// 802.1Q/802.1ad tag: passed untouched.
+    Vlan,
+    /// TTL or hop limit would reach zero: passed so the kernel answers ICMP.
+    TtlExpired,
+    /// VIP without an eligible backend: dropped.
+    NoBackend,
+    /// Route lookup found no neighbour: rewritten packet handed to the kernel
+    /// so ARP/ND resolves it.
+    FibNoNeigh,
+    /// Route lookup failed (no route, blackhole...): dropped.
+    FibFailed,
+    /// Egress device not in the devmap: rewritten packet handed to the kernel.
+    NotRedirectable,
+    /// The program is loaded but userspace has not marked it ready.
+    NotReady,
+    /// Malformed header (bad IHL, bad length): passed untouched.
+    Malformed,
+}
+
+pub const REASON_COUNT: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::ReplyForwarded,
+        Reason::NotVip,
+        Reason::NotIp,
+        Reason::Truncated,
+        Reason::Ipv4Options,
+        Reason::Fragment,
+        Reason::Ipv6ExtHeader,
+        Reason::Vlan,
+        Reason::TtlExpired,
+        Reason::NoBackend,
+        Reason::FibNoNeigh,
+        Reason::FibFailed,
+        Reason::NotRedirectable,
+        Reason::NotReady,
+        Reason::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::ReplyForwarded => "reply_forwarded",
+            Reason::NotVip => "not_vip",
+            Reason::NotIp => "not_ip",
+            Reason::Truncated => "truncated",
+            Reason::Ipv4Options => "ipv4_options",
+            Reason::Fragment => "fragment",
+            Reason::Ipv6ExtHeader => "ipv6_ext_header",
+            Reason::Vlan => "vlan",
+            Reason::TtlExpired => "ttl_expired",
+            Reason::NoBackend => "no_backend",
+            Reason::FibNoNeigh => "fib_no_neigh",
+            Reason::FibFailed => "fib_failed",
+            Reason::NotRedirectable => "not_redirectable",
+            Reason::NotReady => "not_ready",
+            Reason::Malformed => "malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) with explicit padding and no pointers.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Table {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RealKey {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for CohortKey {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for ServiceStats {}
+}
