@@ -1,0 +1,138 @@
+//! Choose: the flow table first (an established flow keeps its backend), then
+//! the service's selection table for a new flow.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use switch_common::{
+    Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, NO_BACKEND, PROTO_TCP,
+    SERVICE_CLIENT_AFFINITY, Service,
+    hash::{client_hash, connection_hash, slot_of},
+};
+
+use crate::{
+    maps::{BACKENDS, COHORTS, FLOWS, TABLES},
+    parse::{Packet, TCP_FIN, TCP_RST},
+    stats,
+};
+
+/// Refresh `last_seen_ns` at most this often, so established flows do not
+/// write to the shared flow table on every packet.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+pub struct Chosen {
+    pub index: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+}
+
+#[inline(always)]
+pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Option<Chosen> {
+    let key = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+
+    if let Some(flow) = FLOWS.get_ptr_mut(&key)
+        && let Some(chosen) = pinned(config, pkt, unsafe { &mut *flow }, now, closing)
+    {
+        return Some(chosen);
+    }
+
+    // New flow, or one whose pin expired or whose backend is gone: the
+    // current table decides. An established TCP flow with no entry (evicted,
+    // another switch host) lands where consistent hashing puts it, which is
+    // its old backend as long as the table has not changed.
+    let index = table_lookup(config, service, pkt)?;
+    let b = BACKENDS.get(index)?;
+    let flow = Flow {
+        backend: index,
+        generation: b.generation,
+        service: service.id,
+        flags: if closing { FLOW_CLOSING } else { 0 },
+        last_seen_ns: now,
+    };
+    // A full LRU evicts its oldest entry; a failed insert still forwards.
+    let _ = FLOWS.insert(&key, &flow, 0);
+    stats::service_new_flow(service.id);
+    stats::backend_new_flow(index);
+    Some(Chosen {
+        index,
+        addr: b.addr,
+        port: b.port,
+    })
+}
+
+/// The pinned backend of an existing flow, unless the pin has expired or the
+/// backend was removed or went down.
+#[inline(always)]
+fn pinned(config: &Config, pkt: &Packet, flow: &mut Flow, now: u64, closing: bool) -> Option<Chosen> {
+    let idle = now.saturating_sub(flow.last_seen_ns);
+    let limit = if flow.flags & FLOW_CLOSING != 0 {
+        config.tcp_close_grace_ns
+    } else if pkt.proto == PROTO_TCP {
+        config.tcp_idle_ns
+    } else {
+        config.udp_idle_ns
+    };
+    if idle > limit {
+        return None;
+    }
+    let b: &Backend = BACKENDS.get(flow.backend)?;
+    if b.generation != flow.generation {
+        return None;
+    }
+    match BackendState::from_u8(b.state) {
+        BackendState::Active | BackendState::Draining => {}
+        BackendState::Down | BackendState::Unused => return None,
+    }
+    if closing && flow.flags & FLOW_CLOSING == 0 {
+        flow.flags |= FLOW_CLOSING;
+        flow.last_seen_ns = now;
+    } else if idle > REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
+    Some(Chosen {
+        index: flow.backend,
+        addr: b.addr,
+        port: b.port,
+    })
+}
+
+#[inline(always)]
+fn table_lookup(config: &Config, service: &Service, pkt: &Packet) -> Option<u32> {
+    let table_index = if service.cohort_table != u32::MAX && in_cohort(service.id, &pkt.src) {
+        service.cohort_table
+    } else {
+        service.table
+    };
+    let table = TABLES.get(table_index)?;
+    let hash = if service.flags & SERVICE_CLIENT_AFFINITY != 0 {
+        client_hash(config.seed, &pkt.src)
+    } else {
+        connection_hash(config.seed, &pkt.src, pkt.sport, pkt.proto)
+    };
+    // slot_of's multiply-and-shift keeps the index provably < TABLE_SIZE.
+    let entry = *table.slots.get(slot_of(hash))?;
+    if entry == NO_BACKEND {
+        return None;
+    }
+    Some(entry as u32)
+}
+
+#[inline(always)]
+fn in_cohort(service: u32, src: &[u8; 16]) -> bool {
+    let key = Key::new(
+        128 + 32,
+        CohortKey {
+            service: service.to_be_bytes(),
+            addr: *src,
+        },
+    );
+    COHORTS.get(&key).is_some()
+}

@@ -1,0 +1,96 @@
+//! Forward: `bpf_fib_lookup` gives the egress device and both MACs; the
+//! packet leaves through the `DEVICES` devmap. A missing neighbour hands the
+//! (already rewritten) packet to the kernel so ARP/ND resolves it.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use switch_common::{FAMILY_V4, Reason};
+
+use crate::{maps::DEVICES, parse::Packet, rewrite};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FIB_SUCCESS: i64 = 0;
+/// The destination is local to this host.
+const FIB_NOT_FWDED: i64 = 4;
+const FIB_NO_NEIGH: i64 = 7;
+
+/// Route a packet whose L3 header now holds its final destination (nat mode
+/// and replies).
+#[inline(always)]
+pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
+    let dst = unsafe {
+        if pkt.family == FAMILY_V4 {
+            let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&(*ip).dst_addr);
+            a
+        } else {
+            (*(pkt.l3 as *const network_types::ip::Ipv6Hdr)).dst_addr
+        }
+    };
+    send(ctx, pkt, &dst, true, ok)
+}
+
+/// Direct server return: the IP packet is untouched, only the Ethernet
+/// header is addressed to the backend, which holds the VIP itself.
+#[inline(always)]
+pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &[u8; 16]) -> (u32, Reason) {
+    send(ctx, pkt, backend, false, Reason::Forwarded)
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, ok: Reason) -> (u32, Reason) {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport;
+    p.dport = pkt.dport;
+    p.__bindgen_anon_1.tot_len = pkt.ip_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    unsafe {
+        if pkt.family == FAMILY_V4 {
+            let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
+            p.family = AF_INET;
+            p.__bindgen_anon_2.tos = (*ip).tos;
+            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([next[0], next[1], next[2], next[3]]);
+        } else {
+            let ip = pkt.l3 as *const network_types::ip::Ipv6Hdr;
+            p.family = AF_INET6;
+            p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).src_addr);
+            p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(*next);
+        }
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc {
+        FIB_SUCCESS => {}
+        FIB_NO_NEIGH => return (xdp_action::XDP_PASS, Reason::FibNoNeigh),
+        FIB_NOT_FWDED => return (xdp_action::XDP_PASS, Reason::NotRedirectable),
+        _ => return (xdp_action::XDP_DROP, Reason::FibFailed),
+    }
+    if DEVICES.get(p.ifindex).is_none() {
+        // The kernel can still route it, just more slowly.
+        return (xdp_action::XDP_PASS, Reason::NotRedirectable);
+    }
+    unsafe {
+        (*pkt.eth).dst_addr = p.dmac;
+        (*pkt.eth).src_addr = p.smac;
+    }
+    if route {
+        rewrite::decrement_ttl(pkt);
+    }
+    match DEVICES.redirect(p.ifindex, 0) {
+        Ok(v) => (v, ok),
+        Err(_) => (xdp_action::XDP_DROP, Reason::FibFailed),
+    }
+}

@@ -1,0 +1,51 @@
+//! The program's maps. Sizes here are defaults; the loader sets the real
+//! capacities (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use switch_common::*;
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Selection tables, allocated by userspace from a free list; a service
+/// points at its live one. One element is a whole table, so userspace writes
+/// a new table with one syscall into a slot no packet is reading.
+#[map]
+pub static TABLES: Array<Table> = Array::with_max_entries(DEFAULT_MAX_SERVICES + 64, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static REALS: HashMap<RealKey, Real> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Shared (not per-CPU) LRU: on veth and with RSS changes one flow can show
+/// up on several CPUs, and it must find its pin on every one.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// BPF_F_NO_PREALLOC is mandatory for LPM tries.
+#[map]
+pub static COHORTS: LpmTrie<CohortKey, u32> = LpmTrie::with_max_entries(DEFAULT_MAX_COHORTS, 1);
+
+/// Devices we may redirect to, keyed by ifindex.
+#[map]
+pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -1,0 +1,212 @@
+//! Parse: Ethernet -> IPv4/IPv6 -> TCP/UDP, with a bounds check the verifier
+//! can see before every read. Anything we do not forward gets a `Reason` and
+//! is passed to the kernel untouched.
+
+use aya_ebpf::programs::XdpContext;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+use switch_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// A parsed packet: header pointers for the rewrite and the flow's 5-tuple
+/// (addresses and ports as on the wire).
+pub struct Packet {
+    pub eth: *mut EthHdr,
+    /// Points at the `Ipv4Hdr` or `Ipv6Hdr`, by `family`.
+    pub l3: usize,
+    /// Points at the `TcpHdr` or `UdpHdr`, by `proto`.
+    pub l4: usize,
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// Frame length, for the byte counters.
+    pub len: usize,
+    /// IP total length (IPv4) or payload length + 40 (IPv6), for the route lookup.
+    pub ip_len: u16,
+}
+
+/// Pointer to a `T` at `offset`, or `None` if it would run past the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // The verifier needs this exact shape: data + off + size <= data_end.
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::Truncated)?;
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let len = ctx.data_end() - ctx.data();
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, eth, len),
+        ETH_P_IPV6 => parse_v6(ctx, eth, len),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Vlan),
+        _ => Err(Reason::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Reason> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::Truncated)?;
+    let (vihl, proto, frags, tot_len) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).frags),
+            u16::from_be_bytes((*ip).tot_len),
+        )
+    };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(Reason::Malformed);
+    }
+    if vihl & 0x0f > 5 {
+        return Err(Reason::Ipv4Options);
+    }
+    if (tot_len as usize) < Ipv4Hdr::LEN {
+        return Err(Reason::Malformed);
+    }
+    if EthHdr::LEN + tot_len as usize > len {
+        return Err(Reason::Truncated);
+    }
+    // More-fragments flag or a non-zero offset.
+    if frags & 0x3fff != 0 {
+        return Err(Reason::Fragment);
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    unsafe {
+        src[..4].copy_from_slice(&(*ip).src_addr);
+        dst[..4].copy_from_slice(&(*ip).dst_addr);
+    }
+    parse_l4(
+        ctx,
+        eth,
+        ip as usize,
+        EthHdr::LEN + Ipv4Hdr::LEN,
+        FAMILY_V4,
+        proto,
+        src,
+        dst,
+        len,
+        tot_len,
+    )
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Reason> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::Truncated)?;
+    let (vcf0, next, payload_len) = unsafe {
+        (
+            (*ip).vcf[0],
+            (*ip).next_hdr,
+            u16::from_be_bytes((*ip).payload_len),
+        )
+    };
+    if vcf0 >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    if EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize > len {
+        return Err(Reason::Truncated);
+    }
+    match next {
+        // Hop-by-hop, routing, fragment, destination options, AH, ESP,
+        // mobility, HIP, shim6: the ports are not where we would read them.
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return Err(Reason::Ipv6ExtHeader),
+        _ => {}
+    }
+    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    parse_l4(
+        ctx,
+        eth,
+        ip as usize,
+        EthHdr::LEN + Ipv6Hdr::LEN,
+        FAMILY_V6,
+        next,
+        src,
+        dst,
+        len,
+        payload_len.saturating_add(Ipv6Hdr::LEN as u16),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn parse_l4(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    l3: usize,
+    l4_off: usize,
+    family: u8,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    len: usize,
+    ip_len: u16,
+) -> Result<Packet, Reason> {
+    let (l4, sport, dport, tcp_flags) = match proto {
+        PROTO_TCP => {
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+            // Byte 12 holds the data offset, byte 13 the flags.
+            let (doff, flags) = unsafe {
+                let raw = tcp as *const u8;
+                (*raw.add(12) >> 4, *raw.add(13))
+            };
+            if doff < 5 {
+                return Err(Reason::Malformed);
+            }
+            let (s, d) = unsafe { ((*tcp).source, (*tcp).dest) };
+            (tcp as usize, u16::from_ne_bytes(s), u16::from_ne_bytes(d), flags)
+        }
+        PROTO_UDP => {
+            let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+            let (s, d) = unsafe { ((*udp).src, (*udp).dst) };
+            (udp as usize, u16::from_ne_bytes(s), u16::from_ne_bytes(d), 0)
+        }
+        _ => return Err(Reason::NotVip),
+    };
+    Ok(Packet {
+        eth,
+        l3,
+        l4,
+        family,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        len,
+        ip_len,
+    })
+}
+
+/// True when forwarding would take the TTL / hop limit to zero.
+#[inline(always)]
+pub fn ttl_expires(pkt: &Packet) -> bool {
+    let ttl = if pkt.family == FAMILY_V4 {
+        unsafe { (*(pkt.l3 as *const Ipv4Hdr)).ttl }
+    } else {
+        unsafe { (*(pkt.l3 as *const Ipv6Hdr)).hop_limit }
+    };
+    ttl <= 1
+}

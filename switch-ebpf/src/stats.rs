@@ -1,0 +1,56 @@
+//! Per-CPU counters: no atomics, userspace sums the CPUs.
+
+use switch_common::Reason;
+
+use crate::maps::{BACKEND_STATS, REASONS, SERVICE_STATS};
+
+#[inline(always)]
+pub fn reason(r: Reason) {
+    if let Some(c) = REASONS.get_ptr_mut(r as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn service_packet(id: u32, len: usize) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(id) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn service_new_flow(id: u32) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(id) {
+        unsafe { (*s).new_flows += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn service_no_backend(id: u32) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(id) {
+        unsafe { (*s).no_backend += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn backend_packet(index: u32, len: usize, rst: bool) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len as u64;
+            if rst {
+                (*s).rsts += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn backend_new_flow(index: u32) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
+        unsafe { (*s).new_flows += 1 };
+    }
+}

@@ -1,0 +1,364 @@
+//! The kernel-facing part of the daemon, kept thin: load (or adopt) the XDP
+//! object with its pinned maps, attach it, and read/write map entries. All
+//! decisions are made elsewhere (`programmer`, `strategy`).
+
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use switch_common::{
+    Backend, BackendStats, CohortKey, Config, Real, RealKey, Reason, Service, ServiceKey,
+    ServiceStats, Table, names,
+};
+
+/// The XDP object, built by build.rs from switch-ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch"));
+
+/// Map capacities, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub services: u32,
+    pub backends: u32,
+    pub flows: u32,
+    /// Selection tables: one live per service plus spares for changes in
+    /// flight and for cohorts.
+    pub tables: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            services: switch_common::DEFAULT_MAX_SERVICES,
+            backends: switch_common::DEFAULT_MAX_BACKENDS,
+            flows: switch_common::DEFAULT_MAX_FLOWS,
+            tables: switch_common::DEFAULT_MAX_SERVICES + 64,
+        }
+    }
+}
+
+impl Capacity {
+    /// Small maps for tests and the demo (a table is 128 KiB).
+    pub fn small() -> Self {
+        Capacity {
+            services: 16,
+            backends: 256,
+            flows: 65_536,
+            tables: 40,
+        }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    pub capacity: Capacity,
+}
+
+impl Dataplane {
+    /// Loads the object. With `pin_dir`, state maps are pinned there, and
+    /// maps already pinned by an earlier run are adopted as they are, so a
+    /// restart keeps every flow, table and counter.
+    pub fn load(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::SERVICES, capacity.services)
+            .map_max_entries(names::SERVICE_STATS, capacity.services)
+            .map_max_entries(names::TABLES, capacity.tables)
+            .map_max_entries(names::BACKENDS, capacity.backends)
+            .map_max_entries(names::REALS, capacity.backends)
+            .map_max_entries(names::BACKEND_STATS, capacity.backends)
+            .map_max_entries(names::FLOWS, capacity.flows);
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                ensure_bpffs(dir)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
+                names::PINNED.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing from object", names::PROGRAM))?
+            .try_into()?;
+        prog.load().map_err(verifier_error)?;
+        Ok(Dataplane {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            capacity,
+        })
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or_else(|| anyhow!("program missing"))?
+            .try_into()?)
+    }
+
+    fn link_pin(&self, ifname: &str) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| d.join(format!("link_{ifname}")))
+    }
+
+    /// Attaches to `ifname` in driver mode (generic as a fallback, with a
+    /// warning). If a pinned link from an earlier run exists, the new program
+    /// replaces the old one inside that link atomically: not one packet sees
+    /// the interface without a program.
+    pub fn attach(&mut self, ifname: &str) -> Result<XdpMode> {
+        let pin = self.link_pin(ifname);
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            self.program()?.attach_to_link(link)?;
+            self.add_device(ifname)?;
+            return Ok(XdpMode::Driver);
+        }
+        let mode = match self.program()?.attach(ifname, XdpMode::Driver) {
+            Ok(id) => (id, XdpMode::Driver),
+            Err(e) => {
+                log::warn!("{ifname}: driver-mode XDP failed ({e}); falling back to generic mode");
+                let id = self
+                    .program()?
+                    .attach(ifname, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {ifname}"))?;
+                (id, XdpMode::Skb)
+            }
+        };
+        if let Some(pin) = pin {
+            let link = self.program()?.take_link(mode.0)?;
+            let fd: FdLink = link.try_into().map_err(|e| anyhow!("link cannot be pinned: {e:?}"))?;
+            fd.pin(&pin)
+                .with_context(|| format!("pinning link {}", pin.display()))?;
+        }
+        self.add_device(ifname)?;
+        Ok(mode.1)
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from object"))
+    }
+
+    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from object"))
+    }
+
+    pub fn add_device(&mut self, ifname: &str) -> Result<()> {
+        let ifindex = ifindex(ifname)?;
+        let mut devs: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map(names::DEVICES)?)?;
+        devs.insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {ifname} to the devmap"))?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let a: Array<&MapData, Config> = Array::try_from(self.map_ref(names::CONFIG)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    pub fn set_config(&mut self, c: &Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map(names::CONFIG)?)?;
+        a.set(0, c, 0)?;
+        Ok(())
+    }
+
+    pub fn write_table(&mut self, slot: u32, table: &Table) -> Result<()> {
+        let mut a: Array<&mut MapData, Table> = Array::try_from(self.map(names::TABLES)?)?;
+        a.set(slot, table, 0)
+            .with_context(|| format!("writing selection table {slot}"))?;
+        Ok(())
+    }
+
+    pub fn read_table(&self, slot: u32) -> Result<Box<Table>> {
+        let a: Array<&MapData, Table> = Array::try_from(self.map_ref(names::TABLES)?)?;
+        Ok(Box::new(a.get(&slot, 0)?))
+    }
+
+    pub fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(names::SERVICES)?)?;
+        m.insert(key, s, 0).context("writing service")?;
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(names::SERVICES)?)?;
+        m.remove(key).context("removing service")?;
+        Ok(())
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let m: HashMap<&MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map_ref(names::SERVICES)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        a.set(index, b, 0).with_context(|| format!("writing backend {index}"))?;
+        Ok(())
+    }
+
+    pub fn backend(&self, index: u32) -> Result<Backend> {
+        let a: Array<&MapData, Backend> = Array::try_from(self.map_ref(names::BACKENDS)?)?;
+        Ok(a.get(&index, 0)?)
+    }
+
+    pub fn set_real(&mut self, key: &RealKey, r: &Real) -> Result<()> {
+        let mut m: HashMap<&mut MapData, RealKey, Real> = HashMap::try_from(self.map(names::REALS)?)?;
+        m.insert(key, r, 0).context("writing reply mapping")?;
+        Ok(())
+    }
+
+    pub fn remove_real(&mut self, key: &RealKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, RealKey, Real> = HashMap::try_from(self.map(names::REALS)?)?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, CohortKey, u32> =
+            LpmTrie::try_from(self.map(names::COHORTS)?)?;
+        let key = Key::new(32 + prefix, CohortKey { service: service.to_be_bytes(), addr });
+        if present {
+            t.insert(&key, 1, 0).context("writing cohort")?;
+        } else {
+            let _ = t.remove(&key);
+        }
+        Ok(())
+    }
+
+    pub fn flow_count_by_backend(&self) -> Result<std::collections::HashMap<u32, u64>> {
+        let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
+            HashMap::try_from(self.map_ref(names::FLOWS)?)?;
+        let mut out = std::collections::HashMap::new();
+        for (_, f) in m.iter().flatten() {
+            *out.entry(f.backend).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn flows(&self) -> Result<Vec<(switch_common::FlowKey, switch_common::Flow)>> {
+        let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
+            HashMap::try_from(self.map_ref(names::FLOWS)?)?;
+        Ok(m.iter().flatten().collect())
+    }
+
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref(names::REASONS)?)?;
+        Reason::ALL
+            .iter()
+            .map(|r| Ok((*r, a.get(&(*r as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    pub fn backend_stats(&self, index: u32) -> Result<BackendStats> {
+        let a: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(self.map_ref(names::BACKEND_STATS)?)?;
+        Ok(a.get(&index, 0)?.iter().fold(BackendStats::default(), |mut t, s| {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.new_flows += s.new_flows;
+            t.rsts += s.rsts;
+            t
+        }))
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<ServiceStats> {
+        let a: PerCpuArray<&MapData, ServiceStats> =
+            PerCpuArray::try_from(self.map_ref(names::SERVICE_STATS)?)?;
+        Ok(a.get(&id, 0)?.iter().fold(ServiceStats::default(), |mut t, s| {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.new_flows += s.new_flows;
+            t.no_backend += s.no_backend;
+            t
+        }))
+    }
+
+    /// Raw fd of the program, for `BPF_PROG_TEST_RUN` callers.
+    pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
+        Ok(self.program()?.fd()?.as_fd().try_clone_to_owned()?)
+    }
+}
+
+/// Removes every pinned link and map under `pin_dir`; forwarding stops.
+/// Returns what was removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pin_dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    // Links first: unpinning the last reference detaches the program.
+    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    for p in paths {
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        removed.push(p.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(removed)
+}
+
+pub fn ifindex(ifname: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(ifname).map_err(|_| anyhow!("bad interface name {ifname:?}"))?;
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface named {ifname}");
+    }
+    Ok(i)
+}
+
+/// A clear sentence instead of an EPERM from deep inside the loader.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mut p = dir;
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("cannot stat {}", p.display());
+    }
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+            "the kernel rejected the XDP program ({io_error}); are you root on Linux >= 5.18?\n{verifier_log}"
+        ),
+        e => anyhow!("loading the XDP program: {e}"),
+    }
+}

@@ -1,0 +1,2 @@
+//! `switch` userspace: the daemon, the CLI and the data-plane programmer.
+pub mod dataplane;
