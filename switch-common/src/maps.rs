@@ -284,9 +284,12 @@ pub enum Reason {
     NotReady,
     /// Malformed header (bad IHL, bad length): passed untouched.
     Malformed,
+    /// Larger than the egress MTU: rewritten packet handed to the kernel,
+    /// which fragments it or answers "packet too big".
+    FragNeeded,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -306,6 +309,7 @@ impl Reason {
         Reason::NotRedirectable,
         Reason::NotReady,
         Reason::Malformed,
+        Reason::FragNeeded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -326,6 +330,7 @@ impl Reason {
             Reason::NotRedirectable => "not_redirectable",
             Reason::NotReady => "not_ready",
             Reason::Malformed => "malformed",
+            Reason::FragNeeded => "frag_needed",
         }
     }
 }

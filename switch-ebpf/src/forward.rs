@@ -17,6 +17,7 @@ const FIB_SUCCESS: i64 = 0;
 /// The destination is local to this host.
 const FIB_NOT_FWDED: i64 = 4;
 const FIB_NO_NEIGH: i64 = 7;
+const FIB_FRAG_NEEDED: i64 = 8;
 
 /// Route a packet whose L3 header now holds its final destination (nat mode
 /// and replies).
@@ -76,6 +77,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, ok: Reason
         FIB_SUCCESS => {}
         FIB_NO_NEIGH => return (xdp_action::XDP_PASS, Reason::FibNoNeigh),
         FIB_NOT_FWDED => return (xdp_action::XDP_PASS, Reason::NotRedirectable),
+        FIB_FRAG_NEEDED => return (xdp_action::XDP_PASS, Reason::FragNeeded),
         _ => return (xdp_action::XDP_DROP, Reason::FibFailed),
     }
     if DEVICES.get(p.ifindex).is_none() {

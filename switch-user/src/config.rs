@@ -1,0 +1,355 @@
+//! The declarative configuration (`switch.toml`, `switch apply -f`), and its
+//! validation. A config is checked whole before anything is applied; every
+//! error names the field that is wrong.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Interfaces the XDP program is attached to.
+    pub interfaces: Vec<String>,
+    pub api: PathBuf,
+    /// Where maps and links are pinned (on bpffs).
+    pub pin_dir: PathBuf,
+    /// Where desired state and strategy progress are persisted.
+    pub state_dir: PathBuf,
+    /// The deployment's secret hash seed (hex). Give every switch host of a
+    /// deployment the same one; if absent, a random seed is made on first
+    /// start and persisted in the state directory.
+    pub seed: Option<String>,
+    #[serde(with = "duration")]
+    pub tcp_close_grace: Duration,
+    #[serde(with = "duration")]
+    pub tcp_idle: Duration,
+    #[serde(with = "duration")]
+    pub udp_idle: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            interfaces: Vec::new(),
+            api: PathBuf::from("/run/switch/switch.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/switch"),
+            state_dir: PathBuf::from("/var/lib/switch"),
+            seed: None,
+            tcp_close_grace: Duration::from_secs(10),
+            tcp_idle: Duration::from_secs(3600),
+            udp_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    #[default]
+    Nat,
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Each connection is balanced on its own.
+    #[default]
+    Connection,
+    /// One client address always reaches the same backend.
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: ForwardMode,
+    #[serde(default)]
+    pub affinity: Affinity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
+    pub pools: Vec<PoolConfig>,
+    /// Source CIDRs pinned to one pool (dark launch, preview).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<CohortConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub weight: u32,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    #[default]
+    Active,
+    /// No new flows; established flows continue.
+    Draining,
+}
+
+/// `"198.18.1.11:8080"` or `{ addr = "198.18.1.11:8080", weight = 2 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    Addr(SocketAddr),
+    Full {
+        addr: SocketAddr,
+        #[serde(default = "one")]
+        weight: u32,
+        #[serde(default)]
+        state: AdminState,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl BackendConfig {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            BackendConfig::Addr(a) | BackendConfig::Full { addr: a, .. } => *a,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            BackendConfig::Addr(_) => 1,
+            BackendConfig::Full { weight, .. } => *weight,
+        }
+    }
+    pub fn state(&self) -> AdminState {
+        match self {
+            BackendConfig::Addr(_) => AdminState::Active,
+            BackendConfig::Full { state, .. } => *state,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohortConfig {
+    pub cidr: IpNet,
+    pub pool: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    Tcp,
+    Http,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Upper bound of a pool or backend weight: far above any real use, low
+/// enough that sums never overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        let c: ConfigFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let mut names = BTreeSet::new();
+        let mut vips = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            s.validate().map_err(|e| anyhow::anyhow!("service[{i}] ({}): {e}", s.name))?;
+            if !names.insert(&s.name) {
+                bail!("service[{i}].name: {:?} is used by two services", s.name);
+            }
+            if !vips.insert((s.vip, s.protocol as u8)) {
+                bail!("service[{i}].vip: {} {:?} is already the VIP of another service", s.vip, s.protocol);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("name: {:?} must be non-empty letters, digits, '-', '_' or '.'", self.name);
+        }
+        if self.vip.port() == 0 {
+            bail!("vip: port 0 is not a service port");
+        }
+        if self.pools.is_empty() {
+            bail!("pools: a service needs at least one pool");
+        }
+        let mut pools = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (p, pool) in self.pools.iter().enumerate() {
+            if pool.name.is_empty() || !pools.insert(pool.name.as_str()) {
+                bail!("pools[{p}].name: {:?} is empty or used twice", pool.name);
+            }
+            if pool.weight > MAX_WEIGHT {
+                bail!("pools[{p}].weight: {} is above the maximum {MAX_WEIGHT}", pool.weight);
+            }
+            for (b, backend) in pool.backends.iter().enumerate() {
+                let a = backend.addr();
+                if a.is_ipv4() != self.vip.is_ipv4() {
+                    bail!("pools[{p}].backends[{b}]: {a} is not of the VIP's address family");
+                }
+                if a.port() == 0 {
+                    bail!("pools[{p}].backends[{b}]: port 0");
+                }
+                if self.mode == ForwardMode::Dsr && a.port() != self.vip.port() {
+                    bail!(
+                        "pools[{p}].backends[{b}]: in dsr mode the backend port must equal the VIP port {} (the packet is not rewritten)",
+                        self.vip.port()
+                    );
+                }
+                if backend.weight() > MAX_WEIGHT {
+                    bail!("pools[{p}].backends[{b}].weight: {} is above the maximum {MAX_WEIGHT}", backend.weight());
+                }
+                if !addrs.insert(a) {
+                    bail!("pools[{p}].backends[{b}]: {a} appears twice in this service");
+                }
+            }
+        }
+        for (c, cohort) in self.cohorts.iter().enumerate() {
+            if !pools.contains(cohort.pool.as_str()) {
+                bail!("cohorts[{c}].pool: no pool named {:?}", cohort.pool);
+            }
+            if cohort.cidr.addr().is_ipv4() != self.vip.is_ipv4() {
+                bail!("cohorts[{c}].cidr: {} is not of the VIP's address family", cohort.cidr);
+            }
+        }
+        if self.cohorts.iter().map(|c| &c.pool).collect::<BTreeSet<_>>().len() > 1 {
+            bail!("cohorts: all cohorts of a service must name the same pool");
+        }
+        if let Some(h) = &self.health {
+            if h.interval.is_zero() || h.timeout.is_zero() || h.rise == 0 || h.fall == 0 {
+                bail!("health: interval, timeout, rise and fall must be above zero");
+            }
+            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
+                bail!("health.path: {:?} must start with '/'", h.path);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// Durations as humane strings: "500ms", "30s", "2m".
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+api = "/run/switch/switch.sock"
+
+[[service]]
+name = "web"
+vip = "198.18.0.10:80"
+protocol = "tcp"
+mode = "nat"
+health = { kind = "http", path = "/healthz", interval = "1s", timeout = "500ms", rise = 2, fall = 3 }
+pools = [
+  { name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] },
+  { name = "green", weight = 0,   backends = ["198.18.2.11:8080", { addr = "198.18.2.12:8080", weight = 2 }] },
+]
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = ConfigFile::parse(EXAMPLE).unwrap();
+        assert_eq!(c.services[0].pools[1].backends[1].weight(), 2);
+        assert_eq!(c.services[0].health.as_ref().unwrap().timeout, Duration::from_millis(500));
+    }
+
+    fn err(text: &str) -> String {
+        ConfigFile::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&EXAMPLE.replace("weight = 0", "weight = -1")).contains("weight"));
+        assert!(err(&EXAMPLE.replace("198.18.2.11:8080", "198.18.1.11:8080")).contains("appears twice"));
+        assert!(err(&EXAMPLE.replace("\"198.18.2.11:8080\"", "\"[2001:2::1]:80\"")).contains("family"));
+        assert!(err(&EXAMPLE.replace("interval = \"1s\"", "interval = \"soon\"")).contains("soon"));
+        assert!(err(&EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\"")).contains("sctp"));
+        let two = format!("{EXAMPLE}\n[[service]]\nname = \"web2\"\nvip = \"198.18.0.10:80\"\nprotocol = \"tcp\"\npools = [{{ name = \"a\", weight = 1, backends = [] }}]\n");
+        assert!(err(&two).contains("already the VIP"));
+    }
+}

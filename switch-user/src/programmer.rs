@@ -1,0 +1,400 @@
+//! Turns the desired state of services into map entries, in an order that
+//! keeps every packet consistent: backends first, then the new table into a
+//! free slot, then one write of the service entry that makes it all live.
+//!
+//! It talks to the kernel only through [`Maps`], so it is tested without one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use switch_common::{
+    Backend, BackendState, Config, FAMILY_V4, FAMILY_V6, Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    Real, RealKey, SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
+    hash::backend_ident,
+    table::{self, BackendSpec, PoolSpec},
+};
+
+use crate::config::{AdminState, Affinity, ForwardMode, Protocol, ServiceConfig};
+
+/// The map writes the programmer needs; `Dataplane` is the real one.
+pub trait Maps {
+    fn set_config(&mut self, c: &Config) -> Result<()>;
+    fn write_table(&mut self, slot: u32, t: &Table) -> Result<()>;
+    fn set_service(&mut self, k: &ServiceKey, s: &Service) -> Result<()>;
+    fn remove_service(&mut self, k: &ServiceKey) -> Result<()>;
+    fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()>;
+    fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()>;
+    fn remove_real(&mut self, k: &RealKey) -> Result<()>;
+    fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()>;
+}
+
+impl Maps for crate::dataplane::Dataplane {
+    fn set_config(&mut self, c: &Config) -> Result<()> {
+        crate::dataplane::Dataplane::set_config(self, c)
+    }
+    fn write_table(&mut self, slot: u32, t: &Table) -> Result<()> {
+        crate::dataplane::Dataplane::write_table(self, slot, t)
+    }
+    fn set_service(&mut self, k: &ServiceKey, s: &Service) -> Result<()> {
+        crate::dataplane::Dataplane::set_service(self, k, s)
+    }
+    fn remove_service(&mut self, k: &ServiceKey) -> Result<()> {
+        crate::dataplane::Dataplane::remove_service(self, k)
+    }
+    fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
+        crate::dataplane::Dataplane::set_backend(self, index, b)
+    }
+    fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()> {
+        crate::dataplane::Dataplane::set_real(self, k, r)
+    }
+    fn remove_real(&mut self, k: &RealKey) -> Result<()> {
+        crate::dataplane::Dataplane::remove_real(self, k)
+    }
+    fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()> {
+        crate::dataplane::Dataplane::set_cohort(self, service, addr, prefix, present)
+    }
+}
+
+/// A retired table slot is not rewritten for this long: far longer than any
+/// XDP run that may still be reading it.
+const TABLE_QUIESCE: Duration = Duration::from_millis(20);
+
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+pub fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+pub fn service_key(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey {
+        addr: addr_bytes(s.vip.ip()),
+        port: s.vip.port().to_be(),
+        proto: match s.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        family: family(s.vip.ip()),
+    }
+}
+
+fn real_key(s: &ServiceConfig, a: SocketAddr) -> RealKey {
+    let k = service_key(s);
+    RealKey {
+        addr: addr_bytes(a.ip()),
+        port: a.port().to_be(),
+        proto: k.proto,
+        family: k.family,
+    }
+}
+
+/// Where one service lives in the maps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Placed {
+    pub id: u32,
+    pub table: u32,
+    pub cohort_table: Option<u32>,
+    pub spec: ServiceConfig,
+    /// Backend address -> global backend index.
+    pub backends: BTreeMap<SocketAddr, u32>,
+}
+
+/// Allocation state; persisted by the daemon so a restart adopts the pinned
+/// maps with the same indexes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Programmer {
+    pub seed: u32,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_tables: u32,
+    pub services: BTreeMap<String, Placed>,
+    /// Generation last given to each backend index.
+    generations: BTreeMap<u32, u32>,
+    free_tables: VecDeque<u32>,
+    #[serde(skip)]
+    retired: Vec<(u32, Option<Instant>)>,
+}
+
+impl Programmer {
+    pub fn new(seed: u32, cap: crate::dataplane::Capacity) -> Self {
+        Programmer {
+            seed,
+            max_services: cap.services,
+            max_backends: cap.backends,
+            max_tables: cap.tables,
+            services: BTreeMap::new(),
+            generations: BTreeMap::new(),
+            free_tables: (0..cap.tables).collect(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Writes the global config (seed, timeouts) and marks the program ready.
+    pub fn init(&self, maps: &mut dyn Maps, d: &crate::config::DaemonConfig) -> Result<()> {
+        maps.set_config(&Config {
+            seed: self.seed,
+            ready: 1,
+            tcp_close_grace_ns: d.tcp_close_grace.as_nanos() as u64,
+            udp_idle_ns: d.udp_idle.as_nanos() as u64,
+            tcp_idle_ns: d.tcp_idle.as_nanos() as u64,
+        })
+    }
+
+    fn used_backends(&self) -> BTreeSet<u32> {
+        self.services.values().flat_map(|p| p.backends.values().copied()).collect()
+    }
+
+    fn take_table(&mut self) -> Result<u32> {
+        // Retired slots come back once quiet.
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.retired.len() {
+            if self.retired[i].1.is_none_or(|t| now.duration_since(t) >= TABLE_QUIESCE) {
+                let (slot, _) = self.retired.swap_remove(i);
+                self.free_tables.push_back(slot);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(s) = self.free_tables.pop_front() {
+            return Ok(s);
+        }
+        if let Some(&(slot, Some(t))) = self.retired.iter().min_by_key(|r| r.1) {
+            std::thread::sleep(TABLE_QUIESCE.saturating_sub(now.duration_since(t)));
+            self.retired.retain(|r| r.0 != slot);
+            return Ok(slot);
+        }
+        bail!("selection table capacity ({}) exhausted", self.max_tables)
+    }
+
+    fn retire_table(&mut self, slot: u32) {
+        self.retired.push((slot, Some(Instant::now())));
+    }
+
+    /// Checks that `spec` can be applied (capacity, conflicts) without
+    /// writing anything.
+    pub fn check(&self, spec: &ServiceConfig) -> Result<()> {
+        spec.validate()?;
+        let key = service_key(spec);
+        for (name, p) in &self.services {
+            if name != &spec.name && service_key(&p.spec) == key {
+                bail!("vip: {} is already the VIP of service {name:?}", spec.vip);
+            }
+        }
+        if !self.services.contains_key(&spec.name) && self.services.len() as u32 >= self.max_services {
+            bail!("service capacity ({}) exhausted", self.max_services);
+        }
+        let existing = self.services.get(&spec.name);
+        let new: usize = spec
+            .pools
+            .iter()
+            .flat_map(|p| &p.backends)
+            .filter(|b| existing.is_none_or(|e| !e.backends.contains_key(&b.addr())))
+            .count();
+        let free = self.max_backends as usize - self.used_backends().len();
+        if new > free {
+            bail!("backend capacity exhausted: {new} new backends, {free} free");
+        }
+        Ok(())
+    }
+
+    /// Applies one service: new backends, new table(s), then the single
+    /// service write. `unhealthy` backends get no new flows and lose pins.
+    pub fn apply(
+        &mut self,
+        maps: &mut dyn Maps,
+        spec: &ServiceConfig,
+        unhealthy: &BTreeSet<SocketAddr>,
+    ) -> Result<()> {
+        self.check(spec)?;
+        let key = service_key(spec);
+        let old = self.services.get(&spec.name).cloned();
+        if let Some(o) = &old
+            && service_key(&o.spec) != key
+        {
+            bail!("vip: a service's VIP cannot change; remove and add it instead");
+        }
+        let id = match &old {
+            Some(o) => o.id,
+            None => (0..self.max_services)
+                .find(|i| !self.services.values().any(|p| p.id == *i))
+                .ok_or_else(|| anyhow!("service capacity exhausted"))?,
+        };
+
+        // Indexes for every backend of the new spec.
+        let mut used = self.used_backends();
+        let mut backends = BTreeMap::new();
+        for b in spec.pools.iter().flat_map(|p| &p.backends) {
+            let a = b.addr();
+            let index = match old.as_ref().and_then(|o| o.backends.get(&a)) {
+                Some(&i) => i,
+                None => {
+                    let i = (0..self.max_backends)
+                        .find(|i| !used.contains(i))
+                        .ok_or_else(|| anyhow!("backend capacity exhausted"))?;
+                    used.insert(i);
+                    let g = self.generations.entry(i).or_insert(0);
+                    *g = g.wrapping_add(1);
+                    i
+                }
+            };
+            backends.insert(a, index);
+        }
+
+        let entry = |a: SocketAddr, state: AdminState| Backend {
+            addr: addr_bytes(a.ip()),
+            port: a.port().to_be(),
+            family: family(a.ip()),
+            state: if unhealthy.contains(&a) {
+                BackendState::Down
+            } else if state == AdminState::Draining {
+                BackendState::Draining
+            } else {
+                BackendState::Active
+            } as u8,
+            generation: 0,
+            service: id,
+        };
+
+        // 1. Backends (new ones are not in any live table yet).
+        for b in spec.pools.iter().flat_map(|p| &p.backends) {
+            let index = backends[&b.addr()];
+            let mut e = entry(b.addr(), b.state());
+            e.generation = self.generations.get(&index).copied().unwrap_or(0);
+            maps.set_backend(index, &e)?;
+            if spec.mode == ForwardMode::Nat {
+                maps.set_real(
+                    &real_key(spec, b.addr()),
+                    &Real {
+                        vip: key.addr,
+                        vip_port: key.port,
+                        _pad: [0; 2],
+                        backend: index,
+                    },
+                )?;
+            }
+        }
+
+        // 2. Tables into free slots.
+        let pools = self.pool_specs(spec, &backends, unhealthy, None);
+        let table_slot = self.take_table()?;
+        maps.write_table(table_slot, &to_table(&table::build(self.seed, &pools)))?;
+        let cohort_pool = spec.cohorts.first().map(|c| c.pool.clone());
+        let cohort_table = match &cohort_pool {
+            Some(pool) => {
+                let slot = self.take_table()?;
+                let pools = self.pool_specs(spec, &backends, unhealthy, Some(pool));
+                maps.write_table(slot, &to_table(&table::build(self.seed, &pools)))?;
+                Some(slot)
+            }
+            None => None,
+        };
+        for c in &spec.cohorts {
+            maps.set_cohort(id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, true)?;
+        }
+
+        // 3. The one write that makes it live.
+        let service = Service {
+            id,
+            table: table_slot,
+            cohort_table: cohort_table.unwrap_or(u32::MAX),
+            mode: match spec.mode {
+                ForwardMode::Nat => Mode::Nat,
+                ForwardMode::Dsr => Mode::Dsr,
+            } as u8,
+            flags: if spec.affinity == Affinity::Client { SERVICE_CLIENT_AFFINITY } else { 0 },
+            _pad: [0; 2],
+        };
+        maps.set_service(&key, &service)?;
+
+        // 4. Clean up what the old state had and the new one does not.
+        if let Some(o) = old {
+            self.retire_table(o.table);
+            if let Some(t) = o.cohort_table {
+                self.retire_table(t);
+            }
+            for c in &o.spec.cohorts {
+                if !spec.cohorts.contains(c) {
+                    maps.set_cohort(id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, false)?;
+                }
+            }
+            for (a, index) in &o.backends {
+                if !backends.contains_key(a) {
+                    self.release_backend(maps, &o.spec, *a, *index)?;
+                }
+            }
+        }
+        self.services.insert(
+            spec.name.clone(),
+            Placed { id, table: table_slot, cohort_table, spec: spec.clone(), backends },
+        );
+        Ok(())
+    }
+
+    fn release_backend(&mut self, maps: &mut dyn Maps, spec: &ServiceConfig, a: SocketAddr, index: u32) -> Result<()> {
+        // Unused: pinned flows are re-chosen rather than sent to a backend
+        // that is gone; the next occupant gets a new generation.
+        maps.set_backend(index, &Backend::default())?;
+        maps.remove_real(&real_key(spec, a))
+    }
+
+    /// Removes a service: the VIP stops being forwarded at once.
+    pub fn remove(&mut self, maps: &mut dyn Maps, name: &str) -> Result<()> {
+        let p = self.services.remove(name).ok_or_else(|| anyhow!("no service named {name:?}"))?;
+        maps.remove_service(&service_key(&p.spec))?;
+        self.retire_table(p.table);
+        if let Some(t) = p.cohort_table {
+            self.retire_table(t);
+        }
+        for c in &p.spec.cohorts {
+            maps.set_cohort(p.id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, false)?;
+        }
+        for (a, index) in &p.backends {
+            self.release_backend(maps, &p.spec, *a, *index)?;
+        }
+        Ok(())
+    }
+
+    fn pool_specs(
+        &self,
+        spec: &ServiceConfig,
+        backends: &BTreeMap<SocketAddr, u32>,
+        unhealthy: &BTreeSet<SocketAddr>,
+        only: Option<&String>,
+    ) -> Vec<PoolSpec> {
+        spec.pools
+            .iter()
+            .filter(|p| only.is_none_or(|o| *o == p.name))
+            .map(|p| PoolSpec {
+                weight: if only.is_some() { 1 } else { p.weight },
+                backends: p
+                    .backends
+                    .iter()
+                    .map(|b| BackendSpec {
+                        index: backends[&b.addr()] as u16,
+                        ident: backend_ident(self.seed, &addr_bytes(b.addr().ip()), b.addr().port()),
+                        weight: b.weight(),
+                        eligible: b.state() == AdminState::Active && !unhealthy.contains(&b.addr()),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+pub fn to_table(slots: &[u16]) -> Box<Table> {
+    let mut t = Box::new(Table { slots: [NO_BACKEND; TABLE_SIZE], verifier_pad: NO_BACKEND });
+    t.slots.copy_from_slice(slots);
+    t
+}
