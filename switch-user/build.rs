@@ -4,7 +4,10 @@
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../switch-ebpf");
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../switch-common/src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../switch-common/src")
+    );
     if which_bpf_linker().is_none() {
         anyhow::bail!(
             "bpf-linker is not installed: run `cargo xtask setup` (it builds bpf-linker with LLVM 22)"

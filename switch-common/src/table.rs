@@ -92,7 +92,9 @@ fn pick(seed: u32, backends: &[BackendSpec], equal_weights: bool, slot: usize) -
         for b in backends {
             let u = (hrw_hash(seed, b.ident, slot) as f64 + 0.5) / 4_294_967_296.0;
             let score = b.weight as f64 / -u.ln();
-            if best == NO_BACKEND || score > best_score || (score == best_score && b.ident > best_ident)
+            if best == NO_BACKEND
+                || score > best_score
+                || (score == best_score && b.ident > best_ident)
             {
                 best_score = score;
                 best_ident = b.ident;
@@ -170,14 +172,25 @@ mod tests {
         assert_eq!(quotas(&[95, 5], TABLE_SIZE), vec![62_260, 3_277]);
         assert_eq!(quotas(&[1, 1, 1], 10), vec![4, 3, 3]);
         assert_eq!(quotas(&[0, 0], 10), vec![0, 0]);
-        assert_eq!(quotas(&[u32::MAX as u64, 1], TABLE_SIZE).iter().sum::<usize>(), TABLE_SIZE);
+        assert_eq!(
+            quotas(&[u32::MAX as u64, 1], TABLE_SIZE)
+                .iter()
+                .sum::<usize>(),
+            TABLE_SIZE
+        );
     }
 
     #[test]
     fn pool_shares_are_exact() {
         let pools = vec![
-            PoolSpec { weight: 90, backends: vec![backend(0, 1), backend(1, 1)] },
-            PoolSpec { weight: 10, backends: vec![backend(2, 1), backend(3, 1)] },
+            PoolSpec {
+                weight: 90,
+                backends: vec![backend(0, 1), backend(1, 1)],
+            },
+            PoolSpec {
+                weight: 10,
+                backends: vec![backend(2, 1), backend(3, 1)],
+            },
         ];
         let t = build(7, &pools);
         let green = count(&t, 2) + count(&t, 3);
@@ -190,8 +203,14 @@ mod tests {
             build(
                 7,
                 &[
-                    PoolSpec { weight: 100 - g, backends: vec![backend(0, 1), backend(1, 1)] },
-                    PoolSpec { weight: g, backends: vec![backend(2, 1), backend(3, 1)] },
+                    PoolSpec {
+                        weight: 100 - g,
+                        backends: vec![backend(0, 1), backend(1, 1)],
+                    },
+                    PoolSpec {
+                        weight: g,
+                        backends: vec![backend(2, 1), backend(3, 1)],
+                    },
                 ],
             )
         };
@@ -207,10 +226,22 @@ mod tests {
     #[test]
     fn removing_a_backend_moves_only_its_slots() {
         let all: Vec<_> = (0..5).map(|i| backend(i, 1)).collect();
-        let before = build(7, &[PoolSpec { weight: 1, backends: all.clone() }]);
+        let before = build(
+            7,
+            &[PoolSpec {
+                weight: 1,
+                backends: all.clone(),
+            }],
+        );
         let mut fewer = all;
         fewer[3].eligible = false;
-        let after = build(7, &[PoolSpec { weight: 1, backends: fewer }]);
+        let after = build(
+            7,
+            &[PoolSpec {
+                weight: 1,
+                backends: fewer,
+            }],
+        );
         for (b, a) in before.iter().zip(&after) {
             if *b != 3 {
                 assert_eq!(b, a);
@@ -222,7 +253,13 @@ mod tests {
 
     #[test]
     fn backend_weights_are_respected() {
-        let t = build(7, &[PoolSpec { weight: 1, backends: vec![backend(0, 3), backend(1, 1)] }]);
+        let t = build(
+            7,
+            &[PoolSpec {
+                weight: 1,
+                backends: vec![backend(0, 3), backend(1, 1)],
+            }],
+        );
         let share = count(&t, 0) as f64 / TABLE_SIZE as f64;
         assert!((share - 0.75).abs() < 0.01, "share {share}");
     }
@@ -234,19 +271,43 @@ mod tests {
         let t = build(
             7,
             &[
-                PoolSpec { weight: 50, backends: vec![backend(0, 1)] },
-                PoolSpec { weight: 50, backends: vec![down] },
+                PoolSpec {
+                    weight: 50,
+                    backends: vec![backend(0, 1)],
+                },
+                PoolSpec {
+                    weight: 50,
+                    backends: vec![down],
+                },
             ],
         );
         assert_eq!(count(&t, 0), TABLE_SIZE);
-        let none = build(7, &[PoolSpec { weight: 50, backends: vec![down] }]);
+        let none = build(
+            7,
+            &[PoolSpec {
+                weight: 50,
+                backends: vec![down],
+            }],
+        );
         assert_eq!(count(&none, NO_BACKEND), TABLE_SIZE);
     }
 
     #[test]
     fn same_config_same_table_regardless_of_order() {
-        let a = build(7, &[PoolSpec { weight: 1, backends: vec![backend(0, 1), backend(1, 1)] }]);
-        let b = build(7, &[PoolSpec { weight: 1, backends: vec![backend(1, 1), backend(0, 1)] }]);
+        let a = build(
+            7,
+            &[PoolSpec {
+                weight: 1,
+                backends: vec![backend(0, 1), backend(1, 1)],
+            }],
+        );
+        let b = build(
+            7,
+            &[PoolSpec {
+                weight: 1,
+                backends: vec![backend(1, 1), backend(0, 1)],
+            }],
+        );
         assert_eq!(a, b);
     }
 }

@@ -71,7 +71,13 @@ pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Option<Chose
 /// The pinned backend of an existing flow, unless the pin has expired or the
 /// backend was removed or went down.
 #[inline(always)]
-fn pinned(config: &Config, pkt: &Packet, flow: &mut Flow, now: u64, closing: bool) -> Option<Chosen> {
+fn pinned(
+    config: &Config,
+    pkt: &Packet,
+    flow: &mut Flow,
+    now: u64,
+    closing: bool,
+) -> Option<Chosen> {
     let idle = now.saturating_sub(flow.last_seen_ns);
     let limit = if flow.flags & FLOW_CLOSING != 0 {
         config.tcp_close_grace_ns

@@ -61,7 +61,8 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, ok: Reason
         } else {
             let ip = pkt.l3 as *const network_types::ip::Ipv6Hdr;
             p.family = AF_INET6;
-            p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).src_addr);
+            p.__bindgen_anon_3.ipv6_src =
+                core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).src_addr);
             p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(*next);
         }
     }

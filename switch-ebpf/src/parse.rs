@@ -175,12 +175,22 @@ fn parse_l4(
                 return Err(Reason::Malformed);
             }
             let (s, d) = unsafe { ((*tcp).source, (*tcp).dest) };
-            (tcp as usize, u16::from_ne_bytes(s), u16::from_ne_bytes(d), flags)
+            (
+                tcp as usize,
+                u16::from_ne_bytes(s),
+                u16::from_ne_bytes(d),
+                flags,
+            )
         }
         PROTO_UDP => {
             let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
             let (s, d) = unsafe { ((*udp).src, (*udp).dst) };
-            (udp as usize, u16::from_ne_bytes(s), u16::from_ne_bytes(d), 0)
+            (
+                udp as usize,
+                u16::from_ne_bytes(s),
+                u16::from_ne_bytes(d),
+                0,
+            )
         }
         _ => return Err(Reason::NotVip),
     };

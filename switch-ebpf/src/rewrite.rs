@@ -30,17 +30,26 @@ fn rewrite(pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) {
         let ip = pkt.l3 as *mut Ipv4Hdr;
         let new = [addr[0], addr[1], addr[2], addr[3]];
         let old = unsafe {
-            let field = if src { &mut (*ip).src_addr } else { &mut (*ip).dst_addr };
+            let field = if src {
+                &mut (*ip).src_addr
+            } else {
+                &mut (*ip).dst_addr
+            };
             let old = *field;
             *field = new;
-            (*ip).check = checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
+            (*ip).check =
+                checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
             old
         };
         l4(pkt, &old, &new, &port_old, &port_new, src);
     } else {
         let ip = pkt.l3 as *mut Ipv6Hdr;
         let old = unsafe {
-            let field = if src { &mut (*ip).src_addr } else { &mut (*ip).dst_addr };
+            let field = if src {
+                &mut (*ip).src_addr
+            } else {
+                &mut (*ip).dst_addr
+            };
             let old = *field;
             *field = *addr;
             old
@@ -96,7 +105,8 @@ pub fn decrement_ttl(pkt: &Packet) {
             let old = [(*ip).ttl, (*ip).proto];
             let new = [old[0].wrapping_sub(1), old[1]];
             (*ip).ttl = new[0];
-            (*ip).check = checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
+            (*ip).check =
+                checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
         } else {
             let ip = pkt.l3 as *mut Ipv6Hdr;
             (*ip).hop_limit = (*ip).hop_limit.wrapping_sub(1);

@@ -204,7 +204,8 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 
 impl ConfigFile {
     pub fn parse(text: &str) -> Result<ConfigFile> {
-        let c: ConfigFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+        let c: ConfigFile =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
         c.validate()?;
         Ok(c)
     }
@@ -213,12 +214,17 @@ impl ConfigFile {
         let mut names = BTreeSet::new();
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
-            s.validate().map_err(|e| anyhow::anyhow!("service[{i}] ({}): {e}", s.name))?;
+            s.validate()
+                .map_err(|e| anyhow::anyhow!("service[{i}] ({}): {e}", s.name))?;
             if !names.insert(&s.name) {
                 bail!("service[{i}].name: {:?} is used by two services", s.name);
             }
             if !vips.insert((s.vip, s.protocol as u8)) {
-                bail!("service[{i}].vip: {} {:?} is already the VIP of another service", s.vip, s.protocol);
+                bail!(
+                    "service[{i}].vip: {} {:?} is already the VIP of another service",
+                    s.vip,
+                    s.protocol
+                );
             }
         }
         Ok(())
@@ -227,8 +233,16 @@ impl ConfigFile {
 
 impl ServiceConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            bail!("name: {:?} must be non-empty letters, digits, '-', '_' or '.'", self.name);
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "name: {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.name
+            );
         }
         if self.vip.port() == 0 {
             bail!("vip: port 0 is not a service port");
@@ -243,7 +257,10 @@ impl ServiceConfig {
                 bail!("pools[{p}].name: {:?} is empty or used twice", pool.name);
             }
             if pool.weight > MAX_WEIGHT {
-                bail!("pools[{p}].weight: {} is above the maximum {MAX_WEIGHT}", pool.weight);
+                bail!(
+                    "pools[{p}].weight: {} is above the maximum {MAX_WEIGHT}",
+                    pool.weight
+                );
             }
             for (b, backend) in pool.backends.iter().enumerate() {
                 let a = backend.addr();
@@ -260,7 +277,10 @@ impl ServiceConfig {
                     );
                 }
                 if backend.weight() > MAX_WEIGHT {
-                    bail!("pools[{p}].backends[{b}].weight: {} is above the maximum {MAX_WEIGHT}", backend.weight());
+                    bail!(
+                        "pools[{p}].backends[{b}].weight: {} is above the maximum {MAX_WEIGHT}",
+                        backend.weight()
+                    );
                 }
                 if !addrs.insert(a) {
                     bail!("pools[{p}].backends[{b}]: {a} appears twice in this service");
@@ -272,10 +292,20 @@ impl ServiceConfig {
                 bail!("cohorts[{c}].pool: no pool named {:?}", cohort.pool);
             }
             if cohort.cidr.addr().is_ipv4() != self.vip.is_ipv4() {
-                bail!("cohorts[{c}].cidr: {} is not of the VIP's address family", cohort.cidr);
+                bail!(
+                    "cohorts[{c}].cidr: {} is not of the VIP's address family",
+                    cohort.cidr
+                );
             }
         }
-        if self.cohorts.iter().map(|c| &c.pool).collect::<BTreeSet<_>>().len() > 1 {
+        if self
+            .cohorts
+            .iter()
+            .map(|c| &c.pool)
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1
+        {
             bail!("cohorts: all cohorts of a service must name the same pool");
         }
         if let Some(h) = &self.health {
@@ -335,7 +365,10 @@ pools = [
     fn parses_the_documented_example() {
         let c = ConfigFile::parse(EXAMPLE).unwrap();
         assert_eq!(c.services[0].pools[1].backends[1].weight(), 2);
-        assert_eq!(c.services[0].health.as_ref().unwrap().timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.services[0].health.as_ref().unwrap().timeout,
+            Duration::from_millis(500)
+        );
     }
 
     fn err(text: &str) -> String {
@@ -345,11 +378,19 @@ pools = [
     #[test]
     fn errors_name_the_field() {
         assert!(err(&EXAMPLE.replace("weight = 0", "weight = -1")).contains("weight"));
-        assert!(err(&EXAMPLE.replace("198.18.2.11:8080", "198.18.1.11:8080")).contains("appears twice"));
-        assert!(err(&EXAMPLE.replace("\"198.18.2.11:8080\"", "\"[2001:2::1]:80\"")).contains("family"));
+        assert!(
+            err(&EXAMPLE.replace("198.18.2.11:8080", "198.18.1.11:8080")).contains("appears twice")
+        );
+        assert!(
+            err(&EXAMPLE.replace("\"198.18.2.11:8080\"", "\"[2001:2::1]:80\"")).contains("family")
+        );
         assert!(err(&EXAMPLE.replace("interval = \"1s\"", "interval = \"soon\"")).contains("soon"));
-        assert!(err(&EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\"")).contains("sctp"));
-        let two = format!("{EXAMPLE}\n[[service]]\nname = \"web2\"\nvip = \"198.18.0.10:80\"\nprotocol = \"tcp\"\npools = [{{ name = \"a\", weight = 1, backends = [] }}]\n");
+        assert!(
+            err(&EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\"")).contains("sctp")
+        );
+        let two = format!(
+            "{EXAMPLE}\n[[service]]\nname = \"web2\"\nvip = \"198.18.0.10:80\"\nprotocol = \"tcp\"\npools = [{{ name = \"a\", weight = 1, backends = [] }}]\n"
+        );
         assert!(err(&two).contains("already the VIP"));
     }
 }

@@ -113,7 +113,9 @@ impl Dataplane {
     }
 
     fn link_pin(&self, ifname: &str) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| d.join(format!("link_{ifname}")))
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{ifname}")))
     }
 
     /// Attaches to `ifname` in driver mode (generic as a fallback, with a
@@ -143,7 +145,9 @@ impl Dataplane {
         };
         if let Some(pin) = pin {
             let link = self.program()?.take_link(mode.0)?;
-            let fd: FdLink = link.try_into().map_err(|e| anyhow!("link cannot be pinned: {e:?}"))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| anyhow!("link cannot be pinned: {e:?}"))?;
             fd.pin(&pin)
                 .with_context(|| format!("pinning link {}", pin.display()))?;
         }
@@ -158,7 +162,9 @@ impl Dataplane {
     }
 
     fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from object"))
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from object"))
     }
 
     pub fn add_device(&mut self, ifname: &str) -> Result<()> {
@@ -214,7 +220,8 @@ impl Dataplane {
 
     pub fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
         let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
-        a.set(index, b, 0).with_context(|| format!("writing backend {index}"))?;
+        a.set(index, b, 0)
+            .with_context(|| format!("writing backend {index}"))?;
         Ok(())
     }
 
@@ -224,23 +231,37 @@ impl Dataplane {
     }
 
     pub fn set_real(&mut self, key: &RealKey, r: &Real) -> Result<()> {
-        let mut m: HashMap<&mut MapData, RealKey, Real> = HashMap::try_from(self.map(names::REALS)?)?;
+        let mut m: HashMap<&mut MapData, RealKey, Real> =
+            HashMap::try_from(self.map(names::REALS)?)?;
         m.insert(key, r, 0).context("writing reply mapping")?;
         Ok(())
     }
 
     pub fn remove_real(&mut self, key: &RealKey) -> Result<()> {
-        let mut m: HashMap<&mut MapData, RealKey, Real> = HashMap::try_from(self.map(names::REALS)?)?;
+        let mut m: HashMap<&mut MapData, RealKey, Real> =
+            HashMap::try_from(self.map(names::REALS)?)?;
         match m.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()> {
+    pub fn set_cohort(
+        &mut self,
+        service: u32,
+        addr: [u8; 16],
+        prefix: u32,
+        present: bool,
+    ) -> Result<()> {
         let mut t: LpmTrie<&mut MapData, CohortKey, u32> =
             LpmTrie::try_from(self.map(names::COHORTS)?)?;
-        let key = Key::new(32 + prefix, CohortKey { service: service.to_be_bytes(), addr });
+        let key = Key::new(
+            32 + prefix,
+            CohortKey {
+                service: service.to_be_bytes(),
+                addr,
+            },
+        );
         if present {
             t.insert(&key, 1, 0).context("writing cohort")?;
         } else {
@@ -276,25 +297,29 @@ impl Dataplane {
     pub fn backend_stats(&self, index: u32) -> Result<BackendStats> {
         let a: PerCpuArray<&MapData, BackendStats> =
             PerCpuArray::try_from(self.map_ref(names::BACKEND_STATS)?)?;
-        Ok(a.get(&index, 0)?.iter().fold(BackendStats::default(), |mut t, s| {
-            t.packets += s.packets;
-            t.bytes += s.bytes;
-            t.new_flows += s.new_flows;
-            t.rsts += s.rsts;
-            t
-        }))
+        Ok(a.get(&index, 0)?
+            .iter()
+            .fold(BackendStats::default(), |mut t, s| {
+                t.packets += s.packets;
+                t.bytes += s.bytes;
+                t.new_flows += s.new_flows;
+                t.rsts += s.rsts;
+                t
+            }))
     }
 
     pub fn service_stats(&self, id: u32) -> Result<ServiceStats> {
         let a: PerCpuArray<&MapData, ServiceStats> =
             PerCpuArray::try_from(self.map_ref(names::SERVICE_STATS)?)?;
-        Ok(a.get(&id, 0)?.iter().fold(ServiceStats::default(), |mut t, s| {
-            t.packets += s.packets;
-            t.bytes += s.bytes;
-            t.new_flows += s.new_flows;
-            t.no_backend += s.no_backend;
-            t
-        }))
+        Ok(a.get(&id, 0)?
+            .iter()
+            .fold(ServiceStats::default(), |mut t, s| {
+                t.packets += s.packets;
+                t.bytes += s.bytes;
+                t.new_flows += s.new_flows;
+                t.no_backend += s.no_backend;
+                t
+            }))
     }
 
     /// Raw fd of the program, for `BPF_PROG_TEST_RUN` callers.
@@ -315,10 +340,18 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
     // Links first: unpinning the last reference detaches the program.
-    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
     for p in paths {
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        removed.push(p.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        removed.push(
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
@@ -356,7 +389,10 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!(
             "the kernel rejected the XDP program ({io_error}); are you root on Linux >= 5.18?\n{verifier_log}"
         ),
         e => anyhow!("loading the XDP program: {e}"),

@@ -30,7 +30,13 @@ pub trait Maps {
     fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()>;
     fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()>;
     fn remove_real(&mut self, k: &RealKey) -> Result<()>;
-    fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()>;
+    fn set_cohort(
+        &mut self,
+        service: u32,
+        addr: [u8; 16],
+        prefix: u32,
+        present: bool,
+    ) -> Result<()>;
 }
 
 impl Maps for crate::dataplane::Dataplane {
@@ -55,7 +61,13 @@ impl Maps for crate::dataplane::Dataplane {
     fn remove_real(&mut self, k: &RealKey) -> Result<()> {
         crate::dataplane::Dataplane::remove_real(self, k)
     }
-    fn set_cohort(&mut self, service: u32, addr: [u8; 16], prefix: u32, present: bool) -> Result<()> {
+    fn set_cohort(
+        &mut self,
+        service: u32,
+        addr: [u8; 16],
+        prefix: u32,
+        present: bool,
+    ) -> Result<()> {
         crate::dataplane::Dataplane::set_cohort(self, service, addr, prefix, present)
     }
 }
@@ -152,7 +164,10 @@ impl Programmer {
     }
 
     fn used_backends(&self) -> BTreeSet<u32> {
-        self.services.values().flat_map(|p| p.backends.values().copied()).collect()
+        self.services
+            .values()
+            .flat_map(|p| p.backends.values().copied())
+            .collect()
     }
 
     fn take_table(&mut self) -> Result<u32> {
@@ -160,7 +175,10 @@ impl Programmer {
         let now = Instant::now();
         let mut i = 0;
         while i < self.retired.len() {
-            if self.retired[i].1.is_none_or(|t| now.duration_since(t) >= TABLE_QUIESCE) {
+            if self.retired[i]
+                .1
+                .is_none_or(|t| now.duration_since(t) >= TABLE_QUIESCE)
+            {
                 let (slot, _) = self.retired.swap_remove(i);
                 self.free_tables.push_back(slot);
             } else {
@@ -192,7 +210,9 @@ impl Programmer {
                 bail!("vip: {} is already the VIP of service {name:?}", spec.vip);
             }
         }
-        if !self.services.contains_key(&spec.name) && self.services.len() as u32 >= self.max_services {
+        if !self.services.contains_key(&spec.name)
+            && self.services.len() as u32 >= self.max_services
+        {
             bail!("service capacity ({}) exhausted", self.max_services);
         }
         let existing = self.services.get(&spec.name);
@@ -301,7 +321,12 @@ impl Programmer {
             None => None,
         };
         for c in &spec.cohorts {
-            maps.set_cohort(id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, true)?;
+            maps.set_cohort(
+                id,
+                addr_bytes(c.cidr.addr()),
+                c.cidr.prefix_len() as u32,
+                true,
+            )?;
         }
 
         // 3. The one write that makes it live.
@@ -313,7 +338,11 @@ impl Programmer {
                 ForwardMode::Nat => Mode::Nat,
                 ForwardMode::Dsr => Mode::Dsr,
             } as u8,
-            flags: if spec.affinity == Affinity::Client { SERVICE_CLIENT_AFFINITY } else { 0 },
+            flags: if spec.affinity == Affinity::Client {
+                SERVICE_CLIENT_AFFINITY
+            } else {
+                0
+            },
             _pad: [0; 2],
         };
         maps.set_service(&key, &service)?;
@@ -326,7 +355,12 @@ impl Programmer {
             }
             for c in &o.spec.cohorts {
                 if !spec.cohorts.contains(c) {
-                    maps.set_cohort(id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, false)?;
+                    maps.set_cohort(
+                        id,
+                        addr_bytes(c.cidr.addr()),
+                        c.cidr.prefix_len() as u32,
+                        false,
+                    )?;
                 }
             }
             for (a, index) in &o.backends {
@@ -337,12 +371,24 @@ impl Programmer {
         }
         self.services.insert(
             spec.name.clone(),
-            Placed { id, table: table_slot, cohort_table, spec: spec.clone(), backends },
+            Placed {
+                id,
+                table: table_slot,
+                cohort_table,
+                spec: spec.clone(),
+                backends,
+            },
         );
         Ok(())
     }
 
-    fn release_backend(&mut self, maps: &mut dyn Maps, spec: &ServiceConfig, a: SocketAddr, index: u32) -> Result<()> {
+    fn release_backend(
+        &mut self,
+        maps: &mut dyn Maps,
+        spec: &ServiceConfig,
+        a: SocketAddr,
+        index: u32,
+    ) -> Result<()> {
         // Unused: pinned flows are re-chosen rather than sent to a backend
         // that is gone; the next occupant gets a new generation.
         maps.set_backend(index, &Backend::default())?;
@@ -351,14 +397,22 @@ impl Programmer {
 
     /// Removes a service: the VIP stops being forwarded at once.
     pub fn remove(&mut self, maps: &mut dyn Maps, name: &str) -> Result<()> {
-        let p = self.services.remove(name).ok_or_else(|| anyhow!("no service named {name:?}"))?;
+        let p = self
+            .services
+            .remove(name)
+            .ok_or_else(|| anyhow!("no service named {name:?}"))?;
         maps.remove_service(&service_key(&p.spec))?;
         self.retire_table(p.table);
         if let Some(t) = p.cohort_table {
             self.retire_table(t);
         }
         for c in &p.spec.cohorts {
-            maps.set_cohort(p.id, addr_bytes(c.cidr.addr()), c.cidr.prefix_len() as u32, false)?;
+            maps.set_cohort(
+                p.id,
+                addr_bytes(c.cidr.addr()),
+                c.cidr.prefix_len() as u32,
+                false,
+            )?;
         }
         for (a, index) in &p.backends {
             self.release_backend(maps, &p.spec, *a, *index)?;
@@ -383,7 +437,11 @@ impl Programmer {
                     .iter()
                     .map(|b| BackendSpec {
                         index: backends[&b.addr()] as u16,
-                        ident: backend_ident(self.seed, &addr_bytes(b.addr().ip()), b.addr().port()),
+                        ident: backend_ident(
+                            self.seed,
+                            &addr_bytes(b.addr().ip()),
+                            b.addr().port(),
+                        ),
                         weight: b.weight(),
                         eligible: b.state() == AdminState::Active && !unhealthy.contains(&b.addr()),
                     })
@@ -394,7 +452,10 @@ impl Programmer {
 }
 
 pub fn to_table(slots: &[u16]) -> Box<Table> {
-    let mut t = Box::new(Table { slots: [NO_BACKEND; TABLE_SIZE], verifier_pad: NO_BACKEND });
+    let mut t = Box::new(Table {
+        slots: [NO_BACKEND; TABLE_SIZE],
+        verifier_pad: NO_BACKEND,
+    });
     t.slots.copy_from_slice(slots);
     t
 }

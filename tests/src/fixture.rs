@@ -44,22 +44,40 @@ impl Lab {
         let b0 = ns.ifindex("b0")?;
         let c0_mac = ns.mac("c0")?;
         let b0_mac = ns.mac("b0")?;
-        Ok(Lab { ns, c0, b0, c0_mac, b0_mac })
+        Ok(Lab {
+            ns,
+            c0,
+            b0,
+            c0_mac,
+            b0_mac,
+        })
     }
 }
 
 /// Backend address `i` (11..=14) of the lab, in the VIP's family.
 pub fn backend(v6: bool, i: u8, port: u16) -> SocketAddr {
-    let ip: IpAddr = if v6 { format!("2001:2:1::{i:x}").parse().unwrap() } else { format!("198.18.1.{i}").parse().unwrap() };
+    let ip: IpAddr = if v6 {
+        format!("2001:2:1::{i:x}").parse().unwrap()
+    } else {
+        format!("198.18.1.{i}").parse().unwrap()
+    };
     SocketAddr::new(ip, port)
 }
 
 pub fn client(v6: bool) -> IpAddr {
-    if v6 { "2001:2::2".parse().unwrap() } else { "198.18.0.2".parse().unwrap() }
+    if v6 {
+        "2001:2::2".parse().unwrap()
+    } else {
+        "198.18.0.2".parse().unwrap()
+    }
 }
 
 pub fn vip(v6: bool, port: u16) -> SocketAddr {
-    let ip: IpAddr = if v6 { "2001:2:ff::10".parse().unwrap() } else { "198.18.0.10".parse().unwrap() };
+    let ip: IpAddr = if v6 {
+        "2001:2:ff::10".parse().unwrap()
+    } else {
+        "198.18.0.10".parse().unwrap()
+    };
     SocketAddr::new(ip, port)
 }
 
@@ -123,7 +141,12 @@ pub fn run_fd(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<(
     };
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
     };
     if rc != 0 {
         anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());

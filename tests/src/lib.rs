@@ -17,9 +17,17 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a shell command, failing with its output if it fails.
 pub fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("spawn {cmd}"))?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .with_context(|| format!("spawn {cmd}"))?;
     if !out.status.success() {
-        bail!("`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{cmd}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -31,7 +39,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Result<Netns> {
-        let name = format!("sw{}-{}-{}", tag, std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "sw{}-{}-{}",
+            tag,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         sh(&format!("ip netns add {name}"))?;
         let ns = Netns { name };
         ns.exec("ip link set lo up")?;
@@ -40,7 +53,11 @@ impl Netns {
 
     /// Runs `cmd` inside the namespace.
     pub fn exec(&self, cmd: &str) -> Result<String> {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")))
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
     }
 
     /// Runs `f` on a thread that has entered the namespace.
@@ -57,11 +74,17 @@ impl Netns {
     }
 
     pub fn ifindex(&self, dev: &str) -> Result<u32> {
-        Ok(self.exec(&format!("cat /sys/class/net/{dev}/ifindex"))?.trim().parse()?)
+        Ok(self
+            .exec(&format!("cat /sys/class/net/{dev}/ifindex"))?
+            .trim()
+            .parse()?)
     }
 
     pub fn mac(&self, dev: &str) -> Result<[u8; 6]> {
-        parse_mac(self.exec(&format!("cat /sys/class/net/{dev}/address"))?.trim())
+        parse_mac(
+            self.exec(&format!("cat /sys/class/net/{dev}/address"))?
+                .trim(),
+        )
     }
 }
 
@@ -84,7 +107,10 @@ pub fn enter(path: &str) -> Result<()> {
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>()?;
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()?;
     v.try_into().map_err(|_| anyhow::anyhow!("bad mac {s}"))
 }
 
@@ -99,7 +125,17 @@ pub const ACK: u8 = 0x10;
 pub const FIN: u8 = 0x01;
 
 /// An Ethernet frame with correct checksums.
-pub fn frame(smac: [u8; 6], dmac: [u8; 6], src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l4: L4, payload: &[u8]) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+pub fn frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    l4: L4,
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(smac, dmac);
     let b = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
@@ -142,24 +178,43 @@ pub struct Seen {
     pub payload: Vec<u8>,
 }
 
+/// Checksum over pseudo-header + L4 segment, for a given protocol.
+type PseudoSum = Box<dyn Fn(&[u8], u8) -> u16>;
+
 /// Parses a frame and verifies the IPv4 header checksum and the TCP/UDP
 /// checksum from scratch; any mismatch is an error.
 pub fn check(frame: &[u8]) -> Result<Seen> {
     let p = SlicedPacket::from_ethernet(frame).map_err(|e| anyhow::anyhow!("parse: {e}"))?;
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { bail!("no ethernet") };
-    let (src, dst, ttl, pseudo): (IpAddr, IpAddr, u8, Box<dyn Fn(&[u8], u8) -> u16>) = match p.net {
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else {
+        bail!("no ethernet")
+    };
+    let (src, dst, ttl, pseudo): (IpAddr, IpAddr, u8, PseudoSum) = match p.net {
         Some(NetSlice::Ipv4(ip)) => {
             let h = ip.header().to_header();
             if h.calc_header_checksum() != h.header_checksum {
-                bail!("bad IPv4 header checksum {:#x}, want {:#x}", h.header_checksum, h.calc_header_checksum());
+                bail!(
+                    "bad IPv4 header checksum {:#x}, want {:#x}",
+                    h.header_checksum,
+                    h.calc_header_checksum()
+                );
             }
             let (s, d) = (h.source, h.destination);
-            (IpAddr::from(s), IpAddr::from(d), h.time_to_live, Box::new(move |l4: &[u8], proto: u8| pseudo_v4(s, d, proto, l4)))
+            (
+                IpAddr::from(s),
+                IpAddr::from(d),
+                h.time_to_live,
+                Box::new(move |l4: &[u8], proto: u8| pseudo_v4(s, d, proto, l4)),
+            )
         }
         Some(NetSlice::Ipv6(ip)) => {
             let h = ip.header().to_header();
             let (s, d) = (h.source, h.destination);
-            (IpAddr::from(s), IpAddr::from(d), h.hop_limit, Box::new(move |l4: &[u8], proto: u8| pseudo_v6(s, d, proto, l4)))
+            (
+                IpAddr::from(s),
+                IpAddr::from(d),
+                h.hop_limit,
+                Box::new(move |l4: &[u8], proto: u8| pseudo_v6(s, d, proto, l4)),
+            )
         }
         _ => bail!("no IP"),
     };
@@ -178,7 +233,16 @@ pub fn check(frame: &[u8]) -> Result<Seen> {
         }
         _ => bail!("no TCP/UDP"),
     };
-    Ok(Seen { smac: eth.source(), dmac: eth.destination(), src, dst, sport, dport, ttl, payload })
+    Ok(Seen {
+        smac: eth.source(),
+        dmac: eth.destination(),
+        src,
+        dst,
+        sport,
+        dport,
+        ttl,
+        payload,
+    })
 }
 
 /// One's-complement sum over pseudo-header + segment; 0 when the checksum
@@ -187,7 +251,11 @@ fn fold_sum(parts: &[&[u8]]) -> u16 {
     let mut sum: u64 = 0;
     for p in parts {
         for c in p.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { (c[0] as u16) << 8 };
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                (c[0] as u16) << 8
+            };
             sum += w as u64;
         }
     }

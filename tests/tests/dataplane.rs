@@ -27,7 +27,10 @@ fn service(v6: bool, proto: Protocol, mode: ForwardMode, blue: u32, green: u32) 
     let pool = |name: &str, weight, ids: [u8; 2]| PoolConfig {
         name: name.into(),
         weight,
-        backends: ids.iter().map(|&i| BackendConfig::Addr(backend(v6, i, port))).collect(),
+        backends: ids
+            .iter()
+            .map(|&i| BackendConfig::Addr(backend(v6, i, port)))
+            .collect(),
     };
     ServiceConfig {
         name: "web".into(),
@@ -42,7 +45,12 @@ fn service(v6: bool, proto: Protocol, mode: ForwardMode, blue: u32, green: u32) 
 }
 
 fn reason(dp: &Dataplane, r: Reason) -> u64 {
-    dp.reasons().unwrap().into_iter().find(|(x, _)| *x == r).unwrap().1
+    dp.reasons()
+        .unwrap()
+        .into_iter()
+        .find(|(x, _)| *x == r)
+        .unwrap()
+        .1
 }
 
 fn l4(proto: Protocol) -> L4 {
@@ -63,14 +71,24 @@ fn nat_forward_and_reply_every_family_and_protocol() {
                     let lab_spec = service(v6, proto, ForwardMode::Nat, 100, 0);
                     let (mut dp, _p) = setup_standalone(&lab_spec);
                     let prog = dp.program().unwrap();
-                    let f = frame([2, 0, 0, 0, 0, 9], c0_mac, client(v6), 40_000, lab_spec.vip.ip(), 80, l4(proto), b"hello");
+                    let f = frame(
+                        [2, 0, 0, 0, 0, 9],
+                        c0_mac,
+                        client(v6),
+                        40_000,
+                        lab_spec.vip.ip(),
+                        80,
+                        l4(proto),
+                        b"hello",
+                    );
                     let (verdict, out) = run(prog, c0, &f).unwrap();
                     assert_eq!(verdict, XDP_REDIRECT, "v6={v6} {proto:?}");
                     let seen = check(&out).unwrap_or_else(|e| panic!("v6={v6} {proto:?}: {e}"));
                     assert_eq!(seen.src, client(v6));
                     assert_eq!(seen.sport, 40_000);
                     assert!(
-                        [backend(v6, 11, 8080), backend(v6, 12, 8080)].contains(&SocketAddr::new(seen.dst, seen.dport)),
+                        [backend(v6, 11, 8080), backend(v6, 12, 8080)]
+                            .contains(&SocketAddr::new(seen.dst, seen.dport)),
                         "{seen:?}"
                     );
                     let i = match seen.dst {
@@ -83,10 +101,19 @@ fn nat_forward_and_reply_every_family_and_protocol() {
                     assert_eq!(seen.payload, b"hello");
 
                     // The reply from that backend goes back out as the VIP.
-                    let r = frame(backend_mac(i), b0_mac, seen.dst, seen.dport, client(v6), 40_000, match proto {
-                        Protocol::Tcp => L4::Tcp { flags: SYN | ACK },
-                        Protocol::Udp => L4::Udp,
-                    }, b"world");
+                    let r = frame(
+                        backend_mac(i),
+                        b0_mac,
+                        seen.dst,
+                        seen.dport,
+                        client(v6),
+                        40_000,
+                        match proto {
+                            Protocol::Tcp => L4::Tcp { flags: SYN | ACK },
+                            Protocol::Udp => L4::Udp,
+                        },
+                        b"world",
+                    );
                     let (verdict, out) = run(dp.program().unwrap(), b0, &r).unwrap();
                     assert_eq!(verdict, XDP_REDIRECT);
                     let seen = check(&out).unwrap();
@@ -121,7 +148,16 @@ fn dsr_changes_only_the_ethernet_header() {
             for v6 in [false, true] {
                 let spec = service(v6, Protocol::Tcp, ForwardMode::Dsr, 100, 0);
                 let (mut dp, _p) = setup_standalone(&spec);
-                let f = frame([2, 0, 0, 0, 0, 9], c0_mac, client(v6), 40_001, spec.vip.ip(), 80, L4::Tcp { flags: SYN }, b"x");
+                let f = frame(
+                    [2, 0, 0, 0, 0, 9],
+                    c0_mac,
+                    client(v6),
+                    40_001,
+                    spec.vip.ip(),
+                    80,
+                    L4::Tcp { flags: SYN },
+                    b"x",
+                );
                 let (verdict, out) = run(dp.program().unwrap(), c0, &f).unwrap();
                 assert_eq!(verdict, XDP_REDIRECT);
                 assert_eq!(out[12..], f[12..], "IP packet must be untouched");
@@ -141,8 +177,26 @@ fn packets_not_for_a_vip_pass_bit_for_bit() {
         .run(move || {
             let spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
             let (mut dp, _p) = setup_standalone(&spec);
-            let other_port = frame([2; 6], c0_mac, client(false), 1, spec.vip.ip(), 22, L4::Tcp { flags: SYN }, b"");
-            let other_addr = frame([2; 6], c0_mac, client(false), 1, "198.18.0.1".parse().unwrap(), 80, L4::Udp, b"");
+            let other_port = frame(
+                [2; 6],
+                c0_mac,
+                client(false),
+                1,
+                spec.vip.ip(),
+                22,
+                L4::Tcp { flags: SYN },
+                b"",
+            );
+            let other_addr = frame(
+                [2; 6],
+                c0_mac,
+                client(false),
+                1,
+                "198.18.0.1".parse().unwrap(),
+                80,
+                L4::Udp,
+                b"",
+            );
             let mut arp = vec![0xffu8; 6];
             arp.extend_from_slice(&[2; 6]);
             arp.extend_from_slice(&[0x08, 0x06]);
@@ -166,12 +220,35 @@ fn hard_cases_have_a_verdict_and_a_counter() {
         .run(move || {
             let spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
             let (mut dp, _p) = setup_standalone(&spec);
-            let good = frame([2; 6], c0_mac, client(false), 5, spec.vip.ip(), 80, L4::Tcp { flags: SYN }, b"");
-            let good6 = frame([2; 6], c0_mac, client(true), 5, vip(true, 80).ip(), 80, L4::Tcp { flags: SYN }, b"");
+            let good = frame(
+                [2; 6],
+                c0_mac,
+                client(false),
+                5,
+                spec.vip.ip(),
+                80,
+                L4::Tcp { flags: SYN },
+                b"",
+            );
+            let good6 = frame(
+                [2; 6],
+                c0_mac,
+                client(true),
+                5,
+                vip(true, 80).ip(),
+                80,
+                L4::Tcp { flags: SYN },
+                b"",
+            );
 
             let mut cases: Vec<(&str, Vec<u8>, u32, Reason)> = Vec::new();
             for cut in [14usize, 20, 30, 40, 50] {
-                cases.push(("truncated", good[..cut].to_vec(), XDP_PASS, Reason::Truncated));
+                cases.push((
+                    "truncated",
+                    good[..cut].to_vec(),
+                    XDP_PASS,
+                    Reason::Truncated,
+                ));
             }
             let mut opts = good.clone();
             opts[14] = 0x46;
@@ -194,7 +271,12 @@ fn hard_cases_have_a_verdict_and_a_counter() {
             cases.push(("ipv6 ext header", ext, XDP_PASS, Reason::Ipv6ExtHeader));
             let mut long_len = good.clone();
             long_len[16] = 0x0f; // total length beyond the frame
-            cases.push(("ip length beyond frame", long_len, XDP_PASS, Reason::Truncated));
+            cases.push((
+                "ip length beyond frame",
+                long_len,
+                XDP_PASS,
+                Reason::Truncated,
+            ));
 
             for (name, f, want, why) in cases {
                 let before = reason(&dp, why);
@@ -209,7 +291,16 @@ fn hard_cases_have_a_verdict_and_a_counter() {
             // kernel refuses an MTU above it) is forwarded with correct
             // checksums. Frames shorter than an Ethernet header never reach
             // an XDP program (the kernel rejects them first).
-            let jumbo = frame([2; 6], c0_mac, client(false), 6, spec.vip.ip(), 80, L4::Tcp { flags: ACK }, &vec![7u8; 3400]);
+            let jumbo = frame(
+                [2; 6],
+                c0_mac,
+                client(false),
+                6,
+                spec.vip.ip(),
+                80,
+                L4::Tcp { flags: ACK },
+                &vec![7u8; 3400],
+            );
             let (verdict, out) = run(dp.program().unwrap(), c0, &jumbo).unwrap();
             assert_eq!(verdict, XDP_REDIRECT);
             check(&out).unwrap();
@@ -226,7 +317,16 @@ fn established_flows_keep_their_backend_across_a_flip() {
             let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
             let (mut dp, mut p) = setup_standalone(&spec);
             let send = |dp: &mut Dataplane, port: u16, flags: u8| {
-                let f = frame([2; 6], c0_mac, client(false), port, spec_vip(), 80, L4::Tcp { flags }, b"");
+                let f = frame(
+                    [2; 6],
+                    c0_mac,
+                    client(false),
+                    port,
+                    spec_vip(),
+                    80,
+                    L4::Tcp { flags },
+                    b"",
+                );
                 let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
                 assert_eq!(v, XDP_REDIRECT);
                 check(&out).unwrap().dst
@@ -247,7 +347,10 @@ fn established_flows_keep_their_backend_across_a_flip() {
                 assert_eq!(send(&mut dp, *port, ACK), *b, "established flow moved");
             }
             for port in 2000..2200 {
-                assert!(green.contains(&send(&mut dp, port, SYN)), "new flow not on green");
+                assert!(
+                    green.contains(&send(&mut dp, port, SYN)),
+                    "new flow not on green"
+                );
             }
             // A closing flow still reaches its backend during the grace time.
             assert_eq!(send(&mut dp, 1000, FIN | ACK), pinned[&1000]);
@@ -256,9 +359,15 @@ fn established_flows_keep_their_backend_across_a_flip() {
             // Draining a blue backend keeps its flows; removing it re-chooses them.
             spec.pools[0].backends.remove(0);
             p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
-            let moved = pinned.iter().filter(|(_, b)| **b == blue[0]).map(|(port, _)| send(&mut dp, *port, ACK));
+            let moved = pinned
+                .iter()
+                .filter(|(_, b)| **b == blue[0])
+                .map(|(port, _)| send(&mut dp, *port, ACK));
             for b in moved {
-                assert!(green.contains(&b), "flow of a removed backend goes where the table says");
+                assert!(
+                    green.contains(&b),
+                    "flow of a removed backend goes where the table says"
+                );
             }
         })
         .unwrap();
@@ -287,10 +396,20 @@ fn split_of_100k_flows_matches_the_weights() {
                 *counts.entry(check(&out).unwrap().dst).or_default() += 1;
             }
             let share = |ids: [u8; 2]| {
-                ids.iter().map(|i| counts.get(&backend(false, *i, 0).ip()).copied().unwrap_or(0)).sum::<u32>() as f64 / n as f64
+                ids.iter()
+                    .map(|i| {
+                        counts
+                            .get(&backend(false, *i, 0).ip())
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .sum::<u32>() as f64
+                    / n as f64
             };
             let green = share([13, 14]);
-            eprintln!("green share of {n} flows: {green:.4} (want 0.30 ± 0.005); per backend {counts:?}");
+            eprintln!(
+                "green share of {n} flows: {green:.4} (want 0.30 ± 0.005); per backend {counts:?}"
+            );
             assert!((green - 0.30).abs() <= 0.005, "green share {green}");
             assert!((share([11, 12]) - 0.70).abs() <= 0.005);
         })
@@ -303,7 +422,9 @@ fn removing_one_backend_moves_no_slot_of_the_others() {
     lab.ns
         .run(move || {
             let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
-            spec.pools[0].backends = (11..=14).map(|i| BackendConfig::Addr(backend(false, i, 8080))).collect();
+            spec.pools[0].backends = (11..=14)
+                .map(|i| BackendConfig::Addr(backend(false, i, 8080)))
+                .collect();
             spec.pools.truncate(1);
             let (mut dp, mut p) = setup_standalone(&spec);
             let slot = |dp: &Dataplane| dp.services().unwrap()[0].1.table;
@@ -321,7 +442,10 @@ fn removing_one_backend_moves_no_slot_of_the_others() {
                     assert_eq!(b, a, "a slot of another backend moved");
                 }
             }
-            eprintln!("removing 1 of 4 backends moved {moved} of {} slots, all its own", before.slots.len());
+            eprintln!(
+                "removing 1 of 4 backends moved {moved} of {} slots, all its own",
+                before.slots.len()
+            );
         })
         .unwrap();
 }
@@ -344,9 +468,25 @@ fn flips_under_a_packet_stream_never_leave_the_two_pools() {
                 let mut i = 0u32;
                 while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                     let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8));
-                    let f = frame([2; 6], c0_mac, src, 1024 + (i % 60_000) as u16, spec_vip(), 80, L4::Udp, b"");
+                    let f = frame(
+                        [2; 6],
+                        c0_mac,
+                        src,
+                        1024 + (i % 60_000) as u16,
+                        spec_vip(),
+                        80,
+                        L4::Udp,
+                        b"",
+                    );
                     let (v, out) = switch_tests::fixture::run_fd(&fd, c0, &f).unwrap();
-                    let dst = if v == XDP_REDIRECT { u32::from(match check(&out).unwrap().dst { IpAddr::V4(a) => a, _ => unreachable!() }) } else { 0 };
+                    let dst = if v == XDP_REDIRECT {
+                        u32::from(match check(&out).unwrap().dst {
+                            IpAddr::V4(a) => a,
+                            _ => unreachable!(),
+                        })
+                    } else {
+                        0
+                    };
                     *seen.entry(dst).or_default() += 1;
                     i += 1;
                 }
@@ -362,13 +502,44 @@ fn flips_under_a_packet_stream_never_leave_the_two_pools() {
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let seen = streamer.join().unwrap();
-            let allowed: BTreeSet<u32> = (11..=14).map(|i| u32::from(std::net::Ipv4Addr::new(198, 18, 1, i))).collect();
+            let allowed: BTreeSet<u32> = (11..=14)
+                .map(|i| u32::from(std::net::Ipv4Addr::new(198, 18, 1, i)))
+                .collect();
             let total: u64 = seen.values().sum();
             eprintln!("{total} packets during 50 flips: {seen:?}");
             assert!(total > 1000);
             for dst in seen.keys() {
-                assert!(allowed.contains(dst), "packet went to {dst:#x} (0 = not redirected)");
+                assert!(
+                    allowed.contains(dst),
+                    "packet went to {dst:#x} (0 = not redirected)"
+                );
             }
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_vip_without_eligible_backends_drops_and_counts() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let spec = service(false, Protocol::Tcp, ForwardMode::Nat, 0, 0);
+            let (mut dp, _p) = setup_standalone(&spec);
+            let f = frame(
+                [2; 6],
+                c0_mac,
+                client(false),
+                7,
+                spec.vip.ip(),
+                80,
+                L4::Tcp { flags: SYN },
+                b"",
+            );
+            let (verdict, _) = run(dp.program().unwrap(), c0, &f).unwrap();
+            assert_eq!(verdict, XDP_DROP);
+            assert_eq!(reason(&dp, Reason::NoBackend), 1);
+            assert_eq!(dp.service_stats(0).unwrap().no_backend, 1);
         })
         .unwrap();
 }

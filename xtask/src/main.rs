@@ -1,1 +1,108 @@
-fn main(){}
+//! Developer entry points: `cargo xtask setup | test | demo | bench`.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for switch")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build, tests and demo need (idempotent).
+    Setup,
+    /// Setup, then every test layer: unit, data-plane (BPF_PROG_TEST_RUN)
+    /// and namespace integration tests.
+    Test {
+        /// Extra arguments for the test runner (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The self-contained demo in network namespaces.
+    Demo(demo::Args),
+    /// The benchmark harness.
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+        Cmd::Demo(args) => {
+            setup::run()?;
+            demo::run(args)
+        }
+        Cmd::Bench { args } => {
+            setup::run()?;
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "switch-user",
+                    "--bin",
+                    "switch-bench",
+                    "--",
+                ],
+                &args,
+            )
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // clippy and fmt first: a lint failure is a test failure.
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "-q",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    if setup::have("cargo-nextest") {
+        // One process per test, one summary at the end.
+        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"], args)
+    } else {
+        cargo(&["test", "--workspace", "--no-fail-fast"], args)
+    }
+}
+
+pub fn cargo(base: &[&str], extra: &[String]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(base)
+        .args(extra)
+        .envs(setup::tool_env())
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed", base.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The daemon's API: one JSON request per line on a Unix socket, one JSON
+//! response per line back. `v` is the protocol version.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServiceConfig;
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    #[serde(flatten)]
+    pub cmd: Command,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    Status {
+        service: Option<String>,
+    },
+    /// Replace the whole set of services (declarative, idempotent).
+    Apply {
+        services: Vec<ServiceConfig>,
+    },
+    Weights {
+        service: String,
+        weights: BTreeMap<String, u32>,
+    },
+    Flip {
+        service: String,
+        to: String,
+    },
+    Backend {
+        service: String,
+        pool: String,
+        addr: SocketAddr,
+        action: BackendAction,
+        weight: Option<u32>,
+    },
+    History {
+        service: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendAction {
+    Add,
+    Remove,
+    Drain,
+    Undrain,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Vec<ServiceStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Event>>,
+}
+
+impl Response {
+    pub fn ok() -> Self {
+        Response {
+            ok: true,
+            error: None,
+            status: None,
+            history: None,
+        }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            status: None,
+            history: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: String,
+    pub mode: String,
+    pub packets: u64,
+    pub new_flows: u64,
+    pub no_backend: u64,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub weight: u32,
+    /// Share of new flows, in percent of the table.
+    pub share: f64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: String,
+    pub packets: u64,
+    pub new_flows: u64,
+    pub rsts: u64,
+    pub active_flows: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub service: String,
+    pub what: String,
+    pub ok: bool,
+}
