@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 pub mod fixture;
+pub mod lab;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
