@@ -68,6 +68,13 @@ impl Lab {
     }
 
     pub fn vip(v6: bool, port: u16) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(if v6 { VIP6.parse().unwrap() } else { VIP4.parse().unwrap() }, port)
+        std::net::SocketAddr::new(
+            if v6 {
+                VIP6.parse().unwrap()
+            } else {
+                VIP4.parse().unwrap()
+            },
+            port,
+        )
     }
 }

@@ -30,7 +30,9 @@ fn start_servers(lab: &Lab, port: u16, stop: Arc<AtomicBool>) {
             tcp.set_nonblocking(true).unwrap();
             // One UDP socket per address, so each answers from the address
             // it was reached on (a backend's own for nat, the VIP for dsr).
-            let mut addrs: Vec<SocketAddr> = (1..=4).flat_map(|i| [Lab::backend(false, i, port), Lab::backend(true, i, port)]).collect();
+            let mut addrs: Vec<SocketAddr> = (1..=4)
+                .flat_map(|i| [Lab::backend(false, i, port), Lab::backend(true, i, port)])
+                .collect();
             addrs.extend([Lab::vip(false, port), Lab::vip(true, port)]);
             let udp: Vec<UdpSocket> = addrs.iter().map(|a| UdpSocket::bind(a).unwrap()).collect();
             for u in &udp {
@@ -81,7 +83,9 @@ fn spec(v6: bool, proto: Protocol, mode: ForwardMode) -> ServiceConfig {
         pools: vec![PoolConfig {
             name: "blue".into(),
             weight: 100,
-            backends: (1..=4).map(|i| BackendConfig::Addr(Lab::backend(v6, i, 80))).collect(),
+            backends: (1..=4)
+                .map(|i| BackendConfig::Addr(Lab::backend(v6, i, 80)))
+                .collect(),
         }],
         cohorts: vec![],
     }
@@ -115,8 +119,12 @@ fn tcp_and_udp_through_xdp_in_every_mode_and_family() {
                 }
                 ready_tx.send(()).unwrap();
                 rx.recv().unwrap();
-                let reasons: BTreeMap<&'static str, u64> =
-                    dp.reasons().unwrap().into_iter().map(|(r, n)| (r.name(), n)).collect();
+                let reasons: BTreeMap<&'static str, u64> = dp
+                    .reasons()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(r, n)| (r.name(), n))
+                    .collect();
                 stats_tx.send(reasons).unwrap();
                 // Dropping `dp` detaches (nothing is pinned).
             });
@@ -128,14 +136,16 @@ fn tcp_and_udp_through_xdp_in_every_mode_and_family() {
                 .run(move || {
                     let mut seen = BTreeMap::new();
                     for _ in 0..40 {
-                        let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("tcp connect to VIP");
+                        let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                            .expect("tcp connect to VIP");
                         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                         c.write_all(b"hi").unwrap();
                         let mut s = String::new();
                         c.read_to_string(&mut s).expect("tcp answer");
                         *seen.entry(s).or_insert(0) += 1;
                     }
-                    let u = UdpSocket::bind(if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
+                    let u = UdpSocket::bind(if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                        .unwrap();
                     u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                     let mut udp_ok = 0;
                     for _ in 0..10 {
@@ -154,18 +164,30 @@ fn tcp_and_udp_through_xdp_in_every_mode_and_family() {
             let reasons = stats_rx.recv().unwrap();
             sw.join().unwrap();
             let (seen, udp_ok) = answers;
-            eprintln!("{mode:?} v6={v6}: tcp answers {seen:?}, udp {udp_ok}/10, reasons {reasons:?}");
+            eprintln!(
+                "{mode:?} v6={v6}: tcp answers {seen:?}, udp {udp_ok}/10, reasons {reasons:?}"
+            );
             assert_eq!(seen.values().sum::<i32>(), 40);
             if mode == ForwardMode::Nat {
                 // Several backends answered, each on its own address.
-                assert!(seen.len() >= 2, "connections spread over backends: {seen:?}");
+                assert!(
+                    seen.len() >= 2,
+                    "connections spread over backends: {seen:?}"
+                );
                 for k in seen.keys() {
                     let a: SocketAddr = k.parse().unwrap();
-                    assert!((1..=4).any(|i| Lab::backend(v6, i, 80) == a), "answer from {a}");
+                    assert!(
+                        (1..=4).any(|i| Lab::backend(v6, i, 80) == a),
+                        "answer from {a}"
+                    );
                 }
                 assert!(reasons["reply_forwarded"] > 0);
             } else {
-                assert_eq!(seen.keys().next().unwrap(), &Lab::vip(v6, 80).to_string(), "dsr backends answer as the VIP");
+                assert_eq!(
+                    seen.keys().next().unwrap(),
+                    &Lab::vip(v6, 80).to_string(),
+                    "dsr backends answer as the VIP"
+                );
             }
             assert!(reasons[Reason::Forwarded.name()] > 0);
             assert!(udp_ok >= 9, "udp answers {udp_ok}/10");
