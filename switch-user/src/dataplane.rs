@@ -104,6 +104,18 @@ impl Dataplane {
         })
     }
 
+    /// Loads one of the benchmark reference programs (`bench_floor`,
+    /// `bench_minimal`) that share this object's maps.
+    pub fn load_reference(&mut self, name: &str) -> Result<std::os::fd::OwnedFd> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from object"))?
+            .try_into()?;
+        prog.load().map_err(verifier_error)?;
+        Ok(prog.fd()?.as_fd().try_clone_to_owned()?)
+    }
+
     pub fn program(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf

@@ -100,14 +100,26 @@ pub fn run(prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
 
 /// `run` through a raw program fd, for threads that do not own the program.
 pub fn run_fd(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let r = test_run(fd, ifindex, frame)?;
+    Ok((r.verdict, r.out))
+}
+
+pub struct RunResult {
+    pub verdict: u32,
+    pub out: Vec<u8>,
+    /// Kernel-measured duration of the one run, in ns.
+    pub duration_ns: u32,
+}
+
+/// One `BPF_PROG_TEST_RUN` (repeat = 1) of the program behind `fd` on a
+/// fresh copy of `frame`, arriving on `ifindex`.
+pub fn test_run(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<RunResult> {
     use std::os::fd::AsRawFd;
     let mut out = vec![0u8; frame.len() + 256];
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    // union bpf_attr, test member: prog_fd, retval, data_size_in,
-    // data_size_out, data_in, data_out, repeat, duration, ctx_size_in,
-    // ctx_size_out, ctx_in, ctx_out, flags, cpu, batch_size.
+    // The `test` member of union bpf_attr.
     #[repr(C)]
     #[derive(Default)]
     struct TestAttr {
@@ -152,5 +164,9 @@ pub fn run_fd(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<(
         anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     }
     out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out))
+    Ok(RunResult {
+        verdict: attr.retval,
+        out,
+        duration_ns: attr.duration,
+    })
 }

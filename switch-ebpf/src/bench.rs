@@ -1,0 +1,32 @@
+//! Reference programs for the benchmark harness, in the same object so they
+//! are measured under the same conditions as `switch`:
+//! - `bench_floor`: returns XDP_PASS; the cost of BPF_PROG_TEST_RUN itself.
+//! - `bench_minimal`: parse Ethernet + IPv4/IPv6 header, one hash lookup,
+//!   XDP_TX; the least any L4 balancer must do.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use switch_common::ServiceKey;
+
+use crate::{maps::SERVICES, parse};
+
+#[xdp]
+pub fn bench_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_minimal(ctx: XdpContext) -> u32 {
+    let Ok(pkt) = parse::parse(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let key = ServiceKey {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    match unsafe { SERVICES.get(&key) } {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
+}

@@ -1,0 +1,418 @@
+//! `cargo xtask bench`: per-packet cost of each path of the real XDP object
+//! through BPF_PROG_TEST_RUN, next to the harness floor and a minimal
+//! program measured in the same run.
+//!
+//! Every path runs `--runs` times with repeat = 1 on a fresh copy of its
+//! input (with repeat > 1 a rewriting program would see its own output).
+//! Runs are grouped in batches; the table gives the median batch mean and
+//! the min–max over batches. Every run's verdict is checked, and every
+//! 1,000th output is parsed and checked by an independent parser.
+
+use std::{collections::BTreeSet, net::IpAddr, os::fd::OwnedFd, time::Instant};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use switch_common::checksum;
+use switch_tests::{
+    ACK, L4, SYN, check,
+    fixture::{Lab, backend, backend_mac, client, test_run, vip},
+    frame,
+};
+use switch_user::{
+    config::{BackendConfig, DaemonConfig, PoolConfig, Protocol, ServiceConfig},
+    dataplane::{Capacity, Dataplane},
+    programmer::Programmer,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// Runs per path.
+    #[arg(long, default_value_t = 1_000_000)]
+    runs: u32,
+    /// Flow-table sizes for the established-flow rows (0 to skip).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000u32, 100_000, 1_000_000])]
+    table_sizes: Vec<u32>,
+    /// Write the report to this markdown file as well.
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
+}
+
+struct Row {
+    path: String,
+    median: f64,
+    min: f64,
+    max: f64,
+    verdict: &'static str,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn service(v6: bool) -> ServiceConfig {
+    ServiceConfig {
+        name: if v6 { "web6" } else { "web" }.into(),
+        vip: vip(v6, 80),
+        protocol: Protocol::Tcp,
+        mode: Default::default(),
+        affinity: Default::default(),
+        health: None,
+        pools: vec![PoolConfig {
+            name: "blue".into(),
+            weight: 100,
+            backends: (11..=14)
+                .map(|i| BackendConfig::Addr(backend(v6, i, 8080)))
+                .collect(),
+        }],
+        cohorts: vec![],
+    }
+}
+
+/// Sets the source port of a TCP frame, keeping its checksum right.
+fn set_sport(f: &mut [u8], l4: usize, port: u16) {
+    let old = [f[l4], f[l4 + 1]];
+    let new = port.to_be_bytes();
+    let c = u16::from_be_bytes([f[l4 + 16], f[l4 + 17]]);
+    f[l4 + 16..l4 + 18].copy_from_slice(&checksum::replace(c, &old, &new).to_be_bytes());
+    f[l4..l4 + 2].copy_from_slice(&new);
+}
+
+/// Sets the last two bytes of the source address (IPv4: also the header checksum).
+fn set_src_low(f: &mut [u8], v6: bool, l4: usize, low: u16) {
+    let at = if v6 { 14 + 8 + 14 } else { 14 + 12 + 2 };
+    let old = [f[at], f[at + 1]];
+    let new = low.to_be_bytes();
+    if !v6 {
+        let c = u16::from_be_bytes([f[24], f[25]]);
+        f[24..26].copy_from_slice(&checksum::replace(c, &old, &new).to_be_bytes());
+    }
+    let c = u16::from_be_bytes([f[l4 + 16], f[l4 + 17]]);
+    f[l4 + 16..l4 + 18].copy_from_slice(&checksum::replace(c, &old, &new).to_be_bytes());
+    f[at..at + 2].copy_from_slice(&new);
+}
+
+/// Times `runs` runs; `next(i)` gives run i's input; `want` its verdict.
+fn time(
+    name: &str,
+    fd: &OwnedFd,
+    ifindex: u32,
+    runs: u32,
+    want: u32,
+    mut next: impl FnMut(u32) -> Vec<u8>,
+    mut verify: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<Row> {
+    let batch = (runs / 100).max(100);
+    let mut means = Vec::new();
+    let (mut sum, mut n) = (0u64, 0u32);
+    let started = Instant::now();
+    for i in 0..runs {
+        let input = next(i);
+        let r = test_run(fd, ifindex, &input)?;
+        if r.verdict != want {
+            bail!("{name}: run {i} gave verdict {} (want {want})", r.verdict);
+        }
+        if i % 1000 == 0 {
+            verify(&r.out).map_err(|e| anyhow::anyhow!("{name}: run {i}: {e}"))?;
+        }
+        sum += r.duration_ns as u64;
+        n += 1;
+        if n == batch {
+            means.push(sum as f64 / n as f64);
+            (sum, n) = (0, 0);
+        }
+    }
+    if means.is_empty() {
+        means.push(sum as f64 / n.max(1) as f64);
+    }
+    means.sort_by(f64::total_cmp);
+    eprintln!(
+        "  {name}: {runs} runs in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Row {
+        path: name.into(),
+        median: means[means.len() / 2],
+        min: means[0],
+        max: means[means.len() - 1],
+        verdict: match want {
+            XDP_PASS => "PASS",
+            XDP_TX => "TX",
+            _ => "REDIRECT",
+        },
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    let lab = Lab::new()?;
+    let (c0, b0, c0_mac, b0_mac) = (lab.c0, lab.b0, lab.c0_mac, lab.b0_mac);
+    let a = args.clone();
+    let rows = lab.ns.run(move || -> Result<Vec<Row>> {
+        let runs = a.runs;
+        let max_flows = a.table_sizes.iter().copied().max().unwrap_or(0).max(65_536) * 2;
+        let cap = Capacity {
+            flows: max_flows,
+            ..Capacity::small()
+        };
+        let mut dp = Dataplane::load(None, cap)?;
+        dp.add_device("c0")?;
+        dp.add_device("b0")?;
+        let mut p = Programmer::new(0x5eed, cap);
+        p.init(&mut dp, &DaemonConfig::default())?;
+        p.apply(&mut dp, &service(false), &BTreeSet::new())?;
+        p.apply(&mut dp, &service(true), &BTreeSet::new())?;
+        let floor = dp.load_reference("bench_floor")?;
+        let minimal = dp.load_reference("bench_minimal")?;
+        let sw = dp.program_fd()?;
+
+        let syn = |v6: bool| {
+            frame(
+                [2; 6],
+                c0_mac,
+                client(v6),
+                1024,
+                vip(v6, 80).ip(),
+                80,
+                L4::Tcp { flags: SYN },
+                b"",
+            )
+        };
+        let ack = |v6: bool| {
+            frame(
+                [2; 6],
+                c0_mac,
+                client(v6),
+                999,
+                vip(v6, 80).ip(),
+                80,
+                L4::Tcp { flags: ACK },
+                b"",
+            )
+        };
+        let l4_off = |v6: bool| if v6 { 14 + 40 } else { 14 + 20 };
+        let to_backend = |out: &[u8]| -> Result<()> {
+            let s = check(out)?;
+            if s.dport != 8080 {
+                bail!("not rewritten to a backend: {s:?}");
+            }
+            Ok(())
+        };
+        let any = |_: &[u8]| Ok(());
+        let mut rows = Vec::new();
+        let v4syn = syn(false);
+        rows.push(time(
+            "floor (XDP_PASS only)",
+            &floor,
+            c0,
+            runs,
+            XDP_PASS,
+            |_| v4syn.clone(),
+            any,
+        )?);
+        rows.push(time(
+            "minimal (parse + 1 lookup + XDP_TX)",
+            &minimal,
+            c0,
+            runs,
+            XDP_TX,
+            |_| v4syn.clone(),
+            any,
+        )?);
+        let other = frame(
+            [2; 6],
+            c0_mac,
+            client(false),
+            5555,
+            "198.18.0.1".parse::<IpAddr>()?,
+            22,
+            L4::Tcp { flags: ACK },
+            b"",
+        );
+        rows.push(time(
+            "switch: non-VIP packet",
+            &sw,
+            c0,
+            runs,
+            XDP_PASS,
+            |_| other.clone(),
+            |o| {
+                if o != other.as_slice() {
+                    bail!("non-VIP packet was changed");
+                }
+                Ok(())
+            },
+        )?);
+        for v6 in [false, true] {
+            let fam = if v6 { "IPv6" } else { "IPv4" };
+            let base = syn(v6);
+            let l4 = l4_off(v6);
+            rows.push(time(
+                &format!("switch: new TCP flow, {fam}"),
+                &sw,
+                c0,
+                runs,
+                XDP_REDIRECT,
+                |i| {
+                    let mut f = base.clone();
+                    set_src_low(&mut f, v6, l4, (i >> 16) as u16);
+                    set_sport(&mut f, l4, i as u16);
+                    f
+                },
+                to_backend,
+            )?);
+            let est = ack(v6);
+            rows.push(time(
+                &format!("switch: established flow, {fam}"),
+                &sw,
+                c0,
+                runs,
+                XDP_REDIRECT,
+                |_| est.clone(),
+                to_backend,
+            )?);
+        }
+        // Replies: from a backend that has seen a flow.
+        let s = check(&test_run(&sw, c0, &ack(false))?.out)?;
+        let i = match s.dst {
+            IpAddr::V4(a) => a.octets()[3],
+            _ => 0,
+        };
+        let reply = frame(
+            backend_mac(i),
+            b0_mac,
+            s.dst,
+            8080,
+            client(false),
+            999,
+            L4::Tcp { flags: ACK },
+            b"",
+        );
+        rows.push(time(
+            "switch: reply (nat return path), IPv4",
+            &sw,
+            b0,
+            runs,
+            XDP_REDIRECT,
+            |_| reply.clone(),
+            |o| {
+                let s = check(o)?;
+                if s.sport != 80 {
+                    bail!("reply not rewritten to the VIP: {s:?}");
+                }
+                Ok(())
+            },
+        )?);
+        // Established flows with the flow table holding N other flows.
+        for &n in a.table_sizes.iter().filter(|n| **n > 0) {
+            let base = frame(
+                [2; 6],
+                c0_mac,
+                "198.19.0.0".parse::<IpAddr>()?,
+                1,
+                vip(false, 80).ip(),
+                80,
+                L4::Tcp { flags: ACK },
+                b"",
+            );
+            let l4 = l4_off(false);
+            let t = Instant::now();
+            for k in 0..n {
+                let mut f = base.clone();
+                set_src_low(&mut f, false, l4, (k >> 16) as u16 + 1);
+                set_sport(&mut f, l4, k as u16);
+                test_run(&sw, c0, &f)?;
+            }
+            eprintln!(
+                "  filled the flow table with {n} flows in {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            rows.push(time(
+                &format!("switch: established flows, {n} in table"),
+                &sw,
+                c0,
+                runs,
+                XDP_REDIRECT,
+                |i| {
+                    let mut f = base.clone();
+                    let k = i % n;
+                    set_src_low(&mut f, false, l4, (k >> 16) as u16 + 1);
+                    set_sport(&mut f, l4, k as u16);
+                    f
+                },
+                to_backend,
+            )?);
+        }
+        Ok(rows)
+    })??;
+
+    let minimal = rows
+        .iter()
+        .find(|r| r.path.starts_with("minimal"))
+        .map(|r| r.median)
+        .unwrap_or(1.0);
+    let mut report = String::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    report.push_str(&format!(
+        "Machine: {} ({} cores, {}), kernel {}, commit {commit}, {date}.\n\n",
+        host.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu,
+        kernel.trim()
+    ));
+    report.push_str(&format!(
+        "Per-packet cost, BPF_PROG_TEST_RUN, repeat = 1 on a fresh input, {} runs per path; ns per packet as the median of {} batch means (min–max over batches).\n\n",
+        args.runs,
+        (args.runs / (args.runs / 100).max(100)).max(1)
+    ));
+    report.push_str(
+        "| path | verdict | ns/packet median | min–max | × minimal |\n|---|---|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        report.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} |\n",
+            r.path,
+            r.verdict,
+            r.median,
+            r.min,
+            r.max,
+            r.median / minimal
+        ));
+    }
+    println!("{report}");
+    if let Some(path) = args.write {
+        let doc = format!(
+            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n"
+        );
+        std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+        std::fs::write(&path, doc)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
