@@ -543,3 +543,55 @@ fn a_vip_without_eligible_backends_drops_and_counts() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_cohort_always_reaches_its_pool_and_nobody_else_does() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+            spec.cohorts = vec![switch_user::config::CohortConfig { cidr: "198.19.5.0/24".parse().unwrap(), pool: "green".into() }];
+            let (mut dp, _p) = setup_standalone(&spec);
+            let green: Vec<IpAddr> = vec![backend(false, 13, 0).ip(), backend(false, 14, 0).ip()];
+            for i in 0..500u32 {
+                let inside = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 5, i as u8));
+                let outside = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 6, i as u8));
+                for (src, want_green) in [(inside, true), (outside, false)] {
+                    let f = frame([2; 6], c0_mac, src, 2000 + i as u16, spec.vip.ip(), 80, L4::Tcp { flags: SYN }, b"");
+                    let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                    assert_eq!(v, XDP_REDIRECT);
+                    assert_eq!(green.contains(&check(&out).unwrap().dst), want_green, "{src}");
+                }
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn client_affinity_keeps_one_client_on_one_backend() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Udp, ForwardMode::Nat, 50, 50);
+            spec.affinity = switch_user::config::Affinity::Client;
+            let (mut dp, _p) = setup_standalone(&spec);
+            let mut per_client: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
+            for c in 0..50u8 {
+                let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 7, c));
+                for port in 0..20u16 {
+                    let f = frame([2; 6], c0_mac, src, 3000 + port, spec.vip.ip(), 80, L4::Udp, b"");
+                    let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                    assert_eq!(v, XDP_REDIRECT);
+                    per_client.entry(src).or_default().insert(check(&out).unwrap().dst);
+                }
+            }
+            for (c, backends) in &per_client {
+                assert_eq!(backends.len(), 1, "client {c} saw {backends:?}");
+            }
+            let distinct: BTreeSet<_> = per_client.values().flatten().collect();
+            assert!(distinct.len() >= 3, "clients spread over backends: {distinct:?}");
+        })
+        .unwrap();
+}
