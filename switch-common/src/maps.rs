@@ -28,19 +28,21 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const REALS: &str = "REALS";
     pub const FLOWS: &str = "FLOWS";
+    pub const SNAT: &str = "SNAT";
     pub const COHORTS: &str = "COHORTS";
     pub const DEVICES: &str = "DEVICES";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REASONS: &str = "REASONS";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 12] = [
         CONFIG,
         SERVICES,
         TABLES,
         BACKENDS,
         REALS,
         FLOWS,
+        SNAT,
         COHORTS,
         DEVICES,
         BACKEND_STATS,
@@ -56,9 +58,9 @@ pub struct Config {
     /// Secret per-deployment hash seed; equal on every switch host of a
     /// deployment so they choose the same backend for the same flow.
     pub seed: u32,
-    /// Set to 1 by userspace once the seed and tables are written; until
-    /// then the program passes everything to the kernel.
-    pub ready: u32,
+    /// `CONFIG_*` bits. Until userspace sets `CONFIG_READY` (seed and tables
+    /// written) the program passes everything to the kernel.
+    pub flags: u32,
     /// How long a TCP flow stays pinned after its FIN or RST.
     pub tcp_close_grace_ns: u64,
     /// How long an idle UDP flow stays pinned.
@@ -67,6 +69,12 @@ pub struct Config {
     /// FIN never crossed this host).
     pub tcp_idle_ns: u64,
 }
+
+pub const CONFIG_READY: u32 = 1;
+/// Some service uses nat: look up replies in `REALS`.
+pub const CONFIG_NAT: u32 = 2;
+/// Some service uses fullnat: look up replies in `SNAT`.
+pub const CONFIG_FULLNAT: u32 = 4;
 
 /// How a service forwards a packet to its backend.
 #[repr(u8)]
@@ -78,6 +86,9 @@ pub enum Mode {
     /// Only the L2 destination changes; backends hold the VIP themselves and
     /// reply directly to the client.
     Dsr = 1,
+    /// Source rewritten too, to a switch address and port, so backends can
+    /// be anywhere routable; their replies come back to the switch.
+    Fullnat = 2,
 }
 
 impl Mode {
@@ -85,6 +96,7 @@ impl Mode {
         match v {
             0 => Some(Mode::Nat),
             1 => Some(Mode::Dsr),
+            2 => Some(Mode::Fullnat),
             _ => None,
         }
     }
@@ -119,6 +131,8 @@ pub struct Service {
     pub mode: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// fullnat: the switch's own address that backends see as the source.
+    pub snat_addr: [u8; 16],
 }
 
 /// A selection table: slot -> global backend index (or `NO_BACKEND`).
@@ -215,6 +229,33 @@ pub struct Flow {
     pub flags: u32,
     /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
+    /// fullnat: the source port allocated to this flow (network order).
+    pub snat_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of `SNAT`: a fullnat reply as it arrives from the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatKey {
+    pub backend: [u8; 16],
+    pub snat: [u8; 16],
+    pub backend_port: u16,
+    pub snat_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `SNAT`: where the reply really goes, and as whom.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatValue {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend: u32,
 }
 
 /// Key of `COHORTS` (an LPM trie): service id then source address, so one
@@ -287,9 +328,11 @@ pub enum Reason {
     /// Larger than the egress MTU: rewritten packet handed to the kernel,
     /// which fragments it or answers "packet too big".
     FragNeeded,
+    /// fullnat: no free source port towards that backend: dropped.
+    NoSnatPort,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -310,6 +353,7 @@ impl Reason {
         Reason::NotReady,
         Reason::Malformed,
         Reason::FragNeeded,
+        Reason::NoSnatPort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -331,6 +375,7 @@ impl Reason {
             Reason::NotReady => "not_ready",
             Reason::Malformed => "malformed",
             Reason::FragNeeded => "frag_needed",
+            Reason::NoSnatPort => "no_snat_port",
         }
     }
 }
@@ -348,6 +393,8 @@ mod pod {
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for SnatKey {}
+    unsafe impl aya::Pod for SnatValue {}
     unsafe impl aya::Pod for CohortKey {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}

@@ -3,15 +3,15 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use switch_common::{
-    Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, NO_BACKEND, PROTO_TCP,
-    SERVICE_CLIENT_AFFINITY, Service,
+    Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
+    PROTO_TCP, Reason, SERVICE_CLIENT_AFFINITY, Service,
     hash::{client_hash, connection_hash, slot_of},
 };
 
 use crate::{
     maps::{BACKENDS, COHORTS, FLOWS, TABLES},
     parse::{Packet, TCP_FIN, TCP_RST},
-    stats,
+    snat, stats,
 };
 
 /// Refresh `last_seen_ns` at most this often, so established flows do not
@@ -22,10 +22,14 @@ pub struct Chosen {
     pub index: u32,
     pub addr: [u8; 16],
     pub port: u16,
+    /// fullnat: the flow's source port on the switch address.
+    pub snat_port: u16,
 }
 
-#[inline(always)]
-pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Option<Chosen> {
+// Not inlined: the flow key, flow and cohort key get a frame of their own
+// (the BPF stack is 512 bytes for the whole call chain).
+#[inline(never)]
+pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
     let key = FlowKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -41,31 +45,39 @@ pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Option<Chose
     if let Some(flow) = FLOWS.get_ptr_mut(&key)
         && let Some(chosen) = pinned(config, pkt, unsafe { &mut *flow }, now, closing)
     {
-        return Some(chosen);
+        return Ok(chosen);
     }
 
     // New flow, or one whose pin expired or whose backend is gone: the
     // current table decides. An established TCP flow with no entry (evicted,
     // another switch host) lands where consistent hashing puts it, which is
     // its old backend as long as the table has not changed.
-    let index = table_lookup(config, service, pkt)?;
-    let b = BACKENDS.get(index)?;
+    let index = table_lookup(config, service, pkt).ok_or(Reason::NoBackend)?;
+    let b = BACKENDS.get(index).ok_or(Reason::NoBackend)?;
+    let mut chosen = Chosen {
+        index,
+        addr: b.addr,
+        port: b.port,
+        snat_port: 0,
+    };
+    if service.mode == Mode::Fullnat as u8 {
+        chosen.snat_port =
+            snat::allocate(config.seed, service, &chosen, pkt).ok_or(Reason::NoSnatPort)?;
+    }
     let flow = Flow {
         backend: index,
         generation: b.generation,
         service: service.id,
         flags: if closing { FLOW_CLOSING } else { 0 },
         last_seen_ns: now,
+        snat_port: chosen.snat_port,
+        _pad: [0; 6],
     };
     // A full LRU evicts its oldest entry; a failed insert still forwards.
     let _ = FLOWS.insert(&key, &flow, 0);
     stats::service_new_flow(service.id);
     stats::backend_new_flow(index);
-    Some(Chosen {
-        index,
-        addr: b.addr,
-        port: b.port,
-    })
+    Ok(chosen)
 }
 
 /// The pinned backend of an existing flow, unless the pin has expired or the
@@ -107,6 +119,7 @@ fn pinned(
         index: flow.backend,
         addr: b.addr,
         port: b.port,
+        snat_port: flow.snat_port,
     })
 }
 

@@ -9,7 +9,9 @@ use aya_ebpf::{
 };
 use switch_common::{FAMILY_V4, Reason};
 
-use crate::{maps::DEVICES, parse::Packet, rewrite};
+use network_types::eth::EthHdr;
+
+use crate::{maps::DEVICES, parse, parse::Packet, rewrite};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -23,6 +25,9 @@ const FIB_FRAG_NEEDED: i64 = 8;
 /// and replies).
 #[inline(always)]
 pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
+    if !parse::l3_fits(ctx, pkt) {
+        return (xdp_action::XDP_PASS, Reason::Malformed);
+    }
     let dst = unsafe {
         if pkt.family == FAMILY_V4 {
             let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
@@ -33,18 +38,45 @@ pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
             (*(pkt.l3 as *const network_types::ip::Ipv6Hdr)).dst_addr
         }
     };
-    send(ctx, pkt, &dst, true, ok)
+    unpack(send(ctx, pkt, &dst, true), ok)
 }
 
 /// Direct server return: the IP packet is untouched, only the Ethernet
 /// header is addressed to the backend, which holds the VIP itself.
 #[inline(always)]
 pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &[u8; 16]) -> (u32, Reason) {
-    send(ctx, pkt, backend, false, Reason::Forwarded)
+    unpack(send(ctx, pkt, backend, false), Reason::Forwarded)
+}
+
+/// `send` packs (reason, verdict) into one u64: BPF subprograms take at most
+/// five arguments and a returned pair would need a hidden sixth.
+#[inline(always)]
+fn pack(verdict: u32, reason: Reason) -> u64 {
+    ((reason as u64) << 32) | verdict as u64
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, ok: Reason) -> (u32, Reason) {
+fn unpack(v: u64, ok: Reason) -> (u32, Reason) {
+    let verdict = v as u32;
+    let code = (v >> 32) as u32;
+    // Forwarded stands for "sent"; the caller names what was sent.
+    let reason = match code {
+        c if c == Reason::FibNoNeigh as u32 => Reason::FibNoNeigh,
+        c if c == Reason::NotRedirectable as u32 => Reason::NotRedirectable,
+        c if c == Reason::FragNeeded as u32 => Reason::FragNeeded,
+        c if c == Reason::FibFailed as u32 => Reason::FibFailed,
+        _ => ok,
+    };
+    (verdict, reason)
+}
+
+// Not inlined: its 64-byte route-lookup struct gets a stack frame of its
+// own instead of adding to try_switch's (the BPF stack is 512 bytes).
+#[inline(never)]
+fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool) -> u64 {
+    if !parse::l3_fits(ctx, pkt) || !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
+        return pack(xdp_action::XDP_PASS, Reason::Malformed);
+    }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
@@ -76,24 +108,24 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, ok: Reason
     };
     match rc {
         FIB_SUCCESS => {}
-        FIB_NO_NEIGH => return (xdp_action::XDP_PASS, Reason::FibNoNeigh),
-        FIB_NOT_FWDED => return (xdp_action::XDP_PASS, Reason::NotRedirectable),
-        FIB_FRAG_NEEDED => return (xdp_action::XDP_PASS, Reason::FragNeeded),
-        _ => return (xdp_action::XDP_DROP, Reason::FibFailed),
+        FIB_NO_NEIGH => return pack(xdp_action::XDP_PASS, Reason::FibNoNeigh),
+        FIB_NOT_FWDED => return pack(xdp_action::XDP_PASS, Reason::NotRedirectable),
+        FIB_FRAG_NEEDED => return pack(xdp_action::XDP_PASS, Reason::FragNeeded),
+        _ => return pack(xdp_action::XDP_DROP, Reason::FibFailed),
     }
     if DEVICES.get(p.ifindex).is_none() {
         // The kernel can still route it, just more slowly.
-        return (xdp_action::XDP_PASS, Reason::NotRedirectable);
+        return pack(xdp_action::XDP_PASS, Reason::NotRedirectable);
     }
     unsafe {
         (*pkt.eth).dst_addr = p.dmac;
         (*pkt.eth).src_addr = p.smac;
     }
     if route {
-        rewrite::decrement_ttl(pkt);
+        rewrite::decrement_ttl(ctx, pkt);
     }
     match DEVICES.redirect(p.ifindex, 0) {
-        Ok(v) => (v, ok),
-        Err(_) => (xdp_action::XDP_DROP, Reason::FibFailed),
+        Ok(v) => pack(v, Reason::Forwarded),
+        Err(_) => pack(xdp_action::XDP_DROP, Reason::FibFailed),
     }
 }

@@ -19,14 +19,19 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod rewrite;
 #[cfg(target_arch = "bpf")]
+mod snat;
+#[cfg(target_arch = "bpf")]
 mod stats;
 
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use switch_common::{Mode, RealKey, Reason, ServiceKey};
+    use switch_common::{
+        CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, Mode, RealKey, Reason, Service,
+        ServiceKey,
+    };
 
-    use crate::{choose, forward, maps, parse, rewrite, stats};
+    use crate::{choose, forward, maps, parse, parse::Packet, rewrite, snat, stats};
 
     #[xdp]
     pub fn switch(ctx: XdpContext) -> u32 {
@@ -41,7 +46,7 @@ mod program {
         let Some(config) = maps::CONFIG.get(0) else {
             return (xdp_action::XDP_PASS, Reason::NotReady);
         };
-        if config.ready == 0 {
+        if config.flags & CONFIG_READY == 0 {
             return (xdp_action::XDP_PASS, Reason::NotReady);
         }
         let pkt = match parse::parse(ctx) {
@@ -57,41 +62,105 @@ mod program {
         };
         // SAFETY: values of hash maps stay valid for the program's run (RCU).
         if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
-            let service = *service;
-            stats::service_packet(service.id, pkt.len);
-            if parse::ttl_expires(&pkt) {
-                return (xdp_action::XDP_PASS, Reason::TtlExpired);
-            }
-            let Some(backend) = choose::backend(config, &service, &pkt) else {
-                stats::service_no_backend(service.id);
-                return (xdp_action::XDP_DROP, Reason::NoBackend);
-            };
-            stats::backend_packet(backend.index, pkt.len, false);
-            return match Mode::from_u8(service.mode) {
-                Some(Mode::Dsr) => forward::dsr(ctx, &pkt, &backend.addr),
-                _ => {
-                    rewrite::destination(&pkt, &backend.addr, backend.port);
-                    forward::routed(ctx, &pkt, Reason::Forwarded)
-                }
-            };
+            return to_vip(ctx, config, service, &pkt);
         }
+        unpack(from_backend(ctx, config, &pkt))
+    }
 
-        let real_key = RealKey {
-            addr: pkt.src,
-            port: pkt.sport,
-            proto: pkt.proto,
-            family: pkt.family,
-        };
-        if let Some(real) = unsafe { maps::REALS.get(&real_key) } {
-            let real = *real;
-            if parse::ttl_expires(&pkt) {
-                return (xdp_action::XDP_PASS, Reason::TtlExpired);
+    /// Backend -> client: a fullnat or nat reply rewritten back to the VIP.
+    // Not inlined: its lookup keys get a frame of their own; try_switch's
+    // frame is on the stack for every call below it (512 bytes in all).
+    #[inline(never)]
+    fn from_backend(ctx: &XdpContext, config: &Config, pkt: &Packet) -> u64 {
+        if config.flags & CONFIG_FULLNAT != 0
+            && let Some(r) = snat::reply(pkt)
+        {
+            if parse::ttl_expires(pkt) {
+                return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
             }
-            stats::backend_packet(real.backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
-            rewrite::source(&pkt, &real.vip, real.vip_port);
-            return forward::routed(ctx, &pkt, Reason::ReplyForwarded);
+            stats::backend_packet(r.backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
+            if !rewrite::source(ctx, pkt, &r.vip, r.vip_port)
+                || !rewrite::destination(ctx, pkt, &r.client, r.client_port)
+            {
+                return pack(xdp_action::XDP_PASS, Reason::Malformed);
+            }
+            let (v, why) = forward::routed(ctx, pkt, Reason::ReplyForwarded);
+            return pack(v, why);
         }
-        (xdp_action::XDP_PASS, Reason::NotVip)
+        if config.flags & CONFIG_NAT != 0 {
+            let real_key = RealKey {
+                addr: pkt.src,
+                port: pkt.sport,
+                proto: pkt.proto,
+                family: pkt.family,
+            };
+            if let Some(real) = unsafe { maps::REALS.get(&real_key) } {
+                if parse::ttl_expires(pkt) {
+                    return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
+                }
+                stats::backend_packet(real.backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
+                if !rewrite::source(ctx, pkt, &real.vip, real.vip_port) {
+                    return pack(xdp_action::XDP_PASS, Reason::Malformed);
+                }
+                let (v, why) = forward::routed(ctx, pkt, Reason::ReplyForwarded);
+                return pack(v, why);
+            }
+        }
+        pack(xdp_action::XDP_PASS, Reason::NotVip)
+    }
+
+    /// (verdict, reason) in one u64: a subprogram returning a pair would
+    /// need a hidden pointer argument, and BPF calls take five at most.
+    #[inline(always)]
+    fn pack(verdict: u32, reason: Reason) -> u64 {
+        ((reason as u64) << 32) | verdict as u64
+    }
+
+    #[inline(always)]
+    fn unpack(v: u64) -> (u32, Reason) {
+        let code = (v >> 32) as u32;
+        let mut reason = Reason::NotVip;
+        for r in Reason::ALL {
+            if r as u32 == code {
+                reason = r;
+            }
+        }
+        (v as u32, reason)
+    }
+
+    /// Client -> VIP: choose the backend, rewrite by the service's mode,
+    /// forward.
+    #[inline(always)]
+    fn to_vip(ctx: &XdpContext, config: &Config, service: &Service, pkt: &Packet) -> (u32, Reason) {
+        stats::service_packet(service.id, pkt.len);
+        if parse::ttl_expires(pkt) {
+            return (xdp_action::XDP_PASS, Reason::TtlExpired);
+        }
+        let backend = match choose::backend(config, service, pkt) {
+            Ok(b) => b,
+            Err(reason) => {
+                stats::service_no_backend(service.id);
+                return (xdp_action::XDP_DROP, reason);
+            }
+        };
+        stats::backend_packet(backend.index, pkt.len, false);
+        match Mode::from_u8(service.mode) {
+            Some(Mode::Dsr) => forward::dsr(ctx, pkt, &backend.addr),
+            Some(Mode::Fullnat) => {
+                if !rewrite::source(ctx, pkt, &service.snat_addr, backend.snat_port)
+                    || !rewrite::destination(ctx, pkt, &backend.addr, backend.port)
+                {
+                    return (xdp_action::XDP_PASS, Reason::Malformed);
+                }
+                forward::routed(ctx, pkt, Reason::Forwarded)
+            }
+            _ => {
+                if !rewrite::destination(ctx, pkt, &backend.addr, backend.port) {
+                    return (xdp_action::XDP_PASS, Reason::Malformed);
+                }
+                forward::routed(ctx, pkt, Reason::Forwarded)
+            }
+        }
     }
 
     #[panic_handler]

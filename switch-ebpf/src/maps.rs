@@ -31,6 +31,12 @@ pub static REALS: HashMap<RealKey, Real> = HashMap::with_max_entries(DEFAULT_MAX
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// fullnat replies: (backend, switch address and port) -> client and VIP.
+/// An LRU like FLOWS, so stale entries make room by themselves.
+#[map]
+pub static SNAT: LruHashMap<SnatKey, SnatValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
 /// BPF_F_NO_PREALLOC is mandatory for LPM tries.
 #[map]
 pub static COHORTS: LpmTrie<CohortKey, u32> = LpmTrie::with_max_entries(DEFAULT_MAX_COHORTS, 1);

@@ -210,6 +210,25 @@ fn parse_l4(
     })
 }
 
+/// True if `size` bytes at `ptr` lie inside the frame. Subprograms re-check
+/// headers with it: the verifier does not carry over which headers the
+/// caller parsed (family and protocol are re-read from the stack there).
+#[inline(always)]
+pub fn fits(ctx: &XdpContext, ptr: usize, size: usize) -> bool {
+    ptr + size <= ctx.data_end()
+}
+
+/// True if the IP header of `pkt`'s family lies inside the frame.
+#[inline(always)]
+pub fn l3_fits(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let size = if pkt.family == FAMILY_V4 {
+        Ipv4Hdr::LEN
+    } else {
+        Ipv6Hdr::LEN
+    };
+    fits(ctx, pkt.l3, size)
+}
+
 /// True when forwarding would take the TTL / hop limit to zero.
 #[inline(always)]
 pub fn ttl_expires(pkt: &Packet) -> bool {

@@ -1,6 +1,7 @@
 //! Rewrite: swap an address and port in place and patch the IPv4 header and
 //! TCP/UDP checksums incrementally (RFC 1624); XDP has no csum_replace helpers.
 
+use aya_ebpf::programs::XdpContext;
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -8,25 +9,36 @@ use network_types::{
 };
 use switch_common::{FAMILY_V4, PROTO_TCP, checksum};
 
-use crate::parse::Packet;
+use crate::parse::{Packet, fits};
 
-/// Client -> VIP becomes client -> backend.
+/// Client -> VIP becomes client -> backend. False if the headers were not
+/// all inside the frame (nothing was written then).
 #[inline(always)]
-pub fn destination(pkt: &Packet, addr: &[u8; 16], port: u16) {
-    rewrite(pkt, addr, port, false)
+pub fn destination(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16) -> bool {
+    rewrite(ctx, pkt, addr, port, false) != 0
 }
 
-/// Backend -> client becomes VIP -> client.
+/// Backend -> client becomes VIP -> client (or, fullnat, client -> switch).
 #[inline(always)]
-pub fn source(pkt: &Packet, addr: &[u8; 16], port: u16) {
-    rewrite(pkt, addr, port, true)
+pub fn source(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16) -> bool {
+    rewrite(ctx, pkt, addr, port, true) != 0
 }
 
-#[inline(always)]
-fn rewrite(pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) {
+// Not inlined: it is used on four paths, and each inlined copy would keep
+// its own address copies on the 512-byte BPF stack. Being a subprogram, it
+// re-checks header bounds: the verifier does not carry over which headers
+// the caller parsed (family and protocol are re-read from the stack here).
+// It returns 1 when it rewrote, 0 when a header was not inside the frame.
+// (A void subprogram may leave a pointer to its own frame in R0, which the
+// verifier refuses: "cannot return stack pointer to the caller".)
+#[inline(never)]
+fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) -> u32 {
     let port_old = if src { pkt.sport } else { pkt.dport }.to_ne_bytes();
     let port_new = port.to_ne_bytes();
     if pkt.family == FAMILY_V4 {
+        if !fits(ctx, pkt.l3, Ipv4Hdr::LEN) || !l4_fits(ctx, pkt) {
+            return 0;
+        }
         let ip = pkt.l3 as *mut Ipv4Hdr;
         let new = [addr[0], addr[1], addr[2], addr[3]];
         let old = unsafe {
@@ -41,8 +53,11 @@ fn rewrite(pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) {
                 checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
             old
         };
-        l4(pkt, &old, &new, &port_old, &port_new, src);
+        l4(ctx, pkt, &old, &new, &port_old, &port_new, src);
     } else {
+        if !fits(ctx, pkt.l3, Ipv6Hdr::LEN) || !l4_fits(ctx, pkt) {
+            return 0;
+        }
         let ip = pkt.l3 as *mut Ipv6Hdr;
         let old = unsafe {
             let field = if src {
@@ -54,13 +69,25 @@ fn rewrite(pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) {
             *field = *addr;
             old
         };
-        l4(pkt, &old, addr, &port_old, &port_new, src);
+        l4(ctx, pkt, &old, addr, &port_old, &port_new, src);
     }
+    1
+}
+
+#[inline(always)]
+fn l4_fits(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let size = if pkt.proto == PROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
+    fits(ctx, pkt.l4, size)
 }
 
 /// Patch the port and the L4 checksum, whose pseudo-header covers the address.
 #[inline(always)]
 fn l4<const N: usize>(
+    ctx: &XdpContext,
     pkt: &Packet,
     addr_old: &[u8; N],
     addr_new: &[u8; N],
@@ -70,6 +97,9 @@ fn l4<const N: usize>(
 ) {
     unsafe {
         if pkt.proto == PROTO_TCP {
+            if !fits(ctx, pkt.l4, TcpHdr::LEN) {
+                return;
+            }
             let tcp = pkt.l4 as *mut TcpHdr;
             let c = u16::from_be_bytes((*tcp).check);
             let c = checksum::replace(c, addr_old, addr_new);
@@ -81,6 +111,9 @@ fn l4<const N: usize>(
                 (*tcp).dest = *port_new;
             }
         } else {
+            if !fits(ctx, pkt.l4, UdpHdr::LEN) {
+                return;
+            }
             let udp = pkt.l4 as *mut UdpHdr;
             let c = u16::from_be_bytes((*udp).check);
             let c = checksum::replace_udp(c, addr_old, addr_new);
@@ -97,9 +130,12 @@ fn l4<const N: usize>(
 
 /// Decrement the TTL / hop limit of a packet we route (the kernel would).
 #[inline(always)]
-pub fn decrement_ttl(pkt: &Packet) {
+pub fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) {
     unsafe {
         if pkt.family == FAMILY_V4 {
+            if !fits(ctx, pkt.l3, Ipv4Hdr::LEN) {
+                return;
+            }
             let ip = pkt.l3 as *mut Ipv4Hdr;
             // TTL shares a 16-bit checksum word with the protocol byte.
             let old = [(*ip).ttl, (*ip).proto];
@@ -108,6 +144,9 @@ pub fn decrement_ttl(pkt: &Packet) {
             (*ip).check =
                 checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
         } else {
+            if !fits(ctx, pkt.l3, Ipv6Hdr::LEN) {
+                return;
+            }
             let ip = pkt.l3 as *mut Ipv6Hdr;
             (*ip).hop_limit = (*ip).hop_limit.wrapping_sub(1);
         }

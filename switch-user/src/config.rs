@@ -67,6 +67,7 @@ pub enum ForwardMode {
     #[default]
     Nat,
     Dsr,
+    Fullnat,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct ServiceConfig {
     pub mode: ForwardMode,
     #[serde(default)]
     pub affinity: Affinity,
+    /// fullnat: the switch address backends see as the source (one of this
+    /// host's addresses, routable from the backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthConfig>,
     pub pools: Vec<PoolConfig>,
@@ -249,6 +254,18 @@ impl ServiceConfig {
         }
         if self.pools.is_empty() {
             bail!("pools: a service needs at least one pool");
+        }
+        match (self.mode, self.source) {
+            (ForwardMode::Fullnat, None) => {
+                bail!("source: fullnat needs the switch address backends see as the source")
+            }
+            (ForwardMode::Fullnat, Some(a)) if a.is_ipv4() != self.vip.is_ipv4() => {
+                bail!("source: {a} is not of the VIP's address family")
+            }
+            (ForwardMode::Nat | ForwardMode::Dsr, Some(_)) => {
+                bail!("source: only fullnat services rewrite the source")
+            }
+            _ => {}
         }
         let mut pools = BTreeSet::new();
         let mut addrs = BTreeSet::new();

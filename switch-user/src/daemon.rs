@@ -265,6 +265,7 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             mode: match spec.mode {
                 ForwardMode::Nat => "nat".into(),
                 ForwardMode::Dsr => "dsr".into(),
+                ForwardMode::Fullnat => "fullnat".into(),
             },
             packets: st.packets,
             new_flows: st.new_flows,

@@ -13,8 +13,9 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use switch_common::{
-    Backend, BackendState, Config, FAMILY_V4, FAMILY_V6, Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    Real, RealKey, SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
+    Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4, FAMILY_V6,
+    Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP, Real, RealKey, SERVICE_CLIENT_AFFINITY, Service,
+    ServiceKey, TABLE_SIZE, Table,
     hash::backend_ident,
     table::{self, BackendSpec, PoolSpec},
 };
@@ -134,6 +135,8 @@ pub struct Programmer {
     /// Generation last given to each backend index.
     generations: BTreeMap<u32, u32>,
     free_tables: VecDeque<u32>,
+    /// Flow timeouts in ns: TCP close grace, TCP idle, UDP idle.
+    timeouts: [u64; 3],
     #[serde(skip)]
     retired: Vec<(u32, Option<Instant>)>,
 }
@@ -148,18 +151,37 @@ impl Programmer {
             services: BTreeMap::new(),
             generations: BTreeMap::new(),
             free_tables: (0..cap.tables).collect(),
+            timeouts: [10_000_000_000, 3_600_000_000_000, 30_000_000_000],
             retired: Vec::new(),
         }
     }
 
     /// Writes the global config (seed, timeouts) and marks the program ready.
-    pub fn init(&self, maps: &mut dyn Maps, d: &crate::config::DaemonConfig) -> Result<()> {
+    pub fn init(&mut self, maps: &mut dyn Maps, d: &crate::config::DaemonConfig) -> Result<()> {
+        self.timeouts = [
+            d.tcp_close_grace.as_nanos() as u64,
+            d.tcp_idle.as_nanos() as u64,
+            d.udp_idle.as_nanos() as u64,
+        ];
+        self.write_config(maps)
+    }
+
+    /// The global config; its flags say which reply lookups are needed.
+    fn write_config(&self, maps: &mut dyn Maps) -> Result<()> {
+        let mut flags = CONFIG_READY;
+        for p in self.services.values() {
+            flags |= match p.spec.mode {
+                ForwardMode::Nat => CONFIG_NAT,
+                ForwardMode::Fullnat => CONFIG_FULLNAT,
+                ForwardMode::Dsr => 0,
+            };
+        }
         maps.set_config(&Config {
             seed: self.seed,
-            ready: 1,
-            tcp_close_grace_ns: d.tcp_close_grace.as_nanos() as u64,
-            udp_idle_ns: d.udp_idle.as_nanos() as u64,
-            tcp_idle_ns: d.tcp_idle.as_nanos() as u64,
+            flags,
+            tcp_close_grace_ns: self.timeouts[0],
+            tcp_idle_ns: self.timeouts[1],
+            udp_idle_ns: self.timeouts[2],
         })
     }
 
@@ -337,6 +359,7 @@ impl Programmer {
             mode: match spec.mode {
                 ForwardMode::Nat => Mode::Nat,
                 ForwardMode::Dsr => Mode::Dsr,
+                ForwardMode::Fullnat => Mode::Fullnat,
             } as u8,
             flags: if spec.affinity == Affinity::Client {
                 SERVICE_CLIENT_AFFINITY
@@ -344,6 +367,7 @@ impl Programmer {
                 0
             },
             _pad: [0; 2],
+            snat_addr: spec.source.map(addr_bytes).unwrap_or_default(),
         };
         maps.set_service(&key, &service)?;
 
@@ -379,7 +403,7 @@ impl Programmer {
                 backends,
             },
         );
-        Ok(())
+        self.write_config(maps)
     }
 
     fn release_backend(
@@ -417,7 +441,7 @@ impl Programmer {
         for (a, index) in &p.backends {
             self.release_backend(maps, &p.spec, *a, *index)?;
         }
-        Ok(())
+        self.write_config(maps)
     }
 
     fn pool_specs(

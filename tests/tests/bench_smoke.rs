@@ -10,7 +10,14 @@ fn bench_harness_runs_every_path() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
-    for path in ["floor", "minimal", "new TCP flow, IPv4", "established flow, IPv6", "reply", "1000 in table"] {
+    for path in [
+        "floor",
+        "minimal",
+        "new TCP flow, IPv4",
+        "established flow, IPv6",
+        "reply",
+        "1000 in table",
+    ] {
         assert!(stdout.contains(path), "missing row {path}");
     }
 }

@@ -38,6 +38,7 @@ fn service(v6: bool, proto: Protocol, mode: ForwardMode, blue: u32, green: u32) 
         protocol: proto,
         mode,
         affinity: Default::default(),
+        source: None,
         health: None,
         pools: vec![pool("blue", blue, [11, 12]), pool("green", green, [13, 14])],
         cohorts: vec![],
@@ -551,17 +552,33 @@ fn a_cohort_always_reaches_its_pool_and_nobody_else_does() {
     lab.ns
         .run(move || {
             let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
-            spec.cohorts = vec![switch_user::config::CohortConfig { cidr: "198.19.5.0/24".parse().unwrap(), pool: "green".into() }];
+            spec.cohorts = vec![switch_user::config::CohortConfig {
+                cidr: "198.19.5.0/24".parse().unwrap(),
+                pool: "green".into(),
+            }];
             let (mut dp, _p) = setup_standalone(&spec);
             let green: Vec<IpAddr> = vec![backend(false, 13, 0).ip(), backend(false, 14, 0).ip()];
             for i in 0..500u32 {
                 let inside = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 5, i as u8));
                 let outside = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 6, i as u8));
                 for (src, want_green) in [(inside, true), (outside, false)] {
-                    let f = frame([2; 6], c0_mac, src, 2000 + i as u16, spec.vip.ip(), 80, L4::Tcp { flags: SYN }, b"");
+                    let f = frame(
+                        [2; 6],
+                        c0_mac,
+                        src,
+                        2000 + i as u16,
+                        spec.vip.ip(),
+                        80,
+                        L4::Tcp { flags: SYN },
+                        b"",
+                    );
                     let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
                     assert_eq!(v, XDP_REDIRECT);
-                    assert_eq!(green.contains(&check(&out).unwrap().dst), want_green, "{src}");
+                    assert_eq!(
+                        green.contains(&check(&out).unwrap().dst),
+                        want_green,
+                        "{src}"
+                    );
                 }
             }
         })
@@ -581,17 +598,32 @@ fn client_affinity_keeps_one_client_on_one_backend() {
             for c in 0..50u8 {
                 let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 7, c));
                 for port in 0..20u16 {
-                    let f = frame([2; 6], c0_mac, src, 3000 + port, spec.vip.ip(), 80, L4::Udp, b"");
+                    let f = frame(
+                        [2; 6],
+                        c0_mac,
+                        src,
+                        3000 + port,
+                        spec.vip.ip(),
+                        80,
+                        L4::Udp,
+                        b"",
+                    );
                     let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
                     assert_eq!(v, XDP_REDIRECT);
-                    per_client.entry(src).or_default().insert(check(&out).unwrap().dst);
+                    per_client
+                        .entry(src)
+                        .or_default()
+                        .insert(check(&out).unwrap().dst);
                 }
             }
             for (c, backends) in &per_client {
                 assert_eq!(backends.len(), 1, "client {c} saw {backends:?}");
             }
             let distinct: BTreeSet<_> = per_client.values().flatten().collect();
-            assert!(distinct.len() >= 3, "clients spread over backends: {distinct:?}");
+            assert!(
+                distinct.len() >= 3,
+                "clients spread over backends: {distinct:?}"
+            );
         })
         .unwrap();
 }

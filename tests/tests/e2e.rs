@@ -79,6 +79,7 @@ fn spec(v6: bool, proto: Protocol, mode: ForwardMode) -> ServiceConfig {
         protocol: proto,
         mode,
         affinity: Default::default(),
+        source: None,
         health: None,
         pools: vec![PoolConfig {
             name: "blue".into(),

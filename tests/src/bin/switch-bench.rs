@@ -64,6 +64,7 @@ fn service(v6: bool) -> ServiceConfig {
         protocol: Protocol::Tcp,
         mode: Default::default(),
         affinity: Default::default(),
+        source: None,
         health: None,
         pools: vec![PoolConfig {
             name: "blue".into(),
