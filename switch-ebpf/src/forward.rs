@@ -11,7 +11,13 @@ use switch_common::{FAMILY_V4, Reason};
 
 use network_types::eth::EthHdr;
 
-use crate::{maps::DEVICES, parse, parse::Packet, rewrite};
+use crate::{
+    maps::DEVICES,
+    parse,
+    parse::Packet,
+    rewrite,
+    verdict::{pack, unpack},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -38,36 +44,23 @@ pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
             (*(pkt.l3 as *const network_types::ip::Ipv6Hdr)).dst_addr
         }
     };
-    unpack(send(ctx, pkt, &dst, true), ok)
+    named(send(ctx, pkt, &dst, true), ok)
 }
 
 /// Direct server return: the IP packet is untouched, only the Ethernet
 /// header is addressed to the backend, which holds the VIP itself.
 #[inline(always)]
 pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &[u8; 16]) -> (u32, Reason) {
-    unpack(send(ctx, pkt, backend, false), Reason::Forwarded)
+    named(send(ctx, pkt, backend, false), Reason::Forwarded)
 }
 
-/// `send` packs (reason, verdict) into one u64: BPF subprograms take at most
-/// five arguments and a returned pair would need a hidden sixth.
+/// `send` reports success as `Forwarded`; the caller names what was sent.
 #[inline(always)]
-fn pack(verdict: u32, reason: Reason) -> u64 {
-    ((reason as u64) << 32) | verdict as u64
-}
-
-#[inline(always)]
-fn unpack(v: u64, ok: Reason) -> (u32, Reason) {
-    let verdict = v as u32;
-    let code = (v >> 32) as u32;
-    // Forwarded stands for "sent"; the caller names what was sent.
-    let reason = match code {
-        c if c == Reason::FibNoNeigh as u32 => Reason::FibNoNeigh,
-        c if c == Reason::NotRedirectable as u32 => Reason::NotRedirectable,
-        c if c == Reason::FragNeeded as u32 => Reason::FragNeeded,
-        c if c == Reason::FibFailed as u32 => Reason::FibFailed,
-        _ => ok,
-    };
-    (verdict, reason)
+fn named(v: u64, ok: Reason) -> (u32, Reason) {
+    match unpack(v) {
+        (verdict, Reason::Forwarded) => (verdict, ok),
+        other => other,
+    }
 }
 
 // Not inlined: its 64-byte route-lookup struct gets a stack frame of its

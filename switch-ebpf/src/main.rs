@@ -22,6 +22,8 @@ mod rewrite;
 mod snat;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod program {
@@ -31,7 +33,12 @@ mod program {
         ServiceKey,
     };
 
-    use crate::{choose, forward, maps, parse, parse::Packet, rewrite, snat, stats};
+    use crate::{
+        choose, forward, maps, parse,
+        parse::Packet,
+        rewrite, snat, stats,
+        verdict::{pack, unpack},
+    };
 
     #[xdp]
     pub fn switch(ctx: XdpContext) -> u32 {
@@ -107,25 +114,6 @@ mod program {
             }
         }
         pack(xdp_action::XDP_PASS, Reason::NotVip)
-    }
-
-    /// (verdict, reason) in one u64: a subprogram returning a pair would
-    /// need a hidden pointer argument, and BPF calls take five at most.
-    #[inline(always)]
-    fn pack(verdict: u32, reason: Reason) -> u64 {
-        ((reason as u64) << 32) | verdict as u64
-    }
-
-    #[inline(always)]
-    fn unpack(v: u64) -> (u32, Reason) {
-        let code = (v >> 32) as u32;
-        let mut reason = Reason::NotVip;
-        for r in Reason::ALL {
-            if r as u32 == code {
-                reason = r;
-            }
-        }
-        (v as u32, reason)
     }
 
     /// Client -> VIP: choose the backend, rewrite by the service's mode,

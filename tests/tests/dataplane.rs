@@ -627,3 +627,82 @@ fn client_affinity_keeps_one_client_on_one_backend() {
         })
         .unwrap();
 }
+
+#[test]
+fn fullnat_rewrites_both_ends_and_replies_find_the_client() {
+    let lab = Lab::new().unwrap();
+    let (c0, b0, c0_mac, b0_mac) = (lab.c0, lab.b0, lab.c0_mac, lab.b0_mac);
+    lab.ns
+        .run(move || {
+            for v6 in [false, true] {
+                for proto in [Protocol::Tcp, Protocol::Udp] {
+                    let mut spec = service(v6, proto, ForwardMode::Fullnat, 100, 0);
+                    let source: IpAddr = if v6 {
+                        "2001:2:1::1".parse().unwrap()
+                    } else {
+                        "198.18.1.1".parse().unwrap()
+                    };
+                    spec.source = Some(source);
+                    let (mut dp, _p) = setup_standalone(&spec);
+                    let mut ports = BTreeSet::new();
+                    for cport in [40_000u16, 40_001, 40_002] {
+                        let f = frame(
+                            [2; 6],
+                            c0_mac,
+                            client(v6),
+                            cport,
+                            spec.vip.ip(),
+                            80,
+                            l4(proto),
+                            b"ping",
+                        );
+                        let (verdict, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                        assert_eq!(verdict, XDP_REDIRECT);
+                        let seen = check(&out).unwrap();
+                        assert_eq!(seen.src, source, "source rewritten to the switch address");
+                        assert!(seen.sport >= 1024);
+                        assert_eq!(seen.dport, 8080);
+                        assert_eq!(seen.smac, b0_mac);
+                        assert!(ports.insert(seen.sport), "each flow its own source port");
+                        let r = frame(
+                            seen.dmac,
+                            b0_mac,
+                            seen.dst,
+                            8080,
+                            source,
+                            seen.sport,
+                            match proto {
+                                Protocol::Tcp => L4::Tcp { flags: SYN | ACK },
+                                Protocol::Udp => L4::Udp,
+                            },
+                            b"pong",
+                        );
+                        let (verdict, out) = run(dp.program().unwrap(), b0, &r).unwrap();
+                        assert_eq!(verdict, XDP_REDIRECT);
+                        let back = check(&out).unwrap();
+                        assert_eq!(SocketAddr::new(back.src, back.sport), spec.vip);
+                        assert_eq!(
+                            SocketAddr::new(back.dst, back.dport),
+                            SocketAddr::new(client(v6), cport)
+                        );
+                        assert_eq!(back.dmac, CLIENT_MAC);
+                        assert_eq!(back.payload, b"pong");
+                    }
+                    // The same flow keeps its source port.
+                    let f = frame(
+                        [2; 6],
+                        c0_mac,
+                        client(v6),
+                        40_000,
+                        spec.vip.ip(),
+                        80,
+                        l4(proto),
+                        b"",
+                    );
+                    let (_, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                    assert!(ports.contains(&check(&out).unwrap().sport));
+                }
+            }
+        })
+        .unwrap();
+}

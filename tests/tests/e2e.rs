@@ -41,12 +41,14 @@ fn start_servers(lab: &Lab, port: u16, stop: Arc<AtomicBool>) {
             std::thread::spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     match tcp.accept() {
-                        Ok((mut c, _)) => {
+                        Ok((mut c, peer)) => {
                             let local = c.local_addr().unwrap();
                             let mut buf = [0u8; 64];
                             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
                             let _ = c.read(&mut buf);
-                            let _ = c.write_all(canon(local).to_string().as_bytes());
+                            let _ = c.write_all(
+                                format!("{} {}", canon(local), canon(peer).ip()).as_bytes(),
+                            );
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
@@ -97,14 +99,28 @@ fn tcp_and_udp_through_xdp_in_every_mode_and_family() {
     let lab = Lab::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     start_servers(&lab, 80, stop.clone());
-    for mode in [ForwardMode::Nat, ForwardMode::Dsr] {
+    for mode in [ForwardMode::Nat, ForwardMode::Dsr, ForwardMode::Fullnat] {
         for v6 in [false, true] {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
             let (stats_tx, stats_rx) = std::sync::mpsc::channel();
             let sw_path = format!("/run/netns/{}", lab.sw.name);
-            let tcp_spec = spec(v6, Protocol::Tcp, mode);
-            let mut udp_spec = spec(v6, Protocol::Udp, mode);
+            let source: std::net::IpAddr = if v6 {
+                "2001:2:1::1".parse().unwrap()
+            } else {
+                "198.18.1.1".parse().unwrap()
+            };
+            let client: std::net::IpAddr = if v6 {
+                "2001:2::2".parse().unwrap()
+            } else {
+                "198.18.0.2".parse().unwrap()
+            };
+            let mut tcp_spec = spec(v6, Protocol::Tcp, mode);
+            if mode == ForwardMode::Fullnat {
+                tcp_spec.source = Some(source);
+            }
+            let mut udp_spec = tcp_spec.clone();
+            udp_spec.protocol = Protocol::Udp;
             udp_spec.name = "dns".into();
             // The switch host: load, attach in driver mode, program.
             let sw = std::thread::spawn(move || {
@@ -169,26 +185,37 @@ fn tcp_and_udp_through_xdp_in_every_mode_and_family() {
                 "{mode:?} v6={v6}: tcp answers {seen:?}, udp {udp_ok}/10, reasons {reasons:?}"
             );
             assert_eq!(seen.values().sum::<i32>(), 40);
-            if mode == ForwardMode::Nat {
-                // Several backends answered, each on its own address.
+            if mode != ForwardMode::Dsr {
+                // Several backends answered, each on its own address; nat
+                // keeps the client's address, fullnat shows the switch's.
                 assert!(
                     seen.len() >= 2,
                     "connections spread over backends: {seen:?}"
                 );
+                let want_peer = if mode == ForwardMode::Nat {
+                    client
+                } else {
+                    source
+                };
                 for k in seen.keys() {
-                    let a: SocketAddr = k.parse().unwrap();
+                    let (local, peer) = k.split_once(' ').unwrap();
+                    let a: SocketAddr = local.parse().unwrap();
                     assert!(
                         (1..=4).any(|i| Lab::backend(v6, i, 80) == a),
                         "answer from {a}"
                     );
+                    let peer: std::net::IpAddr = peer.parse().unwrap();
+                    assert_eq!(peer, want_peer, "{mode:?}: source seen by the backend");
                 }
                 assert!(reasons["reply_forwarded"] > 0);
             } else {
+                let (local, peer) = seen.keys().next().unwrap().split_once(' ').unwrap();
                 assert_eq!(
-                    seen.keys().next().unwrap(),
-                    &Lab::vip(v6, 80).to_string(),
+                    local,
+                    Lab::vip(v6, 80).to_string(),
                     "dsr backends answer as the VIP"
                 );
+                assert_eq!(peer.parse::<std::net::IpAddr>().unwrap(), client);
             }
             assert!(reasons[Reason::Forwarded.name()] > 0);
             assert!(udp_ok >= 9, "udp answers {udp_ok}/10");
