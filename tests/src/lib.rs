@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
+pub mod daemon;
 pub mod fixture;
 pub mod lab;
 

@@ -1,0 +1,138 @@
+//! Running the real `switch` binary (daemon and CLI) in the lab.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Lab;
+
+/// The `switch` binary next to the test executables (target/<profile>/switch).
+pub fn switch_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join("switch");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "the switch binary is not built: run `cargo build -p switch-user` (cargo xtask test does)"
+    )
+}
+
+/// A daemon in the lab's switch namespace with its own pins, state and API
+/// socket; everything is removed on drop, the pins last.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub pins: PathBuf,
+    pub api: PathBuf,
+    pub config: PathBuf,
+    sw: String,
+    bin: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `services` (TOML `[[service]]` tables) into a config and starts
+    /// the daemon.
+    pub fn start(lab: &Lab, tag: &str, services: &str) -> Result<Daemon> {
+        let id = format!("{tag}-{}-{}", std::process::id(), lab.sw.name);
+        let dir = std::env::temp_dir().join(format!("switch-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let pins = PathBuf::from(format!("/sys/fs/bpf/switch-{id}"));
+        let api = dir.join("switch.sock");
+        let config = dir.join("switch.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\ninterfaces = [\"sw0\", \"sw1\"]\napi = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{services}",
+                api.display(),
+                pins.display(),
+                dir.join("state").display()
+            ),
+        )?;
+        let mut d = Daemon {
+            child: None,
+            dir,
+            pins,
+            api,
+            config,
+            sw: lab.sw.name.clone(),
+            bin: switch_bin()?,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Starts (or restarts) the process and waits for its API.
+    pub fn spawn(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.api);
+        // nsenter, not `ip netns exec`, which remounts /sys and so hides the
+        // host's bpffs with the pins.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.sw))
+            .arg(&self.bin)
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .spawn()
+            .context("starting switch daemon")?;
+        self.child = Some(child);
+        let t = Instant::now();
+        while !self.api.exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("daemon exited: {status}");
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("daemon API did not appear");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no cleanup of any kind runs in the daemon.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon: (success, stdout + stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = Command::new(&self.bin)
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        match self.cli(args)? {
+            (true, s) => Ok(s),
+            (false, s) => bail!("switch {}: {s}", args.join(" ")),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = switch_user::dataplane::detach(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
