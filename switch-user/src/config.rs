@@ -37,6 +37,10 @@ pub struct DaemonConfig {
     pub tcp_idle: Duration,
     #[serde(with = "duration")]
     pub udp_idle: Duration,
+    /// Map capacities, fixed when the maps are first created.
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
 }
 
 impl Default for DaemonConfig {
@@ -50,6 +54,9 @@ impl Default for DaemonConfig {
             tcp_close_grace: Duration::from_secs(10),
             tcp_idle: Duration::from_secs(3600),
             udp_idle: Duration::from_secs(30),
+            max_services: switch_common::DEFAULT_MAX_SERVICES,
+            max_backends: switch_common::DEFAULT_MAX_BACKENDS,
+            max_flows: switch_common::DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -216,6 +223,16 @@ impl ConfigFile {
     }
 
     pub fn validate(&self) -> Result<()> {
+        let d = &self.daemon;
+        if d.max_services == 0 || d.max_services > 65_536 {
+            bail!("daemon.max_services: {} is not in 1..=65536", d.max_services);
+        }
+        if d.max_backends == 0 || d.max_backends > 65_535 {
+            bail!("daemon.max_backends: {} is not in 1..=65535 (table entries are 16 bits)", d.max_backends);
+        }
+        if d.max_flows < 1024 {
+            bail!("daemon.max_flows: {} is below 1024", d.max_flows);
+        }
         let mut names = BTreeSet::new();
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {

@@ -41,7 +41,14 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("cannot create state dir {}", d.state_dir.display()))?;
     let state_file = d.state_dir.join("state.json");
 
-    let capacity = Capacity::default();
+    let capacity = Capacity {
+        services: d.max_services,
+        backends: d.max_backends,
+        flows: d.max_flows,
+        // One live table per service, plus spares for changes in flight
+        // and for cohort tables.
+        tables: d.max_services + 64,
+    };
     let mut dp = Dataplane::load(Some(&d.pin_dir), capacity)?;
     let restored = match std::fs::read(&state_file) {
         Ok(bytes) => {

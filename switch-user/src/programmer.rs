@@ -248,6 +248,11 @@ impl Programmer {
         if new > free {
             bail!("backend capacity exhausted: {new} new backends, {free} free");
         }
+        let tables = 1 + usize::from(!spec.cohorts.is_empty());
+        let spare = self.free_tables.len() + self.retired.len();
+        if tables > spare {
+            bail!("selection table capacity ({}) exhausted", self.max_tables);
+        }
         Ok(())
     }
 

@@ -706,3 +706,92 @@ fn fullnat_rewrites_both_ends_and_replies_find_the_client() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+            let (mut dp, mut p) = setup_standalone(&spec);
+            let send = |dp: &mut Dataplane, port: u16, flags: u8| {
+                let f = frame(
+                    [2; 6],
+                    c0_mac,
+                    client(false),
+                    port,
+                    spec_vip(),
+                    80,
+                    L4::Tcp { flags },
+                    b"",
+                );
+                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(v, XDP_REDIRECT);
+                check(&out).unwrap().dst
+            };
+            let drained = backend(false, 11, 8080);
+            let mut on_drained = Vec::new();
+            for port in 5000..5200 {
+                if send(&mut dp, port, SYN) == drained.ip() {
+                    on_drained.push(port);
+                }
+            }
+            assert!(!on_drained.is_empty());
+            spec.pools[0].backends[0] = BackendConfig::Full {
+                addr: drained,
+                weight: 1,
+                state: switch_user::config::AdminState::Draining,
+            };
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            for port in &on_drained {
+                assert_eq!(
+                    send(&mut dp, *port, ACK),
+                    drained.ip(),
+                    "a draining backend's flow moved"
+                );
+            }
+            for port in 6000..6300 {
+                assert_ne!(
+                    send(&mut dp, port, SYN),
+                    drained.ip(),
+                    "a draining backend got a new flow"
+                );
+            }
+            // Marked down (failed health checks), its flows are re-chosen.
+            let down: BTreeSet<SocketAddr> = [drained].into();
+            p.apply(&mut dp, &spec, &down).unwrap();
+            for port in &on_drained {
+                assert_ne!(send(&mut dp, *port, ACK), drained.ip());
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn dsr_udp_in_both_families() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            for v6 in [false, true] {
+                let spec = service(v6, Protocol::Udp, ForwardMode::Dsr, 100, 0);
+                let (mut dp, _p) = setup_standalone(&spec);
+                let f = frame(
+                    [2, 0, 0, 0, 0, 9],
+                    c0_mac,
+                    client(v6),
+                    40_002,
+                    spec.vip.ip(),
+                    80,
+                    L4::Udp,
+                    b"q",
+                );
+                let (verdict, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(out[12..], f[12..], "IP packet must be untouched");
+                assert!([backend_mac(11), backend_mac(12)].contains(&check(&out).unwrap().dmac));
+            }
+        })
+        .unwrap();
+}
