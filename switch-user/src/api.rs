@@ -30,9 +30,48 @@ pub enum Command {
         service: String,
         weights: BTreeMap<String, u32>,
     },
+    /// Blue-green: all new flows to `to` at once; with `preview`, first only
+    /// that source CIDR, then all on `promote` or after `auto_promote_ms`.
     Flip {
         service: String,
         to: String,
+        #[serde(default)]
+        preview: Option<ipnet::IpNet>,
+        #[serde(default)]
+        auto_promote_ms: Option<u64>,
+    },
+    Canary {
+        service: String,
+        to: String,
+        steps: Vec<u32>,
+        interval_ms: u64,
+        #[serde(default)]
+        gates: crate::strategy::Gates,
+    },
+    Rolling {
+        service: String,
+        pool: String,
+        replace: Vec<(SocketAddr, SocketAddr)>,
+        max_unavailable: usize,
+        drain_timeout_ms: u64,
+        min_healthy_ms: u64,
+        progress_deadline_ms: u64,
+    },
+    Pause {
+        service: String,
+    },
+    Resume {
+        service: String,
+    },
+    Promote {
+        service: String,
+    },
+    Abort {
+        service: String,
+    },
+    /// Undo the last flip or canary at once.
+    Rollback {
+        service: String,
     },
     Backend {
         service: String,
@@ -95,6 +134,11 @@ pub struct ServiceStatus {
     pub new_flows: u64,
     pub no_backend: u64,
     pub pools: Vec<PoolStatus>,
+    /// The running (or last) strategy, in one line.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub progress: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,6 +159,10 @@ pub struct BackendStatus {
     pub new_flows: u64,
     pub rsts: u64,
     pub active_flows: u64,
+    #[serde(default)]
+    pub healthy: bool,
+    #[serde(default)]
+    pub health_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

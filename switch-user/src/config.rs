@@ -225,10 +225,16 @@ impl ConfigFile {
     pub fn validate(&self) -> Result<()> {
         let d = &self.daemon;
         if d.max_services == 0 || d.max_services > 65_536 {
-            bail!("daemon.max_services: {} is not in 1..=65536", d.max_services);
+            bail!(
+                "daemon.max_services: {} is not in 1..=65536",
+                d.max_services
+            );
         }
         if d.max_backends == 0 || d.max_backends > 65_535 {
-            bail!("daemon.max_backends: {} is not in 1..=65535 (table entries are 16 bits)", d.max_backends);
+            bail!(
+                "daemon.max_backends: {} is not in 1..=65535 (table entries are 16 bits)",
+                d.max_backends
+            );
         }
         if d.max_flows < 1024 {
             bail!("daemon.max_flows: {} is below 1024", d.max_flows);

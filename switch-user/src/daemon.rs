@@ -3,6 +3,8 @@
 //! map pinned: forwarding goes on, and the next start adopts it all.
 
 use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -16,10 +18,12 @@ use tokio::{
 
 use crate::{
     api::{self, BackendStatus, Command, PoolStatus, Request, Response, ServiceStatus},
-    config::{AdminState, ConfigFile, DaemonConfig, ForwardMode},
+    config::{AdminState, ConfigFile, DaemonConfig, ForwardMode, HealthConfig},
     controller::Controller,
     dataplane::{Capacity, Dataplane},
+    health,
     programmer::Programmer,
+    strategy::{BackendSignals, PoolSignals, Signals},
 };
 
 struct Shared {
@@ -77,6 +81,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
             &Command::Apply {
                 services: file.services.clone(),
             },
+            now_ms(),
         )?;
     } else {
         ctl.reapply(&mut dp)?;
@@ -116,7 +121,136 @@ fn persist(s: &Shared) -> Result<()> {
     Ok(())
 }
 
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How often strategies are advanced and their gates checked.
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Advances strategies with fresh signals from the data plane.
+fn tick(shared: &Mutex<Shared>) -> Result<()> {
+    let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
+    let s = &mut *guard;
+    if !s.ctl.strategies.values().any(|st| st.phase().is_active()) {
+        return Ok(());
+    }
+    let flows = if s.ctl.wants_flow_counts() {
+        s.dp.flow_count_by_backend()?
+    } else {
+        Default::default()
+    };
+    let mut all = BTreeMap::new();
+    for (name, spec) in &s.ctl.services {
+        let Some(placed) = s.ctl.programmer.services.get(name) else {
+            continue;
+        };
+        let mut pools = Signals::new();
+        for p in &spec.pools {
+            let mut ps = PoolSignals::default();
+            for b in &p.backends {
+                let index = placed.backends[&b.addr()];
+                let st = s.dp.backend_stats(index)?;
+                ps.new_flows += st.new_flows;
+                ps.rsts += st.rsts;
+                let h = s.ctl.health.get(&b.addr());
+                ps.backends.insert(
+                    b.addr(),
+                    BackendSignals {
+                        healthy: h.is_none_or(|h| h.healthy),
+                        healthy_since_ms: match h {
+                            Some(h) if h.healthy => Some(h.since_ms),
+                            Some(_) => None,
+                            None => Some(0),
+                        },
+                        active_flows: flows.get(&index).copied().unwrap_or(0),
+                    },
+                );
+            }
+            pools.insert(p.name.clone(), ps);
+        }
+        all.insert(name.clone(), pools);
+    }
+    let before = s.ctl.history.len();
+    s.ctl.tick(&mut s.dp, &all, now_ms())?;
+    if s.ctl.history.len() != before || s.ctl.strategies.values().any(|st| st.phase().is_active()) {
+        persist(s)?;
+    }
+    Ok(())
+}
+
+/// Probes every backend of every service with health checks, each at its
+/// service's interval, and feeds the results to the controller.
+async fn health_loop(shared: Arc<Mutex<Shared>>) {
+    let mut due: HashMap<(String, SocketAddr), u64> = HashMap::new();
+    let in_flight: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        every.tick().await;
+        let targets: Vec<(String, SocketAddr, HealthConfig)> = match shared.lock() {
+            Ok(s) => s
+                .ctl
+                .services
+                .values()
+                .filter_map(|svc| svc.health.clone().map(|h| (svc, h)))
+                .flat_map(|(svc, h)| {
+                    svc.pools
+                        .iter()
+                        .flat_map(|p| &p.backends)
+                        .map(move |b| (svc.name.clone(), b.addr(), h.clone()))
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        let now = now_ms();
+        for (service, addr, cfg) in targets {
+            let next = due.entry((service.clone(), addr)).or_insert(now);
+            if *next > now || !in_flight.lock().is_ok_and(|mut f| f.insert(addr)) {
+                continue;
+            }
+            *next = now + cfg.interval.as_millis() as u64;
+            let (shared, in_flight) = (shared.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let result = health::probe(addr, &cfg).await;
+                if let Ok(mut g) = shared.lock() {
+                    let s = &mut *g;
+                    let before = s.ctl.history.len();
+                    if let Err(e) = s
+                        .ctl
+                        .health_result(&mut s.dp, &service, addr, result, now_ms())
+                    {
+                        log::warn!("health of {addr}: {e:#}");
+                    }
+                    if s.ctl.history.len() != before {
+                        let _ = persist(s);
+                    }
+                }
+                if let Ok(mut f) = in_flight.lock() {
+                    f.remove(&addr);
+                }
+            });
+        }
+    }
+}
+
 async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
+    tokio::spawn(health_loop(shared.clone()));
+    let ticker = shared.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TICK);
+        loop {
+            every.tick().await;
+            let s = ticker.clone();
+            match tokio::task::spawn_blocking(move || tick(&s)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("strategy tick: {e:#}"),
+                Err(e) => log::warn!("strategy tick: {e}"),
+            }
+        }
+    });
     if let Some(dir) = d.api.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -196,7 +330,7 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
             },
             Err(e) => Response::err(e),
         },
-        _ => match s.ctl.handle(&mut s.dp, cmd) {
+        _ => match s.ctl.handle(&mut s.dp, cmd, now_ms()) {
             Ok(()) => match persist(s) {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
@@ -244,7 +378,10 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             for b in &p.backends {
                 let index = placed.backends[&b.addr()];
                 let bs = s.dp.backend_stats(index)?;
+                let health = s.ctl.health.get(&b.addr());
                 backends.push(BackendStatus {
+                    healthy: health.is_none_or(|h| h.healthy),
+                    health_error: health.and_then(|h| h.last_error.clone()),
                     addr: b.addr(),
                     weight: b.weight(),
                     state: format!("{:?}", b.state()).to_lowercase(),
@@ -265,7 +402,10 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
                 backends,
             });
         }
+        let strategy = s.ctl.strategies.get(name);
         out.push(ServiceStatus {
+            strategy: strategy.map(|st| st.describe(now_ms())),
+            progress: strategy.map(|st| st.progress()),
             name: name.clone(),
             vip: spec.vip,
             protocol: format!("{:?}", spec.protocol).to_lowercase(),

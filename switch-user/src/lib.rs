@@ -11,4 +11,6 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod programmer;
+pub mod strategy;

@@ -4,10 +4,13 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCo
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
 use switch_user::{
     api::{BackendAction, Command, Response, ServiceStatus},
     config::ConfigFile,
     daemon, dataplane,
+    strategy::Gates,
 };
 
 #[derive(Parser)]
@@ -58,6 +61,75 @@ enum Cmd {
         service: String,
         #[arg(long)]
         to: String,
+        /// Blue-green with a preview: only this source CIDR sees the new pool
+        /// until `switch promote` (or --auto-promote).
+        #[arg(long)]
+        preview: Option<ipnet::IpNet>,
+        /// With --preview: promote by itself after this long with a healthy
+        /// new pool, e.g. 60s.
+        #[arg(long, value_parser = parse_duration, requires = "preview")]
+        auto_promote: Option<Duration>,
+    },
+    /// Move new connections to a pool in steps, checking gates at each.
+    Canary {
+        service: String,
+        #[arg(long)]
+        to: String,
+        /// Percentages of new connections, rising, e.g. 1,5,25,50,100.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        steps: Vec<u32>,
+        /// How long each step is held, e.g. 30s.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        interval: Duration,
+        /// Roll back when more new-pool backends than this are unhealthy.
+        #[arg(long, default_value_t = 0)]
+        max_unhealthy: usize,
+        /// Roll back when the new pool's RSTs per new connection exceed the
+        /// old pool's by more than this (0..1).
+        #[arg(long, default_value_t = 0.05)]
+        max_rst_excess: f64,
+        /// New connections a step needs before the RST gate can fail.
+        #[arg(long, default_value_t = 20)]
+        min_flows: u64,
+    },
+    /// Replace backends of a pool N at a time: drain, remove, add, wait healthy.
+    Rolling {
+        service: String,
+        #[arg(long)]
+        pool: String,
+        /// OLD=NEW backend address pairs.
+        #[arg(long, required = true, num_args = 1.., value_parser = parse_pair)]
+        replace: Vec<(SocketAddr, SocketAddr)>,
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: usize,
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        drain_timeout: Duration,
+        /// How long a replacement must stay healthy before the next one.
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        min_healthy: Duration,
+        /// Hold when a replacement is not healthy after this long.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        progress_deadline: Duration,
+    },
+    /// Hold a running canary at its step.
+    Pause { service: String },
+    /// Continue a paused canary.
+    Resume { service: String },
+    /// Finish a canary or preview now: all new connections to the new pool.
+    Promote { service: String },
+    /// Stop the running strategy; a canary or preview goes back to the old pool.
+    Abort { service: String },
+    /// Undo the last flip or canary at once.
+    Rollback { service: String },
+    /// Live view of a service and its running strategy.
+    Watch {
+        service: String,
+        /// Refresh interval.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        every: Duration,
+        /// Stop after this many refreshes (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// Add, remove, drain or undrain one backend.
     Backend {
@@ -139,6 +211,30 @@ fn init_log() {
     log::set_max_level(log::LevelFilter::Info);
 }
 
+fn simple(api: &std::path::Path, cmd: Command, service: &str, done: &str) -> Result<()> {
+    send(api, cmd)?;
+    println!("{service}: {done}");
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+fn parse_pair(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected OLD=NEW, e.g. 198.18.1.11:80=198.18.1.21:80"))?;
+    let a = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an address:port"))?;
+    let b = b
+        .parse()
+        .map_err(|_| format!("{b:?} is not an address:port"))?;
+    Ok((a, b))
+}
+
 fn send(api: &std::path::Path, cmd: Command) -> Result<Response> {
     let r = daemon::call(api, cmd)?;
     if !r.ok {
@@ -188,18 +284,154 @@ fn run(cli: Cli) -> Result<()> {
             println!("{service}: weights set");
             Ok(())
         }
-        Cmd::Flip { service, to } => {
+        Cmd::Flip {
+            service,
+            to,
+            preview,
+            auto_promote,
+        } => {
             send(
                 &api,
                 Command::Flip {
                     service: service.clone(),
                     to: to.clone(),
+                    preview,
+                    auto_promote_ms: auto_promote.map(|d| d.as_millis() as u64),
                 },
             )?;
-            println!(
-                "{service}: new connections now go to {to}; established ones stay where they are"
-            );
+            match preview {
+                Some(p) => println!(
+                    "{service}: {p} now sees {to}; `switch promote {service}` sends everyone"
+                ),
+                None => println!(
+                    "{service}: new connections now go to {to}; established ones stay where they are"
+                ),
+            }
             Ok(())
+        }
+        Cmd::Canary {
+            service,
+            to,
+            steps,
+            interval,
+            max_unhealthy,
+            max_rst_excess,
+            min_flows,
+        } => {
+            if !(0.0..=1.0).contains(&max_rst_excess) {
+                bail!("--max-rst-excess: {max_rst_excess} is not between 0 and 1");
+            }
+            send(
+                &api,
+                Command::Canary {
+                    service: service.clone(),
+                    to: to.clone(),
+                    steps: steps.clone(),
+                    interval_ms: interval.as_millis() as u64,
+                    gates: Gates {
+                        max_unhealthy,
+                        max_rst_excess,
+                        min_flows,
+                    },
+                },
+            )?;
+            println!("{service}: canary to {to} started at {}%", steps[0]);
+            Ok(())
+        }
+        Cmd::Rolling {
+            service,
+            pool,
+            replace,
+            max_unavailable,
+            drain_timeout,
+            min_healthy,
+            progress_deadline,
+        } => {
+            let n = replace.len();
+            send(
+                &api,
+                Command::Rolling {
+                    service: service.clone(),
+                    pool,
+                    replace,
+                    max_unavailable,
+                    drain_timeout_ms: drain_timeout.as_millis() as u64,
+                    min_healthy_ms: min_healthy.as_millis() as u64,
+                    progress_deadline_ms: progress_deadline.as_millis() as u64,
+                },
+            )?;
+            println!("{service}: rolling replacement of {n} backend(s) started");
+            Ok(())
+        }
+        Cmd::Pause { service } => simple(
+            &api,
+            Command::Pause {
+                service: service.clone(),
+            },
+            &service,
+            "paused",
+        ),
+        Cmd::Resume { service } => simple(
+            &api,
+            Command::Resume {
+                service: service.clone(),
+            },
+            &service,
+            "resumed",
+        ),
+        Cmd::Promote { service } => simple(
+            &api,
+            Command::Promote {
+                service: service.clone(),
+            },
+            &service,
+            "promoted",
+        ),
+        Cmd::Abort { service } => simple(
+            &api,
+            Command::Abort {
+                service: service.clone(),
+            },
+            &service,
+            "aborted",
+        ),
+        Cmd::Rollback { service } => simple(
+            &api,
+            Command::Rollback {
+                service: service.clone(),
+            },
+            &service,
+            "rolled back",
+        ),
+        Cmd::Watch {
+            service,
+            every,
+            count,
+        } => {
+            let mut n = 0;
+            loop {
+                let r = send(
+                    &api,
+                    Command::Status {
+                        service: Some(service.clone()),
+                    },
+                )?;
+                let st = r.status.unwrap_or_default();
+                // Clear the screen only on a terminal, so the view can be logged.
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    print!("\x1b[2J\x1b[H");
+                }
+                println!(
+                    "{}",
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                );
+                print_status(&st);
+                n += 1;
+                if count != 0 && n >= count {
+                    return Ok(());
+                }
+                std::thread::sleep(every);
+            }
         }
         Cmd::Backend {
             action,
@@ -264,6 +496,16 @@ fn print_status(st: &[ServiceStatus]) {
             "{}  {} {} {}  packets {}  new flows {}  dropped (no backend) {}",
             s.name, s.vip, s.protocol, s.mode, s.packets, s.new_flows, s.no_backend
         );
+        if let Some(st) = &s.strategy {
+            let p = s.progress.unwrap_or(0.0).clamp(0.0, 1.0);
+            let filled = (p * 30.0).round() as usize;
+            println!(
+                "  strategy: {st}\n  [{}{}] {:>3.0}%",
+                "#".repeat(filled),
+                "-".repeat(30 - filled),
+                p * 100.0
+            );
+        }
         for p in &s.pools {
             println!(
                 "  pool {:<10} weight {:<6} share {:>6.2}%",
@@ -271,8 +513,15 @@ fn print_status(st: &[ServiceStatus]) {
             );
             for b in &p.backends {
                 println!(
-                    "    {:<40} {:<9} w{:<4} flows {:<6} new {:<8} pkts {:<10} rst {}",
-                    b.addr, b.state, b.weight, b.active_flows, b.new_flows, b.packets, b.rsts
+                    "    {:<40} {:<9} {:<9} w{:<4} flows {:<6} new {:<8} pkts {:<10} rst {}",
+                    b.addr,
+                    b.state,
+                    if b.healthy { "healthy" } else { "UNHEALTHY" },
+                    b.weight,
+                    b.active_flows,
+                    b.new_flows,
+                    b.packets,
+                    b.rsts
                 );
             }
         }

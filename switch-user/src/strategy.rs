@@ -1,0 +1,781 @@
+//! Deployment strategies as state machines, free of I/O and of the clock:
+//! `tick` takes the time and what the data plane and health checks say,
+//! and returns the changes to make. The controller applies them; tests drive
+//! them with a fake clock and fake signals.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// What the data plane and health checks say about one pool.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolSignals {
+    /// Counters since the daemon's maps were created (monotonic).
+    pub new_flows: u64,
+    pub rsts: u64,
+    pub backends: BTreeMap<SocketAddr, BackendSignals>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendSignals {
+    /// Passing health checks (always true without health checks).
+    pub healthy: bool,
+    /// Since when it has been healthy without a break (ms).
+    pub healthy_since_ms: Option<u64>,
+    pub active_flows: u64,
+}
+
+pub type Signals = BTreeMap<String, PoolSignals>;
+
+/// A change the controller makes to the service's desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Set these pool weights (others unchanged).
+    Weights(BTreeMap<String, u32>),
+    AddBackend {
+        pool: String,
+        addr: SocketAddr,
+    },
+    DrainBackend {
+        pool: String,
+        addr: SocketAddr,
+    },
+    RemoveBackend {
+        pool: String,
+        addr: SocketAddr,
+    },
+    /// Pin this source CIDR to a pool (preview), or unpin it.
+    Cohort {
+        cidr: ipnet::IpNet,
+        pool: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase", content = "why")]
+pub enum Phase {
+    Running,
+    Paused,
+    /// Stopped on its own and waiting for the operator (e.g. a replacement
+    /// that never became healthy).
+    Holding(String),
+    Succeeded,
+    RolledBack(String),
+    Aborted,
+}
+
+impl Phase {
+    pub fn is_active(&self) -> bool {
+        matches!(self, Phase::Running | Phase::Paused | Phase::Holding(_))
+    }
+}
+
+/// Gates checked during every canary step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gates {
+    /// Roll back when more backends of the new pool than this are unhealthy.
+    pub max_unhealthy: usize,
+    /// Roll back when the new pool's RST-per-new-flow ratio exceeds the old
+    /// pool's by more than this (absolute, 0..1).
+    pub max_rst_excess: f64,
+    /// New flows the new pool needs in a step before the RST gate can fail;
+    /// with fewer the gate is inconclusive and the step just holds.
+    pub min_flows: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            max_unhealthy: 0,
+            max_rst_excess: 0.05,
+            min_flows: 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub to: String,
+    pub from: String,
+    pub steps: Vec<u32>,
+    pub interval_ms: u64,
+    pub gates: Gates,
+    pub step: usize,
+    pub step_started_ms: u64,
+    /// Time spent in the current step before a pause.
+    pub paused_elapsed_ms: u64,
+    /// (new flows, rsts) of `to` and `from` when the step started.
+    pub baseline: [(u64, u64); 2],
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlueGreen {
+    pub to: String,
+    pub from: String,
+    pub preview: Option<ipnet::IpNet>,
+    /// Promote by itself after the new pool has been healthy this long.
+    pub auto_promote_ms: Option<u64>,
+    pub started_ms: u64,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "stage", content = "since_ms")]
+pub enum Stage {
+    Pending,
+    Draining(u64),
+    Adding(u64),
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rolling {
+    pub pool: String,
+    pub replace: Vec<(SocketAddr, SocketAddr)>,
+    pub stages: Vec<Stage>,
+    pub max_unavailable: usize,
+    pub drain_timeout_ms: u64,
+    pub min_healthy_ms: u64,
+    /// Hold when a replacement is not healthy this long after being added.
+    pub progress_deadline_ms: u64,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Strategy {
+    Canary(Canary),
+    BlueGreen(BlueGreen),
+    Rolling(Rolling),
+}
+
+fn weights(pairs: &[(&str, u32)]) -> Change {
+    Change::Weights(pairs.iter().map(|(p, w)| (p.to_string(), *w)).collect())
+}
+
+fn counters(s: &Signals, pool: &str) -> (u64, u64) {
+    s.get(pool).map(|p| (p.new_flows, p.rsts)).unwrap_or((0, 0))
+}
+
+fn unhealthy(s: &Signals, pool: &str) -> usize {
+    s.get(pool)
+        .map(|p| p.backends.values().filter(|b| !b.healthy).count())
+        .unwrap_or(0)
+}
+
+impl Canary {
+    /// Starts at the first step.
+    pub fn start(
+        to: &str,
+        from: &str,
+        steps: Vec<u32>,
+        interval_ms: u64,
+        gates: Gates,
+        now: u64,
+        s: &Signals,
+    ) -> (Canary, Vec<Change>) {
+        let first = steps[0];
+        let c = Canary {
+            to: to.into(),
+            from: from.into(),
+            steps,
+            interval_ms,
+            gates,
+            step: 0,
+            step_started_ms: now,
+            paused_elapsed_ms: 0,
+            baseline: [counters(s, to), counters(s, from)],
+            phase: Phase::Running,
+        };
+        let change = weights(&[(to, first), (from, 100 - first)]);
+        (c, vec![change])
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self.phase {
+            Phase::RolledBack(_) | Phase::Aborted => 0,
+            _ => self.steps[self.step.min(self.steps.len() - 1)],
+        }
+    }
+
+    fn set(&self, w: u32) -> Change {
+        weights(&[(&self.to, w), (&self.from, 100 - w)])
+    }
+
+    /// The first failing gate, if any.
+    fn failed_gate(&self, s: &Signals) -> Option<String> {
+        let bad = unhealthy(s, &self.to);
+        if bad > self.gates.max_unhealthy {
+            return Some(format!("{bad} unhealthy backend(s) in pool {}", self.to));
+        }
+        let (nf, nr) = counters(s, &self.to);
+        let (of, or) = counters(s, &self.from);
+        let (nf, nr) = (
+            nf.saturating_sub(self.baseline[0].0),
+            nr.saturating_sub(self.baseline[0].1),
+        );
+        let (of, or) = (
+            of.saturating_sub(self.baseline[1].0),
+            or.saturating_sub(self.baseline[1].1),
+        );
+        if nf < self.gates.min_flows {
+            return None; // inconclusive: too few flows to judge
+        }
+        let new_ratio = nr as f64 / nf as f64;
+        let old_ratio = if of == 0 { 0.0 } else { or as f64 / of as f64 };
+        if new_ratio > old_ratio + self.gates.max_rst_excess {
+            return Some(format!(
+                "RST ratio of pool {} is {:.1}% against {:.1}% for {} (allowed excess {:.1}%)",
+                self.to,
+                new_ratio * 100.0,
+                old_ratio * 100.0,
+                self.from,
+                self.gates.max_rst_excess * 100.0
+            ));
+        }
+        None
+    }
+
+    pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
+        if self.phase != Phase::Running {
+            return vec![];
+        }
+        if let Some(why) = self.failed_gate(s) {
+            self.phase = Phase::RolledBack(why);
+            return vec![self.set(0)];
+        }
+        if now.saturating_sub(self.step_started_ms) < self.interval_ms {
+            return vec![];
+        }
+        if self.step + 1 >= self.steps.len() {
+            self.phase = Phase::Succeeded;
+            return vec![];
+        }
+        self.step += 1;
+        self.step_started_ms = now;
+        self.baseline = [counters(s, &self.to), counters(s, &self.from)];
+        vec![self.set(self.steps[self.step])]
+    }
+
+    pub fn pause(&mut self, now: u64) {
+        if self.phase == Phase::Running {
+            self.paused_elapsed_ms = now.saturating_sub(self.step_started_ms);
+            self.phase = Phase::Paused;
+        }
+    }
+
+    pub fn resume(&mut self, now: u64) {
+        if self.phase == Phase::Paused {
+            self.step_started_ms = now.saturating_sub(self.paused_elapsed_ms);
+            self.phase = Phase::Running;
+        }
+    }
+
+    pub fn promote(&mut self) -> Vec<Change> {
+        self.step = self.steps.len() - 1;
+        self.phase = Phase::Succeeded;
+        vec![self.set(100)]
+    }
+
+    pub fn abort(&mut self, why: Option<String>) -> Vec<Change> {
+        self.phase = match why {
+            Some(w) => Phase::RolledBack(w),
+            None => Phase::Aborted,
+        };
+        vec![self.set(0)]
+    }
+}
+
+impl BlueGreen {
+    /// Without a preview, flips at once; with one, first pins the preview
+    /// CIDR to the new pool.
+    pub fn start(
+        to: &str,
+        from: &str,
+        preview: Option<ipnet::IpNet>,
+        auto_promote_ms: Option<u64>,
+        now: u64,
+    ) -> (BlueGreen, Vec<Change>) {
+        let mut b = BlueGreen {
+            to: to.into(),
+            from: from.into(),
+            preview,
+            auto_promote_ms,
+            started_ms: now,
+            phase: Phase::Running,
+        };
+        let changes = match preview {
+            Some(cidr) => vec![Change::Cohort {
+                cidr,
+                pool: Some(to.into()),
+            }],
+            None => {
+                b.phase = Phase::Succeeded;
+                vec![weights(&[(to, 100), (from, 0)])]
+            }
+        };
+        (b, changes)
+    }
+
+    fn finish(&mut self) -> Vec<Change> {
+        self.phase = Phase::Succeeded;
+        let mut c = vec![weights(&[(&self.to, 100), (&self.from, 0)])];
+        if let Some(cidr) = self.preview {
+            c.push(Change::Cohort { cidr, pool: None });
+        }
+        c
+    }
+
+    pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
+        if self.phase != Phase::Running {
+            return vec![];
+        }
+        let bad = unhealthy(s, &self.to);
+        if bad > 0 {
+            return self.abort(Some(format!(
+                "{bad} unhealthy backend(s) in pool {} during preview",
+                self.to
+            )));
+        }
+        match self.auto_promote_ms {
+            Some(after) if now.saturating_sub(self.started_ms) >= after => self.finish(),
+            _ => vec![],
+        }
+    }
+
+    pub fn promote(&mut self) -> Vec<Change> {
+        self.finish()
+    }
+
+    pub fn abort(&mut self, why: Option<String>) -> Vec<Change> {
+        self.phase = match why {
+            Some(w) => Phase::RolledBack(w),
+            None => Phase::Aborted,
+        };
+        let mut c = vec![weights(&[(&self.to, 0), (&self.from, 100)])];
+        if let Some(cidr) = self.preview {
+            c.push(Change::Cohort { cidr, pool: None });
+        }
+        c
+    }
+}
+
+impl Rolling {
+    pub fn start(
+        pool: &str,
+        replace: Vec<(SocketAddr, SocketAddr)>,
+        max_unavailable: usize,
+        drain_timeout_ms: u64,
+        min_healthy_ms: u64,
+        progress_deadline_ms: u64,
+    ) -> Rolling {
+        Rolling {
+            pool: pool.into(),
+            stages: vec![Stage::Pending; replace.len()],
+            replace,
+            max_unavailable: max_unavailable.max(1),
+            drain_timeout_ms,
+            min_healthy_ms,
+            progress_deadline_ms,
+            phase: Phase::Running,
+        }
+    }
+
+    /// Replacements done so far.
+    pub fn done(&self) -> usize {
+        self.stages.iter().filter(|s| **s == Stage::Done).count()
+    }
+
+    pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
+        if self.phase != Phase::Running {
+            return vec![];
+        }
+        let empty = PoolSignals::default();
+        let pool = s.get(&self.pool).unwrap_or(&empty);
+        let mut changes = Vec::new();
+        for i in 0..self.replace.len() {
+            let (old, new) = self.replace[i];
+            match self.stages[i] {
+                Stage::Pending => {
+                    let busy = self
+                        .stages
+                        .iter()
+                        .filter(|s| matches!(s, Stage::Draining(_) | Stage::Adding(_)))
+                        .count();
+                    if busy < self.max_unavailable {
+                        changes.push(Change::DrainBackend {
+                            pool: self.pool.clone(),
+                            addr: old,
+                        });
+                        self.stages[i] = Stage::Draining(now);
+                    }
+                }
+                Stage::Draining(since) => {
+                    let flows = pool.backends.get(&old).map(|b| b.active_flows).unwrap_or(0);
+                    if flows == 0 || now.saturating_sub(since) >= self.drain_timeout_ms {
+                        changes.push(Change::RemoveBackend {
+                            pool: self.pool.clone(),
+                            addr: old,
+                        });
+                        changes.push(Change::AddBackend {
+                            pool: self.pool.clone(),
+                            addr: new,
+                        });
+                        self.stages[i] = Stage::Adding(now);
+                    }
+                }
+                Stage::Adding(since) => {
+                    let b = pool.backends.get(&new);
+                    let healthy_for = b
+                        .filter(|b| b.healthy)
+                        .and_then(|b| b.healthy_since_ms)
+                        .map(|t| now.saturating_sub(t.max(since)));
+                    if healthy_for.is_some_and(|d| d >= self.min_healthy_ms) {
+                        self.stages[i] = Stage::Done;
+                    } else if now.saturating_sub(since) >= self.progress_deadline_ms {
+                        self.phase = Phase::Holding(format!(
+                            "replacement {new} for {old} did not become healthy"
+                        ));
+                        return changes;
+                    }
+                }
+                Stage::Done => {}
+            }
+        }
+        if self.stages.iter().all(|s| *s == Stage::Done) {
+            self.phase = Phase::Succeeded;
+        }
+        changes
+    }
+}
+
+impl Strategy {
+    pub fn phase(&self) -> &Phase {
+        match self {
+            Strategy::Canary(c) => &c.phase,
+            Strategy::BlueGreen(b) => &b.phase,
+            Strategy::Rolling(r) => &r.phase,
+        }
+    }
+
+    pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
+        match self {
+            Strategy::Canary(c) => c.tick(now, s),
+            Strategy::BlueGreen(b) => b.tick(now, s),
+            Strategy::Rolling(r) => r.tick(now, s),
+        }
+    }
+
+    /// One line: what it is doing now.
+    pub fn describe(&self, now: u64) -> String {
+        let phase = match self.phase() {
+            Phase::Running => "running".to_string(),
+            Phase::Paused => "paused".to_string(),
+            Phase::Holding(w) => format!("holding: {w}"),
+            Phase::Succeeded => "succeeded".to_string(),
+            Phase::RolledBack(w) => format!("rolled back: {w}"),
+            Phase::Aborted => "aborted".to_string(),
+        };
+        match self {
+            Strategy::Canary(c) => {
+                let left = c
+                    .interval_ms
+                    .saturating_sub(now.saturating_sub(c.step_started_ms))
+                    / 1000;
+                format!(
+                    "canary {} -> {}: step {}/{} at {}%, {phase}{}",
+                    c.from,
+                    c.to,
+                    c.step + 1,
+                    c.steps.len(),
+                    c.weight(),
+                    if c.phase == Phase::Running {
+                        format!(", next step in {left}s")
+                    } else {
+                        String::new()
+                    }
+                )
+            }
+            Strategy::BlueGreen(b) => format!(
+                "blue-green {} -> {}{}: {phase}",
+                b.from,
+                b.to,
+                b.preview
+                    .map(|p| format!(" (preview {p})"))
+                    .unwrap_or_default()
+            ),
+            Strategy::Rolling(r) => format!(
+                "rolling pool {}: {}/{} replaced, {phase}",
+                r.pool,
+                r.done(),
+                r.replace.len()
+            ),
+        }
+    }
+
+    /// Progress 0.0..=1.0 for the live view.
+    pub fn progress(&self) -> f64 {
+        match self {
+            Strategy::Canary(c) => c.weight() as f64 / 100.0,
+            Strategy::BlueGreen(b) => {
+                if b.phase == Phase::Succeeded {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Strategy::Rolling(r) => r.done() as f64 / r.replace.len().max(1) as f64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(
+        to_flows: u64,
+        to_rsts: u64,
+        from_flows: u64,
+        from_rsts: u64,
+        to_unhealthy: usize,
+    ) -> Signals {
+        let mut s = Signals::new();
+        let mut green = PoolSignals {
+            new_flows: to_flows,
+            rsts: to_rsts,
+            ..Default::default()
+        };
+        for i in 0..2u8 {
+            green.backends.insert(
+                format!("198.18.2.{i}:80").parse().unwrap(),
+                BackendSignals {
+                    healthy: (i as usize) >= to_unhealthy,
+                    healthy_since_ms: Some(0),
+                    active_flows: 0,
+                },
+            );
+        }
+        s.insert("green".into(), green);
+        s.insert(
+            "blue".into(),
+            PoolSignals {
+                new_flows: from_flows,
+                rsts: from_rsts,
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    fn w(changes: &[Change]) -> Option<(u32, u32)> {
+        changes.iter().find_map(|c| match c {
+            Change::Weights(m) => Some((m["green"], m["blue"])),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn canary_walks_its_steps_and_succeeds() {
+        let s = sig(0, 0, 0, 0, 0);
+        let (mut c, ch) = Canary::start(
+            "green",
+            "blue",
+            vec![1, 5, 25, 50, 100],
+            1000,
+            Gates::default(),
+            0,
+            &s,
+        );
+        assert_eq!(w(&ch), Some((1, 99)));
+        assert!(c.tick(500, &s).is_empty(), "holds for the interval");
+        assert_eq!(w(&c.tick(1000, &s)), Some((5, 95)));
+        assert_eq!(w(&c.tick(2000, &s)), Some((25, 75)));
+        assert_eq!(w(&c.tick(3000, &s)), Some((50, 50)));
+        assert_eq!(w(&c.tick(4000, &s)), Some((100, 0)));
+        assert!(c.tick(5000, &s).is_empty());
+        assert_eq!(c.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn canary_rolls_back_on_an_unhealthy_backend() {
+        let (mut c, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 50, 100],
+            1000,
+            Gates::default(),
+            0,
+            &sig(0, 0, 0, 0, 0),
+        );
+        assert_eq!(w(&c.tick(1000, &sig(0, 0, 0, 0, 0))), Some((50, 50)));
+        assert_eq!(w(&c.tick(1100, &sig(0, 0, 0, 0, 1))), Some((0, 100)));
+        assert!(
+            matches!(&c.phase, Phase::RolledBack(why) if why.contains("unhealthy")),
+            "{:?}",
+            c.phase
+        );
+        assert!(
+            c.tick(5000, &sig(0, 0, 0, 0, 0)).is_empty(),
+            "a rolled-back canary stays put"
+        );
+    }
+
+    #[test]
+    fn canary_rst_gate_compares_against_the_old_pool() {
+        let (mut c, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 100],
+            1000,
+            Gates::default(),
+            0,
+            &sig(100, 5, 1000, 50, 0),
+        );
+        // Same ratio as blue (5%): passes.
+        assert!(c.tick(100, &sig(200, 10, 2000, 100, 0)).is_empty());
+        assert_eq!(c.phase, Phase::Running);
+        // Too few new flows to judge: inconclusive, holds.
+        let (mut c2, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 100],
+            1000,
+            Gates::default(),
+            0,
+            &sig(0, 0, 0, 0, 0),
+        );
+        assert!(c2.tick(100, &sig(5, 5, 100, 0, 0)).is_empty());
+        assert_eq!(c2.phase, Phase::Running);
+        // 50% RSTs against 5%: rolls back.
+        assert_eq!(w(&c.tick(200, &sig(300, 60, 3000, 150, 0))), Some((0, 100)));
+        assert!(matches!(&c.phase, Phase::RolledBack(why) if why.contains("RST")));
+    }
+
+    #[test]
+    fn canary_pause_resume_promote_abort() {
+        let s = sig(0, 0, 0, 0, 0);
+        let (mut c, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 50, 100],
+            1000,
+            Gates::default(),
+            0,
+            &s,
+        );
+        c.pause(600);
+        assert!(c.tick(5000, &s).is_empty(), "paused: no step");
+        c.resume(10_000);
+        assert!(c.tick(10_300, &s).is_empty(), "resumed with 400ms left");
+        assert_eq!(w(&c.tick(10_400, &s)), Some((50, 50)));
+        assert_eq!(w(&c.clone().promote()), Some((100, 0)));
+        assert_eq!(w(&c.abort(None)), Some((0, 100)));
+        assert_eq!(c.phase, Phase::Aborted);
+    }
+
+    #[test]
+    fn blue_green_preview_then_auto_promote() {
+        let cidr: ipnet::IpNet = "198.18.50.0/24".parse().unwrap();
+        let (mut b, ch) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), 0);
+        assert_eq!(
+            ch,
+            vec![Change::Cohort {
+                cidr,
+                pool: Some("green".into())
+            }]
+        );
+        assert!(b.tick(500, &sig(0, 0, 0, 0, 0)).is_empty());
+        let ch = b.tick(1000, &sig(0, 0, 0, 0, 0));
+        assert_eq!(w(&ch), Some((100, 0)));
+        assert!(ch.contains(&Change::Cohort { cidr, pool: None }));
+        assert_eq!(b.phase, Phase::Succeeded);
+        // An unhealthy new pool during preview aborts it.
+        let (mut b, _) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), 0);
+        assert_eq!(w(&b.tick(10, &sig(0, 0, 0, 0, 1))), Some((0, 100)));
+        assert!(matches!(b.phase, Phase::RolledBack(_)));
+    }
+
+    fn rolling_sig(flows_old: u64, new_healthy_since: Option<u64>) -> Signals {
+        let mut p = PoolSignals::default();
+        p.backends.insert(
+            "198.18.1.11:80".parse().unwrap(),
+            BackendSignals {
+                healthy: true,
+                healthy_since_ms: Some(0),
+                active_flows: flows_old,
+            },
+        );
+        p.backends.insert(
+            "198.18.1.21:80".parse().unwrap(),
+            BackendSignals {
+                healthy: new_healthy_since.is_some(),
+                healthy_since_ms: new_healthy_since,
+                active_flows: 0,
+            },
+        );
+        [("blue".to_string(), p)].into()
+    }
+
+    #[test]
+    fn rolling_drains_removes_adds_and_waits_for_health() {
+        let (old, new): (SocketAddr, SocketAddr) = (
+            "198.18.1.11:80".parse().unwrap(),
+            "198.18.1.21:80".parse().unwrap(),
+        );
+        let mut r = Rolling::start("blue", vec![(old, new)], 1, 10_000, 500, 5_000);
+        assert_eq!(
+            r.tick(0, &rolling_sig(3, None)),
+            vec![Change::DrainBackend {
+                pool: "blue".into(),
+                addr: old
+            }]
+        );
+        assert!(
+            r.tick(100, &rolling_sig(3, None)).is_empty(),
+            "waits while flows remain"
+        );
+        assert_eq!(
+            r.tick(200, &rolling_sig(0, None)),
+            vec![
+                Change::RemoveBackend {
+                    pool: "blue".into(),
+                    addr: old
+                },
+                Change::AddBackend {
+                    pool: "blue".into(),
+                    addr: new
+                }
+            ]
+        );
+        assert!(
+            r.tick(300, &rolling_sig(0, Some(300))).is_empty(),
+            "healthy, but not long enough"
+        );
+        assert!(r.tick(800, &rolling_sig(0, Some(300))).is_empty());
+        assert_eq!(r.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn rolling_drain_timeout_and_holding_on_a_sick_replacement() {
+        let (old, new): (SocketAddr, SocketAddr) = (
+            "198.18.1.11:80".parse().unwrap(),
+            "198.18.1.21:80".parse().unwrap(),
+        );
+        let mut r = Rolling::start("blue", vec![(old, new)], 1, 1_000, 500, 2_000);
+        r.tick(0, &rolling_sig(3, None));
+        assert_eq!(
+            r.tick(1_000, &rolling_sig(3, None)).len(),
+            2,
+            "drain timeout reached: remove and add"
+        );
+        assert!(r.tick(2_000, &rolling_sig(0, None)).is_empty());
+        r.tick(3_000, &rolling_sig(0, None));
+        assert!(
+            matches!(&r.phase, Phase::Holding(why) if why.contains("did not become healthy")),
+            "{:?}",
+            r.phase
+        );
+    }
+}
