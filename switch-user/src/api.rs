@@ -101,6 +101,9 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Vec<ServiceStatus>>,
+    /// Data-plane verdict counters by reason (status only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reasons: Option<BTreeMap<String, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Event>>,
 }
@@ -111,6 +114,7 @@ impl Response {
             ok: true,
             error: None,
             status: None,
+            reasons: None,
             history: None,
         }
     }
@@ -119,6 +123,7 @@ impl Response {
             ok: false,
             error: Some(e.to_string()),
             status: None,
+            reasons: None,
             history: None,
         }
     }

@@ -312,6 +312,12 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
         Command::Status { service } => match status(s, service.as_deref()) {
             Ok(st) => Response {
                 status: Some(st),
+                reasons: s.dp.reasons().ok().map(|r| {
+                    r.into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| (r.name().to_string(), n))
+                        .collect()
+                }),
                 ..Response::ok()
             },
             Err(e) => Response::err(e),

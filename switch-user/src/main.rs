@@ -269,6 +269,11 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
                 print_status(&st);
+                if let Some(reasons) = r.reasons {
+                    let line: Vec<String> =
+                        reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("packets by verdict: {}", line.join(" "));
+                }
             }
             Ok(())
         }

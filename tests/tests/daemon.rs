@@ -85,6 +85,9 @@ impl Stream {
     }
 }
 
+/// What the test is doing now, for failure messages.
+static PHASE: AtomicU32 = AtomicU32::new(0);
+
 /// New connections in a loop until stopped: (ok, failed) counts.
 fn load(
     lab: &Lab,
@@ -96,8 +99,10 @@ fn load(
     std::thread::spawn(move || {
         switch_tests::enter(&path).unwrap();
         while !stop.load(Ordering::Relaxed) {
+            let mut port = 0;
             let r = (|| -> std::io::Result<()> {
                 let s = TcpStream::connect_timeout(&vip(), Duration::from_secs(2))?;
+                port = s.local_addr()?.port();
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
                 let mut w = s.try_clone()?;
                 writeln!(w, "hi")?;
@@ -110,7 +115,13 @@ fn load(
             })();
             match r {
                 Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    eprintln!(
+                        "load: connection from port {port} failed in phase {}: {e}",
+                        PHASE.load(Ordering::SeqCst)
+                    );
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
             };
         }
     })
@@ -120,7 +131,9 @@ fn load(
 fn kill_9_and_restart_under_load_breaks_nothing() {
     let lab = Lab::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    start_backends(&lab, stop.clone());
+    // The servers get their own flag: stopping them with the load would
+    // drop the last connection in flight and count it as a failure.
+    start_backends(&lab, Arc::new(AtomicBool::new(false)));
     let mut d = Daemon::start(&lab, "kill9", SERVICE).unwrap();
 
     let mut stream = lab.cli.run(Stream::open).unwrap();
@@ -135,6 +148,7 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
     let loader = load(&lab, stop.clone(), ok.clone(), failed.clone());
     std::thread::sleep(Duration::from_millis(300));
 
+    PHASE.store(1, Ordering::SeqCst);
     d.kill9();
     std::thread::sleep(Duration::from_millis(300));
     // With no daemon at all, forwarding goes on.
@@ -142,7 +156,9 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
     stream = s;
     assert_eq!(b, backend, "stream moved while the daemon was dead");
 
+    PHASE.store(2, Ordering::SeqCst);
     d.spawn().unwrap();
+    PHASE.store(3, Ordering::SeqCst);
     let status = d.ok(&["status", "--json"]).unwrap();
     assert!(
         status.contains("\"blue\"") && status.contains("198.18.1.11:8080"),
@@ -150,6 +166,7 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
     );
     // After the restart the daemon can still steer: flip to green.
     d.ok(&["flip", "web", "--to", "green"]).unwrap();
+    PHASE.store(4, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(300));
     let (b, _s) = lab.cli.run(move || (stream.ask(), stream)).unwrap();
     assert_eq!(
@@ -228,4 +245,41 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
         err.contains("cannot reach the switch daemon") && err.trim().lines().count() == 1,
         "{err}"
     );
+}
+
+#[test]
+fn fifty_flips_under_load_fail_no_connection() {
+    let lab = Lab::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The servers get their own flag: stopping them with the load would
+    // drop the last connection in flight and count it as a failure.
+    start_backends(&lab, Arc::new(AtomicBool::new(false)));
+    let d = Daemon::start(&lab, "flips", SERVICE).unwrap();
+    // A long-lived stream opened before the first flip.
+    let (first, mut stream) = lab
+        .cli
+        .run(|| {
+            let mut s = Stream::open();
+            (s.ask(), s)
+        })
+        .unwrap();
+    let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let loader = load(&lab, stop.clone(), ok.clone(), failed.clone());
+    for i in 0..50 {
+        let to = if i % 2 == 0 { "green" } else { "blue" };
+        d.ok(&["flip", "web", "--to", to]).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        if i % 10 == 9 {
+            let (b, s) = lab.cli.run(move || (stream.ask(), stream)).unwrap();
+            stream = s;
+            assert_eq!(b, first, "the long-lived stream moved after flip {i}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("connections during 50 flips: {ok} ok, {failed} failed");
+    eprintln!("{}", d.ok(&["status"]).unwrap());
+    assert!(ok > 100, "load generator made too few connections: {ok}");
+    assert_eq!(failed, 0);
 }
