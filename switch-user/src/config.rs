@@ -23,6 +23,10 @@ pub struct DaemonConfig {
     /// Interfaces the XDP program is attached to.
     pub interfaces: Vec<String>,
     pub api: PathBuf,
+    /// Prometheus metrics (read-only HTTP), e.g. "127.0.0.1:9560"; off when absent.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Group that may use the API socket (mode 0660); root only when absent.
+    pub api_group: Option<String>,
     /// Where maps and links are pinned (on bpffs).
     pub pin_dir: PathBuf,
     /// Where desired state and strategy progress are persisted.
@@ -48,6 +52,8 @@ impl Default for DaemonConfig {
         DaemonConfig {
             interfaces: Vec::new(),
             api: PathBuf::from("/run/switch/switch.sock"),
+            metrics: None,
+            api_group: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/switch"),
             state_dir: PathBuf::from("/var/lib/switch"),
             seed: None,

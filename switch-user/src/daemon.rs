@@ -21,7 +21,7 @@ use crate::{
     config::{AdminState, ConfigFile, DaemonConfig, ForwardMode, HealthConfig},
     controller::Controller,
     dataplane::{Capacity, Dataplane},
-    health,
+    health, metrics,
     programmer::Programmer,
     strategy::{BackendSignals, PoolSignals, Signals},
 };
@@ -236,7 +236,48 @@ async fn health_loop(shared: Arc<Mutex<Shared>>) {
     }
 }
 
+/// The metrics page for one scrape.
+fn metrics_page(shared: &Mutex<Shared>) -> String {
+    let Ok(s) = shared.lock() else {
+        return String::new();
+    };
+    let services = status(&s, None).unwrap_or_default();
+    let reasons =
+        s.dp.reasons()
+            .map(|r| {
+                r.into_iter()
+                    .map(|(r, n)| (r.name().to_string(), n))
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut last = BTreeMap::new();
+    for e in s.ctl.history.iter().filter(|e| e.ok) {
+        last.insert(e.service.clone(), e.at_ms);
+    }
+    metrics::render(&services, &reasons, &last)
+}
+
+/// Gives the API socket to `group` (mode 0660), so its members may steer.
+fn socket_group(path: &Path, group: &str) -> Result<()> {
+    let name = std::ffi::CString::new(group)?;
+    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("daemon.api_group: no group named {group:?}");
+    }
+    let gid = unsafe { (*gr).gr_gid };
+    std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    Ok(())
+}
+
 async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
+    if let Some(addr) = d.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics address {addr}"))?;
+        log::info!("metrics on http://{addr}/metrics");
+        let s = shared.clone();
+        tokio::spawn(metrics::serve(listener, move || metrics_page(&s)));
+    }
     tokio::spawn(health_loop(shared.clone()));
     let ticker = shared.clone();
     tokio::spawn(async move {
@@ -258,6 +299,9 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     let listener = UnixListener::bind(&d.api)
         .with_context(|| format!("binding API socket {}", d.api.display()))?;
     std::fs::set_permissions(&d.api, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = &d.api_group {
+        socket_group(&d.api, g)?;
+    }
     log::info!("API on {}", d.api.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

@@ -282,12 +282,38 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Live flows per backend index: pinned to the backend's current
+    /// occupant, not closing, and not idle past their timeout. (Entries the
+    /// LRU has not evicted yet are not flows any more.)
     pub fn flow_count_by_backend(&self) -> Result<std::collections::HashMap<u32, u64>> {
         let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
             HashMap::try_from(self.map_ref(names::FLOWS)?)?;
+        let config = self.config()?;
+        let backends: Array<&MapData, Backend> = Array::try_from(self.map_ref(names::BACKENDS)?)?;
+        let now = monotonic_ns();
+        let mut generations = std::collections::HashMap::new();
         let mut out = std::collections::HashMap::new();
-        for (_, f) in m.iter().flatten() {
-            *out.entry(f.backend).or_insert(0) += 1;
+        for (k, f) in m.iter().flatten() {
+            if f.flags & switch_common::FLOW_CLOSING != 0 {
+                continue;
+            }
+            let idle = if k.proto == switch_common::PROTO_TCP {
+                config.tcp_idle_ns
+            } else {
+                config.udp_idle_ns
+            };
+            if now.saturating_sub(f.last_seen_ns) > idle {
+                continue;
+            }
+            let generation = *generations.entry(f.backend).or_insert_with(|| {
+                backends
+                    .get(&f.backend, 0)
+                    .map(|b| b.generation)
+                    .unwrap_or(0)
+            });
+            if generation == f.generation {
+                *out.entry(f.backend).or_insert(0) += 1;
+            }
         }
         Ok(out)
     }
@@ -367,6 +393,13 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
+}
+
+/// The clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn ifindex(ifname: &str) -> Result<u32> {

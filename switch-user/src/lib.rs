@@ -12,5 +12,6 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod metrics;
 pub mod programmer;
 pub mod strategy;

@@ -40,6 +40,11 @@ impl Daemon {
     /// Writes `services` (TOML `[[service]]` tables) into a config and starts
     /// the daemon.
     pub fn start(lab: &Lab, tag: &str, services: &str) -> Result<Daemon> {
+        Self::start_with(lab, tag, "", services)
+    }
+
+    /// The same, with extra `[daemon]` settings (TOML lines).
+    pub fn start_with(lab: &Lab, tag: &str, daemon: &str, services: &str) -> Result<Daemon> {
         let id = format!("{tag}-{}-{}", std::process::id(), lab.sw.name);
         let dir = std::env::temp_dir().join(format!("switch-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -49,7 +54,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\ninterfaces = [\"sw0\", \"sw1\"]\napi = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{services}",
+                "[daemon]\ninterfaces = [\"sw0\", \"sw1\"]\napi = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\n{daemon}\n\n{services}",
                 api.display(),
                 pins.display(),
                 dir.join("state").display()
@@ -119,6 +124,32 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok((out.status.success(), text))
+    }
+
+    /// `status --json` of one service, parsed.
+    pub fn status(&self, service: &str) -> Result<serde_json::Value> {
+        let s = self.ok(&["status", service, "--json"])?;
+        Ok(serde_json::from_str::<serde_json::Value>(&s)?[0].clone())
+    }
+
+    /// Polls `status` until `f` holds or `secs` pass.
+    pub fn wait_for(
+        &self,
+        service: &str,
+        secs: u64,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let t = Instant::now();
+        loop {
+            let st = self.status(service)?;
+            if f(&st) {
+                return Ok(st);
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                bail!("condition not met in {secs}s; status: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn ok(&self, args: &[&str]) -> Result<String> {
