@@ -16,9 +16,10 @@ pub fn bench_floor(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn bench_minimal(ctx: XdpContext) -> u32 {
-    let Ok(pkt) = parse::parse(&ctx) else {
+    let mut pkt = parse::Packet::EMPTY;
+    if parse::parse(&ctx, &mut pkt).is_err() {
         return xdp_action::XDP_PASS;
-    };
+    }
     let key = ServiceKey {
         addr: pkt.dst,
         port: pkt.dport,

@@ -34,7 +34,35 @@ pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
     if !parse::l3_fits(ctx, pkt) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
-    let dst = unsafe {
+    let dst = destination(pkt);
+    named(send(ctx, pkt, &dst, true, None), ok)
+}
+
+/// A nat reply: the source becomes the VIP, but only once the route is
+/// known and it is not for this host. Traffic from a backend to the switch
+/// itself (health checks, the operator's curl) must reach the local stack
+/// untouched.
+#[inline(always)]
+pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) {
+    if !parse::l3_fits(ctx, pkt) {
+        return (xdp_action::XDP_PASS, Reason::Malformed);
+    }
+    let dst = destination(pkt);
+    named(
+        send(ctx, pkt, &dst, true, Some(vip)),
+        Reason::ReplyForwarded,
+    )
+}
+
+/// A source address and port to write once the route is known.
+pub struct Source {
+    pub addr: [u8; 16],
+    pub port: u16,
+}
+
+#[inline(always)]
+fn destination(pkt: &Packet) -> [u8; 16] {
+    unsafe {
         if pkt.family == FAMILY_V4 {
             let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
             let mut a = [0u8; 16];
@@ -43,15 +71,14 @@ pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
         } else {
             (*(pkt.l3 as *const network_types::ip::Ipv6Hdr)).dst_addr
         }
-    };
-    named(send(ctx, pkt, &dst, true), ok)
+    }
 }
 
 /// Direct server return: the IP packet is untouched, only the Ethernet
 /// header is addressed to the backend, which holds the VIP itself.
 #[inline(always)]
 pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &[u8; 16]) -> (u32, Reason) {
-    named(send(ctx, pkt, backend, false), Reason::Forwarded)
+    named(send(ctx, pkt, backend, false, None), Reason::Forwarded)
 }
 
 /// `send` reports success as `Forwarded`; the caller names what was sent.
@@ -66,7 +93,7 @@ fn named(v: u64, ok: Reason) -> (u32, Reason) {
 // Not inlined: its 64-byte route-lookup struct gets a stack frame of its
 // own instead of adding to try_switch's (the BPF stack is 512 bytes).
 #[inline(never)]
-fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool) -> u64 {
+fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Option<&Source>) -> u64 {
     if !parse::l3_fits(ctx, pkt) || !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
         return pack(xdp_action::XDP_PASS, Reason::Malformed);
     }
@@ -99,6 +126,15 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool) -> u64 {
             0,
         )
     };
+    if rc == FIB_NOT_FWDED && src.is_some() {
+        // For this host, not a reply to a client: leave it alone.
+        return pack(xdp_action::XDP_PASS, Reason::NotVip);
+    }
+    if let Some(s) = src
+        && !rewrite::source(ctx, pkt, &s.addr, s.port)
+    {
+        return pack(xdp_action::XDP_PASS, Reason::Malformed);
+    }
     match rc {
         FIB_SUCCESS => {}
         FIB_NO_NEIGH => return pack(xdp_action::XDP_PASS, Reason::FibNoNeigh),

@@ -56,10 +56,10 @@ mod program {
         if config.flags & CONFIG_READY == 0 {
             return (xdp_action::XDP_PASS, Reason::NotReady);
         }
-        let pkt = match parse::parse(ctx) {
-            Ok(p) => p,
-            Err(reason) => return (xdp_action::XDP_PASS, reason),
-        };
+        let mut pkt = Packet::EMPTY;
+        if let Err(reason) = parse::parse(ctx, &mut pkt) {
+            return (xdp_action::XDP_PASS, reason);
+        }
 
         let service_key = ServiceKey {
             addr: pkt.dst,
@@ -69,7 +69,7 @@ mod program {
         };
         // SAFETY: values of hash maps stay valid for the program's run (RCU).
         if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
-            return to_vip(ctx, config, service, &pkt);
+            return unpack(to_vip(ctx, config, service, &pkt));
         }
         unpack(from_backend(ctx, config, &pkt))
     }
@@ -105,11 +105,15 @@ mod program {
                 if parse::ttl_expires(pkt) {
                     return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
                 }
-                stats::backend_packet(real.backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
-                if !rewrite::source(ctx, pkt, &real.vip, real.vip_port) {
-                    return pack(xdp_action::XDP_PASS, Reason::Malformed);
+                let vip = forward::Source {
+                    addr: real.vip,
+                    port: real.vip_port,
+                };
+                let backend = real.backend;
+                let (v, why) = forward::nat_reply(ctx, pkt, &vip);
+                if why != Reason::NotVip {
+                    stats::backend_packet(backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
                 }
-                let (v, why) = forward::routed(ctx, pkt, Reason::ReplyForwarded);
                 return pack(v, why);
             }
         }
@@ -118,37 +122,40 @@ mod program {
 
     /// Client -> VIP: choose the backend, rewrite by the service's mode,
     /// forward.
-    #[inline(always)]
-    fn to_vip(ctx: &XdpContext, config: &Config, service: &Service, pkt: &Packet) -> (u32, Reason) {
+    // Not inlined, like from_backend: the 512-byte stack holds the frames of
+    // a whole call chain, and try_switch's frame is in every one of them.
+    #[inline(never)]
+    fn to_vip(ctx: &XdpContext, config: &Config, service: &Service, pkt: &Packet) -> u64 {
         stats::service_packet(service.id, pkt.len);
         if parse::ttl_expires(pkt) {
-            return (xdp_action::XDP_PASS, Reason::TtlExpired);
+            return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
         }
         let backend = match choose::backend(config, service, pkt) {
             Ok(b) => b,
             Err(reason) => {
                 stats::service_no_backend(service.id);
-                return (xdp_action::XDP_DROP, reason);
+                return pack(xdp_action::XDP_DROP, reason);
             }
         };
         stats::backend_packet(backend.index, pkt.len, false);
-        match Mode::from_u8(service.mode) {
+        let (verdict, reason) = match Mode::from_u8(service.mode) {
             Some(Mode::Dsr) => forward::dsr(ctx, pkt, &backend.addr),
             Some(Mode::Fullnat) => {
                 if !rewrite::source(ctx, pkt, &service.snat_addr, backend.snat_port)
                     || !rewrite::destination(ctx, pkt, &backend.addr, backend.port)
                 {
-                    return (xdp_action::XDP_PASS, Reason::Malformed);
+                    return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
                 forward::routed(ctx, pkt, Reason::Forwarded)
             }
             _ => {
                 if !rewrite::destination(ctx, pkt, &backend.addr, backend.port) {
-                    return (xdp_action::XDP_PASS, Reason::Malformed);
+                    return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
                 forward::routed(ctx, pkt, Reason::Forwarded)
             }
-        }
+        };
+        pack(verdict, reason)
     }
 
     #[panic_handler]

@@ -34,17 +34,31 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
-    /// Frame length, for the byte counters.
+    /// Frame length as the IP header declares it, for the byte counters.
     pub len: usize,
     /// IP total length (IPv4) or payload length + 40 (IPv6), for the route lookup.
     pub ip_len: u16,
 }
 
+/// `ctx->data` and `ctx->data_end`, read with volatile loads. In a BPF
+/// subprogram LLVM would otherwise pass the two fields as 32-bit arguments
+/// and widen them with shifts, and the verifier forbids arithmetic on
+/// `data_end` ("pointer arithmetic on pkt_end prohibited").
+#[inline(always)]
+pub fn data(ctx: &XdpContext) -> usize {
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+}
+
+#[inline(always)]
+pub fn data_end(ctx: &XdpContext) -> usize {
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
 /// Pointer to a `T` at `offset`, or `None` if it would run past the frame.
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let start = data(ctx);
+    let end = data_end(ctx);
     // The verifier needs this exact shape: data + off + size <= data_end.
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
@@ -52,21 +66,58 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+impl Packet {
+    pub const EMPTY: Packet = Packet {
+        eth: core::ptr::null_mut(),
+        l3: 0,
+        l4: 0,
+        family: 0,
+        proto: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        len: 0,
+        ip_len: 0,
+    };
+}
+
+/// Parses the frame into `out`. Not inlined, and writing into the caller's
+/// `Packet` rather than returning one: the caller's frame is part of every
+/// call chain below it, and the BPF stack is 512 bytes for a whole chain.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, out: &mut Packet) -> Result<(), Reason> {
+    *out = parse_frame(ctx)?;
+    Ok(())
+}
+
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+fn parse_frame(ctx: &XdpContext) -> Result<Packet, Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::Truncated)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let len = ctx.data_end() - ctx.data();
     match ether_type {
-        ETH_P_IP => parse_v4(ctx, eth, len),
-        ETH_P_IPV6 => parse_v6(ctx, eth, len),
+        ETH_P_IP => parse_v4(ctx, eth),
+        ETH_P_IPV6 => parse_v6(ctx, eth),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Vlan),
         _ => Err(Reason::NotIp),
     }
 }
 
+/// Largest frame one XDP buffer holds without xdp.frags (4 KiB page less
+/// head- and tailroom, rounded down).
+const MAX_FRAME: usize = 3520;
+
+/// True if the frame holds all `len` bytes the IP header declares. (The
+/// frame length itself is `data_end - data`, and the verifier forbids
+/// arithmetic on `data_end`: compare pointers instead.)
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Reason> {
+fn holds(ctx: &XdpContext, len: usize) -> bool {
+    len <= MAX_FRAME && ptr_at::<u8>(ctx, len - 1).is_some()
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Packet, Reason> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::Truncated)?;
     let (vihl, proto, frags, tot_len) = unsafe {
         (
@@ -85,7 +136,8 @@ fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Re
     if (tot_len as usize) < Ipv4Hdr::LEN {
         return Err(Reason::Malformed);
     }
-    if EthHdr::LEN + tot_len as usize > len {
+    let len = EthHdr::LEN + tot_len as usize;
+    if !holds(ctx, len) {
         return Err(Reason::Truncated);
     }
     // More-fragments flag or a non-zero offset.
@@ -113,7 +165,7 @@ fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Re
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Reason> {
+fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Packet, Reason> {
     let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::Truncated)?;
     let (vcf0, next, payload_len) = unsafe {
         (
@@ -125,7 +177,8 @@ fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr, len: usize) -> Result<Packet, Re
     if vcf0 >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    if EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize > len {
+    let len = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
+    if !holds(ctx, len) {
         return Err(Reason::Truncated);
     }
     match next {
@@ -215,7 +268,7 @@ fn parse_l4(
 /// caller parsed (family and protocol are re-read from the stack there).
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, ptr: usize, size: usize) -> bool {
-    ptr + size <= ctx.data_end()
+    ptr + size <= data_end(ctx)
 }
 
 /// True if the IP header of `pkt`'s family lies inside the frame.

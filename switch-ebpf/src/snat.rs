@@ -7,9 +7,11 @@ use switch_common::{Service, SnatKey, SnatValue, hash::connection_hash};
 
 use crate::{choose::Chosen, maps::SNAT, parse::Packet};
 
-/// Ports below this are left to the host.
+/// Source ports come from 1024..32768: below Linux's ephemeral range
+/// (32768..61000), so they never collide with the switch host's own
+/// connections (health checks, the daemon's clients).
 const FIRST_PORT: u32 = 1024;
-const PORTS: u32 = 65_536 - FIRST_PORT;
+const PORTS: u32 = 32_768 - FIRST_PORT;
 /// Probes before giving up; bounded so the verifier can see the loop ends.
 const TRIES: u32 = 8;
 

@@ -188,6 +188,18 @@ pub struct Load {
 
 impl Load {
     pub fn start(cli: &Netns, vip: SocketAddr) -> Load {
+        Self::start_with(cli, move || ask_once(vip, None))
+    }
+
+    /// UDP request/answer exchanges, each from a new socket.
+    pub fn start_udp(cli: &Netns, vip: SocketAddr) -> Load {
+        Self::start_with(cli, move || udp_once(vip))
+    }
+
+    fn start_with(
+        cli: &Netns,
+        once: impl Fn() -> std::io::Result<String> + Send + 'static,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -196,7 +208,7 @@ impl Load {
         let handle = std::thread::spawn(move || {
             crate::enter(&path).unwrap();
             while !s.load(Ordering::Relaxed) {
-                match ask_once(vip, None) {
+                match once() {
                     Ok(who) => {
                         o.fetch_add(1, Ordering::Relaxed);
                         a.lock().unwrap().push(who);
@@ -245,4 +257,36 @@ impl Drop for Load {
             let _ = h.join();
         }
     }
+}
+
+/// UDP servers on `addrs` that answer every datagram with their address.
+pub fn udp_servers(lab: &Lab, addrs: Vec<SocketAddr>) {
+    lab.be
+        .run(move || {
+            for addr in addrs {
+                let u = std::net::UdpSocket::bind(addr).unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok((_, peer)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(addr.to_string().as_bytes(), peer);
+                    }
+                });
+            }
+        })
+        .unwrap();
+}
+
+/// One UDP exchange from a fresh socket (a new flow): the answering backend.
+pub fn udp_once(vip: SocketAddr) -> std::io::Result<String> {
+    let u = std::net::UdpSocket::bind(if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    u.set_read_timeout(Some(Duration::from_secs(2)))?;
+    u.send_to(b"q", vip)?;
+    let mut buf = [0u8; 128];
+    let (n, from) = u.recv_from(&mut buf)?;
+    if from != vip {
+        return Err(std::io::Error::other(format!(
+            "answer from {from}, not the VIP"
+        )));
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
