@@ -231,7 +231,10 @@ pub struct Flow {
     pub last_seen_ns: u64,
     /// fullnat: the source port allocated to this flow (network order).
     pub snat_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Sequence number of the SYN that opened the flow: a SYN with another
+    /// one is a new connection reusing the 5-tuple.
+    pub syn_seq: u32,
 }
 
 /// Key of `SNAT`: a fullnat reply as it arrives from the backend.

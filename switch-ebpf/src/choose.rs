@@ -10,7 +10,7 @@ use switch_common::{
 
 use crate::{
     maps::{BACKENDS, COHORTS, FLOWS, TABLES},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     snat, stats,
 };
 
@@ -41,9 +41,10 @@ pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Result<Chose
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
     if let Some(flow) = FLOWS.get_ptr_mut(&key)
-        && let Some(chosen) = pinned(config, pkt, unsafe { &mut *flow }, now, closing)
+        && let Some(chosen) = pinned(config, pkt, unsafe { &mut *flow }, now, closing, syn)
     {
         return Ok(chosen);
     }
@@ -71,7 +72,8 @@ pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Result<Chose
         flags: if closing { FLOW_CLOSING } else { 0 },
         last_seen_ns: now,
         snat_port: chosen.snat_port,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        syn_seq: if syn { pkt.tcp_seq } else { 0 },
     };
     // A full LRU evicts its oldest entry; a failed insert still forwards.
     let _ = FLOWS.insert(&key, &flow, 0);
@@ -89,7 +91,15 @@ fn pinned(
     flow: &mut Flow,
     now: u64,
     closing: bool,
+    syn: bool,
 ) -> Option<Chosen> {
+    // A SYN with a new sequence number is a new connection reusing the
+    // 5-tuple (the old one ended with an RST we did not see, or its port came
+    // out of TIME_WAIT): it goes where the table says now. A retransmitted
+    // SYN carries the same number and stays.
+    if syn && (flow.flags & FLOW_CLOSING != 0 || flow.syn_seq != pkt.tcp_seq) {
+        return None;
+    }
     let idle = now.saturating_sub(flow.last_seen_ns);
     let limit = if flow.flags & FLOW_CLOSING != 0 {
         config.tcp_close_grace_ns

@@ -17,7 +17,9 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// A parsed packet: header pointers for the rewrite and the flow's 5-tuple
 /// (addresses and ports as on the wire).
@@ -34,6 +36,9 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// TCP sequence number (network order), to tell a new connection's SYN
+    /// from a retransmitted one.
+    pub tcp_seq: u32,
     /// Frame length as the IP header declares it, for the byte counters.
     pub len: usize,
     /// IP total length (IPv4) or payload length + 40 (IPv6), for the route lookup.
@@ -78,6 +83,7 @@ impl Packet {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        tcp_seq: 0,
         len: 0,
         ip_len: 0,
     };
@@ -216,7 +222,7 @@ fn parse_l4(
     len: usize,
     ip_len: u16,
 ) -> Result<Packet, Reason> {
-    let (l4, sport, dport, tcp_flags) = match proto {
+    let (l4, sport, dport, tcp_flags, tcp_seq) = match proto {
         PROTO_TCP => {
             let tcp: *mut TcpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
             // Byte 12 holds the data offset, byte 13 the flags.
@@ -227,12 +233,13 @@ fn parse_l4(
             if doff < 5 {
                 return Err(Reason::Malformed);
             }
-            let (s, d) = unsafe { ((*tcp).source, (*tcp).dest) };
+            let (s, d, seq) = unsafe { ((*tcp).source, (*tcp).dest, (*tcp).seq) };
             (
                 tcp as usize,
                 u16::from_ne_bytes(s),
                 u16::from_ne_bytes(d),
                 flags,
+                u32::from_ne_bytes(seq),
             )
         }
         PROTO_UDP => {
@@ -242,6 +249,7 @@ fn parse_l4(
                 udp as usize,
                 u16::from_ne_bytes(s),
                 u16::from_ne_bytes(d),
+                0,
                 0,
             )
         }
@@ -258,6 +266,7 @@ fn parse_l4(
         sport,
         dport,
         tcp_flags,
+        tcp_seq,
         len,
         ip_len,
     })

@@ -50,7 +50,10 @@ impl Netns {
         );
         sh(&format!("ip netns add {name}"))?;
         let ns = Netns { name };
-        ns.exec("ip link set lo up")?;
+        // No duplicate address detection: link-local addresses would stay
+        // tentative for a second or two, and neighbour discovery (which
+        // sends from them) with them.
+        ns.exec("ip link set lo up && sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0")?;
         Ok(ns)
     }
 

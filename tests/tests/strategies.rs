@@ -211,15 +211,19 @@ fn a_canary_whose_backends_reset_is_rolled_back_by_the_rst_gate() {
         .unwrap();
     assert!(st["strategy"].as_str().unwrap().contains("RST"), "{st}");
     assert_eq!(st["pools"][1]["weight"], 0);
-    let at_rollback = load.answers().len();
-    std::thread::sleep(Duration::from_millis(500));
+    // Connections in flight at the rollback may still reach green; give
+    // them a moment, then everything must succeed.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = load.answers().len();
+    std::thread::sleep(Duration::from_millis(700));
+    let (ok, failed, answers) = load.finish();
+    let st = d.status("web").unwrap();
     let green_flows: u64 = st["pools"][1]["backends"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["new_flows"].as_u64().unwrap())
         .sum();
-    let (ok, failed, answers) = load.finish();
     eprintln!("broken canary: {ok} ok, {failed} failed, {green_flows} connections reached green");
     // Every failure was a connection to the broken pool; stable clients saw none.
     assert!(
@@ -233,9 +237,7 @@ fn a_canary_whose_backends_reset_is_rolled_back_by_the_rst_gate() {
             .all(|a| !is_green(a))
     );
     assert!(
-        answers[at_rollback..]
-            .iter()
-            .all(|a| !a.starts_with("failed")),
+        answers[after..].iter().all(|a| !a.starts_with("failed")),
         "failures after the rollback"
     );
 }
