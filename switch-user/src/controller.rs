@@ -646,7 +646,8 @@ impl Controller {
             let after = strat.phase().clone();
             let desc = strat.describe(now);
             if !changes.is_empty() {
-                self.run_changes(maps, &name, &changes, desc.clone(), now)?;
+                let what = format!("{desc}; {}", describe(&changes));
+                self.run_changes(maps, &name, &changes, what, now)?;
             }
             if before != after && changes.is_empty() {
                 self.record(
@@ -666,6 +667,31 @@ impl Controller {
             .values()
             .any(|s| matches!(s, Strategy::Rolling(r) if r.phase.is_active()))
     }
+}
+
+/// The changes of one strategy step, for the history.
+fn describe(changes: &[Change]) -> String {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Weights(w) => format!(
+                "weights {}",
+                w.iter()
+                    .map(|(p, x)| format!("{p}={x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Change::AddBackend { pool, addr } => format!("added {addr} to {pool}"),
+            Change::DrainBackend { pool, addr } => format!("draining {addr} in {pool}"),
+            Change::RemoveBackend { pool, addr } => format!("removed {addr} from {pool}"),
+            Change::Cohort {
+                cidr,
+                pool: Some(p),
+            } => format!("{cidr} pinned to {p}"),
+            Change::Cohort { cidr, pool: None } => format!("{cidr} unpinned"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -4,9 +4,13 @@
 use anyhow::Result;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Arguments for the demo (see `--help`): --phase-secs, --clients, --chart.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
 
-pub fn run(_args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     crate::cargo(
         &[
             "build",
@@ -20,7 +24,9 @@ pub fn run(_args: Args) -> Result<()> {
         ],
         &[],
     )?;
-    let status = std::process::Command::new("target/release/switch-demo").status()?;
+    let status = std::process::Command::new("target/release/switch-demo")
+        .args(&args.args)
+        .status()?;
     if !status.success() {
         anyhow::bail!("demo failed");
     }

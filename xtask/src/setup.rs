@@ -21,6 +21,8 @@ const APT: &[&str] = &[
     "wrk",
     "nftables",
     "haproxy",
+    "fonts-dejavu-core",
+    "tcpdump",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

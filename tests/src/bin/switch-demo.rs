@@ -1,80 +1,145 @@
-//! `cargo xtask demo`: a self-contained lab in network namespaces. A client,
-//! the switch host running `switch daemon`, and a blue and a green pool of
-//! HTTP servers. Under client load it flips blue -> green and back, and
-//! shows where requests went. Removes every namespace, process and pin it
-//! made, also on Ctrl-C or failure.
+//! `cargo xtask demo`: a self-contained lab in network namespaces: clients,
+//! the switch host running `switch daemon`, and pools of real nginx servers
+//! that answer with their version. Under continuous client load it runs a
+//! blue-green flip and a rollback, a rolling replacement of the blue pool,
+//! a canary 1→5→25→50→100 with gates, and a canary of a broken version
+//! that the gates roll back. It shows the live view as it goes, ends with a
+//! summary table and writes a PNG chart of each version's share of traffic.
+//! Every namespace, process and pin it made is removed at the end, also on
+//! Ctrl-C or failure.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use switch_tests::lab::Lab;
+use clap::Parser;
+use switch_tests::{daemon::Daemon, lab::Lab, traffic::add_backend_addrs};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-struct Cleanup {
-    daemon: Option<Child>,
-    dir: PathBuf,
-    pins: PathBuf,
+#[derive(Parser)]
+#[command(about = "switch demo: deployments under load in network namespaces")]
+struct Args {
+    /// Seconds each phase runs (the canary's steps share one phase).
+    #[arg(long, default_value_t = 4)]
+    phase_secs: u64,
+    /// Concurrent client threads.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Where the chart goes.
+    #[arg(long, default_value = "switch-demo.png")]
+    chart: PathBuf,
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
+/// (version, addresses): v1 blue, v1.1 its replacements, v2 green, v3 broken.
+fn fleet() -> Vec<(&'static str, Vec<SocketAddr>)> {
+    let a = |i: u8| -> SocketAddr { format!("198.18.1.{i}:8080").parse().unwrap() };
+    vec![
+        ("blue-v1", vec![a(11), a(12)]),
+        ("blue-v1.1", vec![a(21), a(22)]),
+        ("green-v2", vec![a(13), a(14)]),
+        ("broken-v3", vec![a(31), a(32)]),
+    ]
+}
+
+const VIP: &str = "198.18.10.10:80";
+
+fn nginx_config(dir: &std::path::Path) -> String {
+    let mut servers = String::new();
+    for (version, addrs) in fleet()
+        .into_iter()
+        .filter(|(v, _)| !v.starts_with("broken"))
+    {
+        for a in addrs {
+            servers.push_str(&format!(
+                "  server {{\n    listen {a};\n    location = /healthz {{ return 200 \"ok\\n\"; }}\n    location / {{ return 200 \"{version} from {a}\\n\"; }}\n  }}\n"
+            ));
         }
-        let _ = switch_user::dataplane::detach(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        eprintln!("demo: cleaned up namespaces, daemon, pins");
     }
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\ndaemon on;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  keepalive_timeout 0;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  default_type text/plain;\n{servers}}}\n"
+    )
 }
 
-fn main() {
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
-    if let Err(e) = run() {
-        eprintln!("demo failed: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn version_of(addr: SocketAddr) -> &'static str {
-    let last = match addr.ip() {
-        std::net::IpAddr::V4(a) => a.octets()[3],
-        std::net::IpAddr::V6(a) => a.octets()[15],
+fn service_config() -> String {
+    let list = |v: &str| {
+        fleet()
+            .into_iter()
+            .find(|(n, _)| *n == v)
+            .map(|(_, a)| {
+                a.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
     };
-    if last <= 12 { "blue" } else { "green" }
+    format!(
+        r#"[[service]]
+name = "web"
+vip = "{VIP}"
+protocol = "tcp"
+health = {{ kind = "http", path = "/healthz", interval = "250ms", timeout = "200ms", rise = 2, fall = 2 }}
+pools = [
+  {{ name = "blue",   weight = 100, backends = [{}] }},
+  {{ name = "green",  weight = 0,   backends = [{}] }},
+  {{ name = "broken", weight = 0,   backends = [{}] }},
+]
+"#,
+        list("blue-v1"),
+        list("green-v2"),
+        list("broken-v3")
+    )
 }
 
-/// Tiny HTTP servers, one per backend address, answering with their version.
-fn start_backends(lab: &Lab, stop: Arc<AtomicBool>) -> Result<()> {
+/// The broken version: passes its health checks, but resets every real
+/// request (a crash under load), which the canary's RST gate sees.
+fn broken_servers(lab: &Lab) -> Result<()> {
+    let addrs = fleet()
+        .into_iter()
+        .find(|(v, _)| v.starts_with("broken"))
+        .map(|(_, a)| a)
+        .unwrap_or_default();
     lab.be.run(move || -> Result<()> {
-        for i in 1..=4 {
-            let addr = Lab::backend(false, i, 8080);
-            let l = TcpListener::bind(addr)?;
-            let stop = stop.clone();
+        for a in addrs {
+            let l = std::net::TcpListener::bind(a)?;
             std::thread::spawn(move || {
                 for c in l.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
                     let Ok(mut c) = c else { continue };
                     std::thread::spawn(move || {
-                        let mut buf = [0u8; 1024];
+                        let mut buf = [0u8; 512];
                         let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                        let _ = c.read(&mut buf);
-                        let body = format!("{} from {addr}\n", version_of(addr));
-                        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                        let n = c.read(&mut buf).unwrap_or(0);
+                        if buf[..n].starts_with(b"GET /healthz") {
+                            let _ =
+                                c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                            return;
+                        }
+                        // SO_LINGER 0: the close sends an RST.
+                        use std::os::fd::AsRawFd;
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        unsafe {
+                            libc::setsockopt(
+                                c.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                &linger as *const _ as *const libc::c_void,
+                                std::mem::size_of::<libc::linger>() as u32,
+                            );
+                        }
                     });
                 }
             });
@@ -83,162 +148,387 @@ fn start_backends(lab: &Lab, stop: Arc<AtomicBool>) -> Result<()> {
     })?
 }
 
-fn run() -> Result<()> {
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_path_buf();
-    let switch = exe_dir.join("switch");
-    if !switch.exists() {
-        bail!(
-            "{} not found: run the demo with `cargo xtask demo`",
-            switch.display()
-        );
+/// One request on a new connection: the version that answered, or why not.
+fn request() -> Result<String, &'static str> {
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let mut s =
+        TcpStream::connect_timeout(&vip, Duration::from_secs(2)).map_err(|_| "connect failed")?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .map_err(|_| "write failed")?;
+    let mut body = String::new();
+    match s.read_to_string(&mut body) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err("reset"),
+        Err(_) => return Err("read failed"),
     }
-    let lab = Lab::new()?;
-    let dir = std::env::temp_dir().join(format!("switch-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let pins = PathBuf::from(format!("/sys/fs/bpf/switch-demo-{}", std::process::id()));
-    let api = dir.join("switch.sock");
-    let mut cleanup = Cleanup {
-        daemon: None,
-        dir: dir.clone(),
-        pins: pins.clone(),
-    };
+    let status = body.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err("HTTP 5xx");
+    }
+    Ok(body
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string())
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    start_backends(&lab, stop.clone())?;
-    let config = format!(
-        r#"[daemon]
-interfaces = ["sw0", "sw1"]
-api = "{api}"
-pin_dir = "{pins}"
-state_dir = "{state}"
+/// (time since start, answer) for every request.
+type Log = Arc<Mutex<Vec<(f64, Result<String, &'static str>)>>>;
 
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-pools = [
-  {{ name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] }},
-  {{ name = "green", weight = 0,   backends = ["198.18.1.13:8080", "198.18.1.14:8080"] }},
-]
-"#,
-        api = api.display(),
-        pins = pins.display(),
-        state = dir.join("state").display()
-    );
-    let config_path = dir.join("switch.toml");
-    std::fs::write(&config_path, config)?;
-    println!(
-        "== lab: client {} -> switch {} -> backends {} (blue .11 .12, green .13 .14)",
-        lab.cli.name, lab.sw.name, lab.be.name
-    );
-    // nsenter, not `ip netns exec`: the latter remounts /sys, which hides
-    // the host's bpffs and with it the pins a restarted daemon must adopt.
-    let daemon = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.sw.name))
-        .arg(&switch)
-        .args(["daemon", "--config"])
-        .arg(&config_path)
-        .spawn()?;
-    cleanup.daemon = Some(daemon);
+fn main() {
+    let _ = ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: cleaning up");
+        STOP.store(true, Ordering::SeqCst);
+    });
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("demo failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Sleeps in small steps so Ctrl-C is noticed, printing the live view.
+fn hold(d: &Daemon, secs: f64, until: impl Fn(&Daemon) -> bool) -> Result<()> {
     let t = Instant::now();
-    while !api.exists() {
-        if t.elapsed() > Duration::from_secs(20) {
-            bail!("daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let cli = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&switch)
-            .arg("--api")
-            .arg(&api)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "switch {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-
-    // A long-lived connection opened on blue before any flip.
-    let long = lab.cli.run(|| {
-        TcpStream::connect_timeout(&"198.18.10.10:80".parse().unwrap(), Duration::from_secs(3))
-    })??;
-    let mut phases: Vec<(String, BTreeMap<&'static str, u32>, u32)> = Vec::new();
-    for (phase, action) in [
-        ("blue (start)", None),
-        ("after flip to green", Some("green")),
-        ("after rollback to blue", Some("blue")),
-    ] {
+    let mut shown = Instant::now() - Duration::from_secs(10);
+    while t.elapsed().as_secs_f64() < secs || !until(d) {
         if STOP.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
-        if let Some(to) = action {
-            print!(
-                "$ switch flip web --to {to}\n{}",
-                cli(&["flip", "web", "--to", to])?
-            );
+        if t.elapsed().as_secs_f64() > secs + 60.0 {
+            bail!("a strategy did not finish in time");
         }
-        let (counts, failed) = lab.cli.run(|| {
-            let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
-            let mut failed = 0;
-            for _ in 0..200 {
-                match get("198.18.10.10:80".parse().unwrap()) {
-                    Ok(body) if body.starts_with("blue") => *counts.entry("blue").or_default() += 1,
-                    Ok(_) => *counts.entry("green").or_default() += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-            (counts, failed)
-        })?;
-        println!("{phase:<24} requests: {counts:?}  failed: {failed}");
-        phases.push((phase.to_string(), counts, failed));
-    }
-    // The long-lived connection still reaches its original (blue) backend.
-    let mut long = long;
-    long.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")?;
-    let mut body = String::new();
-    long.set_read_timeout(Some(Duration::from_secs(3)))?;
-    long.read_to_string(&mut body)?;
-    println!(
-        "connection opened before both flips answered: {}",
-        body.lines().last().unwrap_or("")
-    );
-    println!("$ switch status\n{}", cli(&["status"])?);
-    println!("$ switch history web\n{}", cli(&["history", "web"])?);
-    println!(
-        "\n== summary\n{:<24} {:>6} {:>6} {:>7}",
-        "phase", "blue", "green", "failed"
-    );
-    let mut total_failed = 0;
-    for (phase, counts, failed) in &phases {
-        println!(
-            "{phase:<24} {:>6} {:>6} {:>7}",
-            counts.get("blue").unwrap_or(&0),
-            counts.get("green").unwrap_or(&0),
-            failed
-        );
-        total_failed += failed;
-    }
-    stop.store(true, Ordering::Relaxed);
-    drop(cleanup);
-    if total_failed > 0 {
-        bail!("{total_failed} requests failed");
+        if shown.elapsed() >= Duration::from_millis(1000) {
+            live_view(d);
+            shown = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }
 
-fn get(vip: SocketAddr) -> Result<String> {
-    let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
-    c.set_read_timeout(Some(Duration::from_secs(3)))?;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")?;
-    let mut s = String::new();
-    c.read_to_string(&mut s)?;
-    Ok(s.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+fn live_view(d: &Daemon) {
+    if let Ok(s) = d.ok(&["status", "web"]) {
+        let lines: Vec<&str> = s
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("packets by verdict"))
+            .collect();
+        println!("{}", lines.join("\n"));
+    }
+}
+
+fn strategy_done(d: &Daemon, word: &str) -> bool {
+    d.status("web")
+        .ok()
+        .and_then(|s| s["strategy"].as_str().map(|x| x.contains(word)))
+        .unwrap_or(false)
+}
+
+fn run(args: Args) -> Result<()> {
+    let lab = Lab::new()?;
+    let dir = std::env::temp_dir().join(format!("switch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _dir_guard = RemoveDir(dir.clone());
+    let extra: Vec<SocketAddr> = fleet()
+        .into_iter()
+        .flat_map(|(_, a)| a)
+        .filter(|a| {
+            !(11..=14).contains(
+                &a.ip()
+                    .to_string()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .parse::<u8>()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    add_backend_addrs(&lab, &extra);
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_config(&dir))?;
+    lab.be
+        .exec(&format!("nginx -c {}", conf.display()))
+        .context("starting nginx (installed by cargo xtask setup)")?;
+    broken_servers(&lab)?;
+    println!(
+        "== lab: client {} -> switch {} -> backends {} (nginx: blue v1, green v2, broken v3)",
+        lab.cli.name, lab.sw.name, lab.be.name
+    );
+
+    let d = Daemon::start(&lab, "demo", &service_config())?;
+    // Wait for the first health checks.
+    std::thread::sleep(Duration::from_millis(800));
+
+    let started = Instant::now();
+    let log: Log = Arc::default();
+    let load_stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let (log, stop, path) = (
+            log.clone(),
+            load_stop.clone(),
+            format!("/run/netns/{}", lab.cli.name),
+        );
+        clients.push(std::thread::spawn(move || {
+            switch_tests::enter(&path).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let r = request();
+                log.lock()
+                    .unwrap()
+                    .push((started.elapsed().as_secs_f64(), r));
+            }
+        }));
+    }
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut phase = |name: &str| {
+        if name != "end" {
+            println!("\n=== {name}");
+        }
+        phases.push((name.to_string(), started.elapsed().as_secs_f64()));
+    };
+    let p = args.phase_secs as f64;
+    let result = (|| -> Result<()> {
+        phase("steady on blue v1");
+        hold(&d, p / 2.0, |_| true)?;
+        phase("blue-green flip to green v2");
+        println!(
+            "$ switch flip web --to green\n{}",
+            d.ok(&["flip", "web", "--to", "green"])?
+        );
+        hold(&d, p, |_| true)?;
+        phase("rollback to blue v1");
+        println!("$ switch rollback web\n{}", d.ok(&["rollback", "web"])?);
+        hold(&d, p / 2.0, |_| true)?;
+        phase("rolling replacement of blue v1 by v1.1");
+        let pairs: Vec<String> = fleet()[0]
+            .1
+            .iter()
+            .zip(&fleet()[1].1)
+            .map(|(o, n)| format!("{o}={n}"))
+            .collect();
+        let mut cmd = vec![
+            "rolling",
+            "web",
+            "--pool",
+            "blue",
+            "--drain-timeout",
+            "3s",
+            "--min-healthy",
+            "500ms",
+            "--replace",
+        ];
+        cmd.extend(pairs.iter().map(String::as_str));
+        println!("$ switch {}\n{}", cmd.join(" "), d.ok(&cmd)?);
+        hold(&d, 1.0, |d| strategy_done(d, "succeeded"))?;
+        phase("canary 1→5→25→50→100 to green v2");
+        let interval = format!("{}ms", (p * 1000.0 / 4.0) as u64);
+        println!(
+            "$ switch canary web --to green --steps 1,5,25,50,100 --interval {interval}\n{}",
+            d.ok(&[
+                "canary",
+                "web",
+                "--to",
+                "green",
+                "--steps",
+                "1,5,25,50,100",
+                "--interval",
+                &interval
+            ])?
+        );
+        hold(&d, 1.0, |d| strategy_done(d, "succeeded"))?;
+        hold(&d, p / 2.0, |_| true)?;
+        phase("canary of broken v3 (rolled back by its RST gate)");
+        println!(
+            "$ switch canary web --to broken --steps 5,25,100 --interval 3s --min-flows 20\n{}",
+            d.ok(&[
+                "canary",
+                "web",
+                "--to",
+                "broken",
+                "--steps",
+                "5,25,100",
+                "--interval",
+                "3s",
+                "--min-flows",
+                "20"
+            ])?
+        );
+        hold(&d, 0.5, |d| strategy_done(d, "rolled back"))?;
+        hold(&d, p / 2.0, |_| true)?;
+        phase("end");
+        Ok(())
+    })();
+    load_stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    result?;
+    println!("\n$ switch history web\n{}", d.ok(&["history", "web"])?);
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    summary(&log, &phases);
+    chart(&log, &phases, &args.chart)?;
+    println!(
+        "chart of each version's share of requests: {}",
+        args.chart.display()
+    );
+    drop(d);
+    drop(lab);
+    println!("demo: removed namespaces, daemon, nginx and pins");
+    Ok(())
+}
+
+struct RemoveDir(PathBuf);
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const VERSIONS: [&str; 4] = ["blue-v1", "blue-v1.1", "green-v2", "broken-v3"];
+
+fn summary(log: &[(f64, Result<String, &'static str>)], phases: &[(String, f64)]) {
+    println!("\n== summary: requests per version per phase");
+    println!(
+        "{:<48} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7}",
+        "phase", "blue-v1", "blue-v1.1", "green-v2", "broken-v3", "failed", "resets"
+    );
+    let (mut all_failed, mut all_resets) = (0, 0);
+    for w in phases.windows(2) {
+        let (name, start, end) = (&w[0].0, w[0].1, w[1].1);
+        let mut n: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut failed, mut resets) = (0, 0);
+        for (t, r) in log.iter().filter(|(t, _)| *t >= start && *t < end) {
+            let _ = t;
+            match r {
+                Ok(v) => {
+                    *n.entry(VERSIONS.iter().find(|x| *x == v).copied().unwrap_or("?"))
+                        .or_default() += 1
+                }
+                Err("reset") => {
+                    failed += 1;
+                    resets += 1
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        all_failed += failed;
+        all_resets += resets;
+        println!(
+            "{:<48} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7}",
+            name,
+            n.get("blue-v1").unwrap_or(&0),
+            n.get("blue-v1.1").unwrap_or(&0),
+            n.get("green-v2").unwrap_or(&0),
+            n.get("broken-v3").unwrap_or(&0),
+            failed,
+            resets
+        );
+    }
+    println!(
+        "total requests {}; failed {all_failed}, of which connection resets {all_resets}",
+        log.len()
+    );
+    if all_failed > 0 {
+        println!(
+            "(failures are requests the broken version reset before its canary was rolled back)"
+        );
+    }
+}
+
+fn chart(
+    log: &[(f64, Result<String, &'static str>)],
+    phases: &[(String, f64)],
+    path: &std::path::Path,
+) -> Result<()> {
+    use plotters::prelude::*;
+    let end = phases.last().map(|p| p.1).unwrap_or(1.0);
+    let bin = 0.25;
+    let bins = (end / bin).ceil() as usize + 1;
+    let mut counts = vec![[0u32; 5]; bins];
+    for (t, r) in log {
+        let b = ((*t / bin) as usize).min(bins - 1);
+        let k = match r {
+            Ok(v) => VERSIONS.iter().position(|x| x == v).unwrap_or(4),
+            Err(_) => 4,
+        };
+        counts[b][k] += 1;
+    }
+    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+        .context("font for the chart (fonts-dejavu-core, installed by cargo xtask setup)")?;
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| anyhow::anyhow!("bad font"))?;
+    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            "switch demo: share of requests by version",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..end, 0f64..100f64)?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .y_desc("% of requests")
+        .draw()?;
+    let colors = [
+        RGBColor(30, 90, 200),
+        RGBColor(110, 170, 255),
+        RGBColor(30, 160, 60),
+        RGBColor(220, 40, 40),
+        RGBColor(120, 120, 120),
+    ];
+    let names = ["blue v1", "blue v1.1", "green v2", "broken v3", "failed"];
+    for k in 0..5 {
+        let series: Vec<(f64, f64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.iter().sum::<u32>() > 0)
+            .map(|(i, c)| {
+                (
+                    i as f64 * bin,
+                    100.0 * c[k] as f64 / c.iter().sum::<u32>() as f64,
+                )
+            })
+            .collect();
+        let color = colors[k];
+        c.draw_series(LineSeries::new(series, color.stroke_width(2)))?
+            .label(names[k])
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+    }
+    for (name, t) in phases.iter().filter(|p| p.0 != "end") {
+        c.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, 0.0), (*t, 100.0)],
+            BLACK.mix(0.3),
+        )))?;
+        let label = match name.split(' ').next().unwrap_or("") {
+            "steady" => "steady",
+            "blue-green" => "flip",
+            "rollback" => "rollback",
+            "rolling" => "rolling",
+            _ if name.contains("broken") => "broken canary",
+            _ => "canary",
+        };
+        c.draw_series(std::iter::once(Text::new(
+            label,
+            (*t + 0.1, 97.0),
+            ("sans-serif", 14),
+        )))?;
+    }
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::MiddleRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
