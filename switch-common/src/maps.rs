@@ -277,8 +277,11 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
-    /// TCP RSTs sent by the backend (nat mode: seen on the return path).
+    /// TCP RSTs sent by the backend (nat/fullnat: seen on the return path).
     pub rsts: u64,
+    /// TCP SYN-ACKs sent by the backend: new flows minus these are
+    /// connection attempts it never answered (nat/fullnat).
+    pub synacks: u64,
 }
 
 /// Per-CPU counters of one service.

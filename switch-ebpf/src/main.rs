@@ -85,7 +85,7 @@ mod program {
             if parse::ttl_expires(pkt) {
                 return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
             }
-            stats::backend_packet(r.backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
+            stats::backend_packet(r.backend, pkt.len, pkt.tcp_flags);
             if !rewrite::source(ctx, pkt, &r.vip, r.vip_port)
                 || !rewrite::destination(ctx, pkt, &r.client, r.client_port)
             {
@@ -112,7 +112,7 @@ mod program {
                 let backend = real.backend;
                 let (v, why) = forward::nat_reply(ctx, pkt, &vip);
                 if why != Reason::NotVip {
-                    stats::backend_packet(backend, pkt.len, pkt.tcp_flags & parse::TCP_RST != 0);
+                    stats::backend_packet(backend, pkt.len, pkt.tcp_flags);
                 }
                 return pack(v, why);
             }
@@ -137,7 +137,7 @@ mod program {
                 return pack(xdp_action::XDP_DROP, reason);
             }
         };
-        stats::backend_packet(backend.index, pkt.len, false);
+        stats::backend_packet(backend.index, pkt.len, 0);
         let (verdict, reason) = match Mode::from_u8(service.mode) {
             Some(Mode::Dsr) => forward::dsr(ctx, pkt, &backend.addr),
             Some(Mode::Fullnat) => {

@@ -2,7 +2,10 @@
 
 use switch_common::Reason;
 
-use crate::maps::{BACKEND_STATS, REASONS, SERVICE_STATS};
+use crate::{
+    maps::{BACKEND_STATS, REASONS, SERVICE_STATS},
+    parse::{TCP_ACK, TCP_RST, TCP_SYN},
+};
 
 #[inline(always)]
 pub fn reason(r: Reason) {
@@ -36,13 +39,18 @@ pub fn service_no_backend(id: u32) {
 }
 
 #[inline(always)]
-pub fn backend_packet(index: u32, len: usize, rst: bool) {
+/// `reply_flags`: the TCP flags of a packet from the backend (0 for a
+/// packet to it), for its RST and SYN-ACK counts.
+pub fn backend_packet(index: u32, len: usize, reply_flags: u8) {
     if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
         unsafe {
             (*s).packets += 1;
             (*s).bytes += len as u64;
-            if rst {
+            if reply_flags & TCP_RST != 0 {
                 (*s).rsts += 1;
+            }
+            if reply_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                (*s).synacks += 1;
             }
         }
     }

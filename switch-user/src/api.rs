@@ -39,6 +39,9 @@ pub enum Command {
         preview: Option<ipnet::IpNet>,
         #[serde(default)]
         auto_promote_ms: Option<u64>,
+        /// After the flip, wait for the old pool's flows to end, at most this long.
+        #[serde(default)]
+        drain_ms: Option<u64>,
     },
     Canary {
         service: String,

@@ -198,6 +198,36 @@ pub struct HealthConfig {
     pub rise: u32,
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// HTTP status codes that pass, "200-399" or "204".
+    #[serde(default = "default_expect")]
+    pub expect: String,
+}
+
+impl HealthConfig {
+    /// The passing status range, or why `expect` is not one.
+    pub fn expected(&self) -> Result<std::ops::RangeInclusive<u16>> {
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+        };
+        let (lo, hi) = match self.expect.split_once('-') {
+            Some((a, b)) => (parse(a), parse(b)),
+            None => (parse(&self.expect), parse(&self.expect)),
+        };
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
+            _ => bail!(
+                "health.expect: {:?} is not a status code or range like 200-399",
+                self.expect
+            ),
+        }
+    }
+}
+
+fn default_expect() -> String {
+    "200-399".into()
 }
 
 fn default_path() -> String {
@@ -361,6 +391,7 @@ impl ServiceConfig {
             if h.kind == HealthKind::Http && !h.path.starts_with('/') {
                 bail!("health.path: {:?} must start with '/'", h.path);
             }
+            h.expected()?;
         }
         Ok(())
     }
@@ -431,6 +462,10 @@ pools = [
             err(&EXAMPLE.replace("\"198.18.2.11:8080\"", "\"[2001:2::1]:80\"")).contains("family")
         );
         assert!(err(&EXAMPLE.replace("interval = \"1s\"", "interval = \"soon\"")).contains("soon"));
+        assert!(
+            err(&EXAMPLE.replace("fall = 3", "fall = 3, expect = \"2xx\""))
+                .contains("health.expect")
+        );
         assert!(
             err(&EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\"")).contains("sctp")
         );

@@ -151,6 +151,7 @@ impl Controller {
                 to,
                 preview,
                 auto_promote_ms,
+                drain_ms,
             } => {
                 self.refuse_if_running(service)?;
                 let s = self.service(service)?.clone();
@@ -173,7 +174,8 @@ impl Controller {
                 }
                 let from = Self::main_pool(&s, to).unwrap_or_default();
                 let undo = Self::weights_of(&s);
-                let (bg, changes) = BlueGreen::start(to, &from, *preview, *auto_promote_ms, now);
+                let (bg, changes) =
+                    BlueGreen::start(to, &from, *preview, *auto_promote_ms, *drain_ms, now);
                 let what = match preview {
                     Some(p) => format!("preview of {to} for {p}"),
                     None => format!("flip to {to}"),
@@ -323,7 +325,7 @@ impl Controller {
                     .filter(|s| s.phase().is_active())
                 {
                     Some(Strategy::Canary(c)) => c.promote(),
-                    Some(Strategy::BlueGreen(b)) => b.promote(),
+                    Some(Strategy::BlueGreen(b)) => b.promote(now),
                     _ => bail!("service {service:?} has no running canary or preview to promote"),
                 };
                 self.run_changes(maps, service, &changes, "promoted".into(), now)
@@ -844,6 +846,7 @@ pools = [
                 to: "green".into(),
                 preview: None,
                 auto_promote_ms: None,
+                drain_ms: None,
             },
             Command::Canary {
                 service: "web".into(),
@@ -902,6 +905,7 @@ pools = [
                 to: "green".into(),
                 preview: None,
                 auto_promote_ms: None,
+                drain_ms: None,
             },
             10,
         )

@@ -156,6 +156,7 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
                 let st = s.dp.backend_stats(index)?;
                 ps.new_flows += st.new_flows;
                 ps.rsts += st.rsts;
+                ps.synacks += st.synacks;
                 let h = s.ctl.health.get(&b.addr());
                 ps.backends.insert(
                     b.addr(),

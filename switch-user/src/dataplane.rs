@@ -342,6 +342,7 @@ impl Dataplane {
                 t.bytes += s.bytes;
                 t.new_flows += s.new_flows;
                 t.rsts += s.rsts;
+                t.synacks += s.synacks;
                 t
             }))
     }

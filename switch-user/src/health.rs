@@ -100,7 +100,7 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
                     line.lines().next().unwrap_or("")
                 )
             })?;
-        if (200..400).contains(&code) {
+        if cfg.expected().is_ok_and(|r| r.contains(&code)) {
             Ok(())
         } else {
             Err(format!("HTTP {code}"))

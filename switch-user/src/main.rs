@@ -69,6 +69,10 @@ enum Cmd {
         /// new pool, e.g. 60s.
         #[arg(long, value_parser = parse_duration, requires = "preview")]
         auto_promote: Option<Duration>,
+        /// After the flip, wait this long at most for the old pool's flows to
+        /// end (shown in status; the old pool must stay up until then).
+        #[arg(long, value_parser = parse_duration)]
+        drain: Option<Duration>,
     },
     /// Move new connections to a pool in steps, checking gates at each.
     Canary {
@@ -88,7 +92,11 @@ enum Cmd {
         /// old pool's by more than this (0..1).
         #[arg(long, default_value_t = 0.05)]
         max_rst_excess: f64,
-        /// New connections a step needs before the RST gate can fail.
+        /// Roll back when the new pool leaves more connection attempts
+        /// unanswered (no SYN-ACK) than the old one by more than this (0..1).
+        #[arg(long, default_value_t = 0.10)]
+        max_unanswered_excess: f64,
+        /// New connections a step needs before the ratio gates can fail.
         #[arg(long, default_value_t = 20)]
         min_flows: u64,
     },
@@ -294,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             to,
             preview,
             auto_promote,
+            drain,
         } => {
             send(
                 &api,
@@ -302,6 +311,7 @@ fn run(cli: Cli) -> Result<()> {
                     to: to.clone(),
                     preview,
                     auto_promote_ms: auto_promote.map(|d| d.as_millis() as u64),
+                    drain_ms: drain.map(|d| d.as_millis() as u64),
                 },
             )?;
             match preview {
@@ -321,10 +331,16 @@ fn run(cli: Cli) -> Result<()> {
             interval,
             max_unhealthy,
             max_rst_excess,
+            max_unanswered_excess,
             min_flows,
         } => {
-            if !(0.0..=1.0).contains(&max_rst_excess) {
-                bail!("--max-rst-excess: {max_rst_excess} is not between 0 and 1");
+            for (name, v) in [
+                ("--max-rst-excess", max_rst_excess),
+                ("--max-unanswered-excess", max_unanswered_excess),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("{name}: {v} is not between 0 and 1");
+                }
             }
             send(
                 &api,
@@ -336,6 +352,7 @@ fn run(cli: Cli) -> Result<()> {
                     gates: Gates {
                         max_unhealthy,
                         max_rst_excess,
+                        max_unanswered_excess,
                         min_flows,
                     },
                 },

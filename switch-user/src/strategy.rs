@@ -13,6 +13,8 @@ pub struct PoolSignals {
     /// Counters since the daemon's maps were created (monotonic).
     pub new_flows: u64,
     pub rsts: u64,
+    /// SYN-ACKs from the pool's backends (nat/fullnat TCP only).
+    pub synacks: u64,
     pub backends: BTreeMap<SocketAddr, BackendSignals>,
 }
 
@@ -78,9 +80,18 @@ pub struct Gates {
     /// Roll back when the new pool's RST-per-new-flow ratio exceeds the old
     /// pool's by more than this (absolute, 0..1).
     pub max_rst_excess: f64,
-    /// New flows the new pool needs in a step before the RST gate can fail;
-    /// with fewer the gate is inconclusive and the step just holds.
+    /// Roll back when the share of the new pool's connection attempts its
+    /// backends never answered (no SYN-ACK) exceeds the old pool's by more
+    /// than this (absolute, 0..1).
+    #[serde(default = "default_unanswered")]
+    pub max_unanswered_excess: f64,
+    /// New flows the new pool needs in a step before the ratio gates can
+    /// fail; with fewer they are inconclusive and the step just holds.
     pub min_flows: u64,
+}
+
+fn default_unanswered() -> f64 {
+    0.10
 }
 
 impl Default for Gates {
@@ -88,6 +99,7 @@ impl Default for Gates {
         Gates {
             max_unhealthy: 0,
             max_rst_excess: 0.05,
+            max_unanswered_excess: default_unanswered(),
             min_flows: 20,
         }
     }
@@ -104,8 +116,8 @@ pub struct Canary {
     pub step_started_ms: u64,
     /// Time spent in the current step before a pause.
     pub paused_elapsed_ms: u64,
-    /// (new flows, rsts) of `to` and `from` when the step started.
-    pub baseline: [(u64, u64); 2],
+    /// (new flows, rsts, synacks) of `to` and `from` when the step started.
+    pub baseline: [(u64, u64, u64); 2],
     pub phase: Phase,
 }
 
@@ -117,6 +129,15 @@ pub struct BlueGreen {
     /// Promote by itself after the new pool has been healthy this long.
     pub auto_promote_ms: Option<u64>,
     pub started_ms: u64,
+    /// After the flip, wait this long for the old pool's flows to end.
+    #[serde(default)]
+    pub drain_ms: Option<u64>,
+    /// When all new flows went to the new pool.
+    #[serde(default)]
+    pub flipped_ms: Option<u64>,
+    /// Flows still on the old pool when the drain timed out.
+    #[serde(default)]
+    pub drain_left: Option<u64>,
     pub phase: Phase,
 }
 
@@ -154,8 +175,10 @@ fn weights(pairs: &[(&str, u32)]) -> Change {
     Change::Weights(pairs.iter().map(|(p, w)| (p.to_string(), *w)).collect())
 }
 
-fn counters(s: &Signals, pool: &str) -> (u64, u64) {
-    s.get(pool).map(|p| (p.new_flows, p.rsts)).unwrap_or((0, 0))
+fn counters(s: &Signals, pool: &str) -> (u64, u64, u64) {
+    s.get(pool)
+        .map(|p| (p.new_flows, p.rsts, p.synacks))
+        .unwrap_or((0, 0, 0))
 }
 
 fn unhealthy(s: &Signals, pool: &str) -> usize {
@@ -209,18 +232,36 @@ impl Canary {
         if bad > self.gates.max_unhealthy {
             return Some(format!("{bad} unhealthy backend(s) in pool {}", self.to));
         }
-        let (nf, nr) = counters(s, &self.to);
-        let (of, or) = counters(s, &self.from);
-        let (nf, nr) = (
-            nf.saturating_sub(self.baseline[0].0),
-            nr.saturating_sub(self.baseline[0].1),
-        );
-        let (of, or) = (
-            of.saturating_sub(self.baseline[1].0),
-            or.saturating_sub(self.baseline[1].1),
-        );
+        let delta = |now: (u64, u64, u64), base: (u64, u64, u64)| {
+            (
+                now.0.saturating_sub(base.0),
+                now.1.saturating_sub(base.1),
+                now.2.saturating_sub(base.2),
+            )
+        };
+        let (nf, nr, ns) = delta(counters(s, &self.to), self.baseline[0]);
+        let (of, or, os) = delta(counters(s, &self.from), self.baseline[1]);
         if nf < self.gates.min_flows {
             return None; // inconclusive: too few flows to judge
+        }
+        let ratio = |x: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                x.min(n) as f64 / n as f64
+            }
+        };
+        let new_unanswered = ratio(nf.saturating_sub(ns), nf);
+        let old_unanswered = ratio(of.saturating_sub(os), of);
+        if new_unanswered > old_unanswered + self.gates.max_unanswered_excess {
+            return Some(format!(
+                "{:.1}% of connection attempts to pool {} got no answer against {:.1}% for {} (allowed excess {:.1}%)",
+                new_unanswered * 100.0,
+                self.to,
+                old_unanswered * 100.0,
+                self.from,
+                self.gates.max_unanswered_excess * 100.0
+            ));
         }
         let new_ratio = nr as f64 / nf as f64;
         let old_ratio = if of == 0 { 0.0 } else { or as f64 / of as f64 };
@@ -289,12 +330,14 @@ impl Canary {
 
 impl BlueGreen {
     /// Without a preview, flips at once; with one, first pins the preview
-    /// CIDR to the new pool.
+    /// CIDR to the new pool. With a drain, stays running after the flip
+    /// until the old pool's flows have ended or the drain timed out.
     pub fn start(
         to: &str,
         from: &str,
         preview: Option<ipnet::IpNet>,
         auto_promote_ms: Option<u64>,
+        drain_ms: Option<u64>,
         now: u64,
     ) -> (BlueGreen, Vec<Change>) {
         let mut b = BlueGreen {
@@ -303,6 +346,9 @@ impl BlueGreen {
             preview,
             auto_promote_ms,
             started_ms: now,
+            drain_ms,
+            flipped_ms: None,
+            drain_left: None,
             phase: Phase::Running,
         };
         let changes = match preview {
@@ -310,16 +356,16 @@ impl BlueGreen {
                 cidr,
                 pool: Some(to.into()),
             }],
-            None => {
-                b.phase = Phase::Succeeded;
-                vec![weights(&[(to, 100), (from, 0)])]
-            }
+            None => b.flip(now),
         };
         (b, changes)
     }
 
-    fn finish(&mut self) -> Vec<Change> {
-        self.phase = Phase::Succeeded;
+    fn flip(&mut self, now: u64) -> Vec<Change> {
+        self.flipped_ms = Some(now);
+        if self.drain_ms.is_none() {
+            self.phase = Phase::Succeeded;
+        }
         let mut c = vec![weights(&[(&self.to, 100), (&self.from, 0)])];
         if let Some(cidr) = self.preview {
             c.push(Change::Cohort { cidr, pool: None });
@@ -327,8 +373,26 @@ impl BlueGreen {
         c
     }
 
+    /// Flows still pinned to the old pool.
+    fn old_flows(&self, s: &Signals) -> u64 {
+        s.get(&self.from)
+            .map(|p| p.backends.values().map(|b| b.active_flows).sum())
+            .unwrap_or(0)
+    }
+
     pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
         if self.phase != Phase::Running {
+            return vec![];
+        }
+        if let Some(flipped) = self.flipped_ms {
+            // Draining the old pool: nothing to change, only to watch.
+            let left = self.old_flows(s);
+            if left == 0 {
+                self.phase = Phase::Succeeded;
+            } else if now.saturating_sub(flipped) >= self.drain_ms.unwrap_or(0) {
+                self.drain_left = Some(left);
+                self.phase = Phase::Succeeded;
+            }
             return vec![];
         }
         let bad = unhealthy(s, &self.to);
@@ -339,13 +403,16 @@ impl BlueGreen {
             )));
         }
         match self.auto_promote_ms {
-            Some(after) if now.saturating_sub(self.started_ms) >= after => self.finish(),
+            Some(after) if now.saturating_sub(self.started_ms) >= after => self.flip(now),
             _ => vec![],
         }
     }
 
-    pub fn promote(&mut self) -> Vec<Change> {
-        self.finish()
+    pub fn promote(&mut self, now: u64) -> Vec<Change> {
+        if self.flipped_ms.is_some() {
+            return vec![];
+        }
+        self.flip(now)
     }
 
     pub fn abort(&mut self, why: Option<String>) -> Vec<Change> {
@@ -358,6 +425,11 @@ impl BlueGreen {
             c.push(Change::Cohort { cidr, pool: None });
         }
         c
+    }
+
+    /// True while it waits for the old pool's flows to end.
+    pub fn draining(&self) -> bool {
+        self.phase == Phase::Running && self.flipped_ms.is_some()
     }
 }
 
@@ -498,11 +570,13 @@ impl Strategy {
                 )
             }
             Strategy::BlueGreen(b) => format!(
-                "blue-green {} -> {}{}: {phase}",
+                "blue-green {} -> {}{}: {}{}",
                 b.from,
                 b.to,
-                b.preview
-                    .map(|p| format!(" (preview {p})"))
+                b.preview.map(|p| format!(" (preview {p})")).unwrap_or_default(),
+                if b.draining() { format!("draining {}", b.from) } else { phase },
+                b.drain_left
+                    .map(|n| format!(" (drain timed out; {n} flows still on {} keep their backends until they close)", b.from))
                     .unwrap_or_default()
             ),
             Strategy::Rolling(r) => format!(
@@ -545,6 +619,7 @@ mod tests {
         let mut green = PoolSignals {
             new_flows: to_flows,
             rsts: to_rsts,
+            synacks: to_flows,
             ..Default::default()
         };
         for i in 0..2u8 {
@@ -563,6 +638,7 @@ mod tests {
             PoolSignals {
                 new_flows: from_flows,
                 rsts: from_rsts,
+                synacks: from_flows,
                 ..Default::default()
             },
         );
@@ -654,6 +730,53 @@ mod tests {
     }
 
     #[test]
+    fn blue_green_drain_waits_for_the_old_pools_flows() {
+        let flows = |n: u64| -> Signals {
+            let mut p = PoolSignals::default();
+            p.backends.insert(
+                "198.18.1.11:80".parse().unwrap(),
+                BackendSignals {
+                    healthy: true,
+                    healthy_since_ms: Some(0),
+                    active_flows: n,
+                },
+            );
+            [("blue".to_string(), p)].into()
+        };
+        let (mut b, ch) = BlueGreen::start("green", "blue", None, None, Some(1000), 0);
+        assert_eq!(w(&ch), Some((100, 0)));
+        assert!(b.draining());
+        b.tick(500, &flows(3));
+        assert!(b.draining(), "flows left, within the timeout");
+        b.tick(600, &flows(0));
+        assert_eq!(b.phase, Phase::Succeeded);
+        let (mut b, _) = BlueGreen::start("green", "blue", None, None, Some(1000), 0);
+        b.tick(1000, &flows(2));
+        assert_eq!((b.phase.clone(), b.drain_left), (Phase::Succeeded, Some(2)));
+    }
+
+    #[test]
+    fn canary_rolls_back_when_connection_attempts_go_unanswered() {
+        let (mut c, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 100],
+            1000,
+            Gates::default(),
+            0,
+            &sig(0, 0, 0, 0, 0),
+        );
+        let mut s = sig(100, 0, 1000, 0, 0);
+        s.get_mut("green").unwrap().synacks = 40; // 60% unanswered
+        assert_eq!(w(&c.tick(100, &s)), Some((0, 100)));
+        assert!(
+            matches!(&c.phase, Phase::RolledBack(why) if why.contains("no answer")),
+            "{:?}",
+            c.phase
+        );
+    }
+
+    #[test]
     fn canary_pause_resume_promote_abort() {
         let s = sig(0, 0, 0, 0, 0);
         let (mut c, _) = Canary::start(
@@ -678,7 +801,7 @@ mod tests {
     #[test]
     fn blue_green_preview_then_auto_promote() {
         let cidr: ipnet::IpNet = "198.18.50.0/24".parse().unwrap();
-        let (mut b, ch) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), 0);
+        let (mut b, ch) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), None, 0);
         assert_eq!(
             ch,
             vec![Change::Cohort {
@@ -692,7 +815,7 @@ mod tests {
         assert!(ch.contains(&Change::Cohort { cidr, pool: None }));
         assert_eq!(b.phase, Phase::Succeeded);
         // An unhealthy new pool during preview aborts it.
-        let (mut b, _) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), 0);
+        let (mut b, _) = BlueGreen::start("green", "blue", Some(cidr), Some(1000), None, 0);
         assert_eq!(w(&b.tick(10, &sig(0, 0, 0, 0, 1))), Some((0, 100)));
         assert!(matches!(b.phase, Phase::RolledBack(_)));
     }

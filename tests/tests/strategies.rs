@@ -492,3 +492,50 @@ pools = [
             .any(|a| a.contains(".13:") || a.contains(".14:"))
     );
 }
+
+#[test]
+fn a_canary_whose_backends_never_answer_is_rolled_back() {
+    let lab = Lab::new().unwrap();
+    line_servers(
+        &lab,
+        (1..=2).map(|i| Lab::backend(false, i, 8080)).collect(),
+    );
+    // Green points at addresses where no host lives: SYNs go unanswered.
+    let config = r#"
+[[service]]
+name = "web"
+vip = "198.18.10.10:80"
+protocol = "tcp"
+pools = [
+  { name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] },
+  { name = "green", weight = 0,   backends = ["198.18.1.41:8080", "198.18.1.42:8080"] },
+]
+"#;
+    let d = Daemon::start(&lab, "noanswer", config).unwrap();
+    let loads: Vec<Load> = (0..4).map(|_| Load::start(&lab.cli, vip())).collect();
+    d.ok(&[
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "20,100",
+        "--interval",
+        "30s",
+        "--min-flows",
+        "10",
+    ])
+    .unwrap();
+    let st = d
+        .wait_for("web", 20, |s| {
+            s["strategy"]
+                .as_str()
+                .is_some_and(|x| x.contains("rolled back"))
+        })
+        .unwrap();
+    assert!(
+        st["strategy"].as_str().unwrap().contains("no answer"),
+        "{st}"
+    );
+    drop(loads);
+}

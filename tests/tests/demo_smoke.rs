@@ -1,0 +1,39 @@
+//! The README's main command, shortened, so it cannot rot: the demo runs
+//! every phase, fails no request outside the broken canary, and cleans up.
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let chart = std::env::temp_dir().join(format!("switch-demo-smoke-{}.png", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switch-demo"))
+        .args(["--phase-secs", "2", "--clients", "2", "--chart"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let summary = stdout.split("== summary").nth(1).expect("summary table");
+    let mut phases = 0;
+    for line in summary.lines() {
+        // A phase row ends in six counts: four versions, failed, resets.
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .rev()
+            .take(6)
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if nums.len() < 6 {
+            continue;
+        }
+        phases += 1;
+        if !line.contains("broken") {
+            assert_eq!(nums[1], 0, "failures outside the broken canary: {line}");
+        }
+    }
+    assert_eq!(phases, 6, "every phase ran");
+    assert!(
+        std::fs::metadata(&chart).unwrap().len() > 10_000,
+        "chart written"
+    );
+    let _ = std::fs::remove_file(&chart);
+}
