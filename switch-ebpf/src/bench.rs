@@ -16,10 +16,12 @@ pub fn bench_floor(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn bench_minimal(ctx: XdpContext) -> u32 {
-    let mut pkt = parse::Packet::EMPTY;
+    let mut pkt = core::mem::MaybeUninit::<parse::Packet>::uninit();
     if parse::parse(&ctx, &mut pkt).is_err() {
         return xdp_action::XDP_PASS;
     }
+    // SAFETY: parse wrote every field.
+    let pkt = unsafe { pkt.assume_init_ref() };
     let key = ServiceKey {
         addr: pkt.dst,
         port: pkt.dport,

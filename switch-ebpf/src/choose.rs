@@ -1,6 +1,8 @@
 //! Choose: the flow table first (an established flow keeps its backend), then
 //! the service's selection table for a new flow.
 
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
@@ -29,7 +31,26 @@ pub struct Chosen {
 // Not inlined: the flow key, flow and cohort key get a frame of their own
 // (the BPF stack is 512 bytes for the whole call chain).
 #[inline(never)]
-pub fn backend(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
+pub fn backend(
+    config: &Config,
+    service: &Service,
+    pkt: &Packet,
+    out: &mut MaybeUninit<Chosen>,
+) -> Result<(), Reason> {
+    let chosen = choose(config, service, pkt)?;
+    // Field by field into the caller's memory (see parse::parse for why).
+    let o = out.as_mut_ptr();
+    unsafe {
+        addr_of_mut!((*o).index).write(chosen.index);
+        addr_of_mut!((*o).addr).write(chosen.addr);
+        addr_of_mut!((*o).port).write(chosen.port);
+        addr_of_mut!((*o).snat_port).write(chosen.snat_port);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
     let key = FlowKey {
         src: pkt.src,
         dst: pkt.dst,

@@ -12,7 +12,7 @@ use switch_common::{FAMILY_V4, Reason};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::DEVICES,
+    maps::{DEVICES, FIB_SCRATCH},
     parse,
     parse::Packet,
     rewrite,
@@ -65,9 +65,7 @@ fn destination(pkt: &Packet) -> [u8; 16] {
     unsafe {
         if pkt.family == FAMILY_V4 {
             let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
-            let mut a = [0u8; 16];
-            a[..4].copy_from_slice(&(*ip).dst_addr);
-            a
+            parse::v4_addr((*ip).dst_addr)
         } else {
             (*(pkt.l3 as *const network_types::ip::Ipv6Hdr)).dst_addr
         }
@@ -97,19 +95,32 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
     if !parse::l3_fits(ctx, pkt) || !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
         return pack(xdp_action::XDP_PASS, Reason::Malformed);
     }
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    // The 64-byte lookup struct lives in a per-CPU scratch map, not on the
+    // 512-byte stack. Every field is written: stale values from the last
+    // packet must not leak into this lookup.
+    let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return pack(xdp_action::XDP_PASS, Reason::FibFailed);
+    };
+    let p = unsafe { &mut *p };
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
     p.dport = pkt.dport;
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
     p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_2.flowinfo = 0;
+    p.__bindgen_anon_5.tbid = 0;
     unsafe {
         if pkt.family == FAMILY_V4 {
             let ip = pkt.l3 as *const network_types::ip::Ipv4Hdr;
             p.family = AF_INET;
             p.__bindgen_anon_2.tos = (*ip).tos;
-            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([next[0], next[1], next[2], next[3]]);
+            p.__bindgen_anon_3.ipv6_src = [u32::from_ne_bytes((*ip).src_addr), 0, 0, 0];
+            p.__bindgen_anon_4.ipv6_dst = [
+                u32::from_ne_bytes([next[0], next[1], next[2], next[3]]),
+                0,
+                0,
+                0,
+            ];
         } else {
             let ip = pkt.l3 as *const network_types::ip::Ipv6Hdr;
             p.family = AF_INET6;
@@ -121,7 +132,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut p,
+            p as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

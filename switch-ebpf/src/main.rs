@@ -56,10 +56,12 @@ mod program {
         if config.flags & CONFIG_READY == 0 {
             return (xdp_action::XDP_PASS, Reason::NotReady);
         }
-        let mut pkt = Packet::EMPTY;
+        let mut pkt = core::mem::MaybeUninit::<Packet>::uninit();
         if let Err(reason) = parse::parse(ctx, &mut pkt) {
             return (xdp_action::XDP_PASS, reason);
         }
+        // SAFETY: parse wrote every field.
+        let pkt = unsafe { pkt.assume_init_ref() };
 
         let service_key = ServiceKey {
             addr: pkt.dst,
@@ -69,9 +71,9 @@ mod program {
         };
         // SAFETY: values of hash maps stay valid for the program's run (RCU).
         if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
-            return unpack(to_vip(ctx, config, service, &pkt));
+            return unpack(to_vip(ctx, config, service, pkt));
         }
-        unpack(from_backend(ctx, config, &pkt))
+        unpack(from_backend(ctx, config, pkt))
     }
 
     /// Backend -> client: a fullnat or nat reply rewritten back to the VIP.
@@ -130,13 +132,13 @@ mod program {
         if parse::ttl_expires(pkt) {
             return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
         }
-        let backend = match choose::backend(config, service, pkt) {
-            Ok(b) => b,
-            Err(reason) => {
-                stats::service_no_backend(service.id);
-                return pack(xdp_action::XDP_DROP, reason);
-            }
-        };
+        let mut chosen = core::mem::MaybeUninit::uninit();
+        if let Err(reason) = choose::backend(config, service, pkt, &mut chosen) {
+            stats::service_no_backend(service.id);
+            return pack(xdp_action::XDP_DROP, reason);
+        }
+        // SAFETY: choose::backend wrote every field.
+        let backend = unsafe { chosen.assume_init_ref() };
         stats::backend_packet(backend.index, pkt.len, 0);
         let (verdict, reason) = match Mode::from_u8(service.mode) {
             Some(Mode::Dsr) => forward::dsr(ctx, pkt, &backend.addr),

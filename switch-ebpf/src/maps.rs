@@ -45,6 +45,12 @@ pub static COHORTS: LpmTrie<CohortKey, u32> = LpmTrie::with_max_entries(DEFAULT_
 #[map]
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
+/// Scratch space for `bpf_fib_lookup`'s parameters (one per CPU), so they
+/// are not on the stack.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

@@ -2,6 +2,8 @@
 //! can see before every read. Anything we do not forward gets a `Reason` and
 //! is passed to the kernel untouched.
 
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use aya_ebpf::programs::XdpContext;
 use network_types::{
     eth::EthHdr,
@@ -71,31 +73,41 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-impl Packet {
-    pub const EMPTY: Packet = Packet {
-        eth: core::ptr::null_mut(),
-        l3: 0,
-        l4: 0,
-        family: 0,
-        proto: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        tcp_seq: 0,
-        len: 0,
-        ip_len: 0,
-    };
+/// Parses the frame into `out`. Not inlined, and writing into the caller's
+/// memory rather than returning a `Packet`: the caller's frame is part of
+/// every call chain below it, and the BPF stack is 512 bytes for a whole
+/// chain. Field by field, into uninitialised memory: whole-struct copies
+/// and zeroing become calls to compiler_builtins' byte-at-a-time
+/// memcpy/memset on BPF, hundreds of instructions per packet.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, out: &mut MaybeUninit<Packet>) -> Result<(), Reason> {
+    let p = parse_frame(ctx)?;
+    let o = out.as_mut_ptr();
+    unsafe {
+        addr_of_mut!((*o).eth).write(p.eth);
+        addr_of_mut!((*o).l3).write(p.l3);
+        addr_of_mut!((*o).l4).write(p.l4);
+        addr_of_mut!((*o).family).write(p.family);
+        addr_of_mut!((*o).proto).write(p.proto);
+        addr_of_mut!((*o).src).write(p.src);
+        addr_of_mut!((*o).dst).write(p.dst);
+        addr_of_mut!((*o).sport).write(p.sport);
+        addr_of_mut!((*o).dport).write(p.dport);
+        addr_of_mut!((*o).tcp_flags).write(p.tcp_flags);
+        addr_of_mut!((*o).tcp_seq).write(p.tcp_seq);
+        addr_of_mut!((*o).len).write(p.len);
+        addr_of_mut!((*o).ip_len).write(p.ip_len);
+    }
+    Ok(())
 }
 
-/// Parses the frame into `out`. Not inlined, and writing into the caller's
-/// `Packet` rather than returning one: the caller's frame is part of every
-/// call chain below it, and the BPF stack is 512 bytes for a whole chain.
-#[inline(never)]
-pub fn parse(ctx: &XdpContext, out: &mut Packet) -> Result<(), Reason> {
-    *out = parse_frame(ctx)?;
-    Ok(())
+/// An IPv4 address in the 16-byte form maps use (the rest zero), built
+/// from words: zeroing a byte array and copying into it becomes a memset
+/// call on BPF.
+#[inline(always)]
+pub fn v4_addr(b: [u8; 4]) -> [u8; 16] {
+    let words: [u32; 4] = [u32::from_ne_bytes(b), 0, 0, 0];
+    unsafe { core::mem::transmute(words) }
 }
 
 #[inline(always)]
@@ -150,12 +162,7 @@ fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Packet, Reason> {
     if frags & 0x3fff != 0 {
         return Err(Reason::Fragment);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    unsafe {
-        src[..4].copy_from_slice(&(*ip).src_addr);
-        dst[..4].copy_from_slice(&(*ip).dst_addr);
-    }
+    let (src, dst) = unsafe { (v4_addr((*ip).src_addr), v4_addr((*ip).dst_addr)) };
     parse_l4(
         ctx,
         eth,

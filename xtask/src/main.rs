@@ -55,13 +55,20 @@ fn run() -> Result<()> {
         }
         Cmd::Bench { args } => {
             setup::run()?;
+            // The harness and generator live in the tests crate, beside the
+            // namespace lab they use.
+            let args = if args.is_empty() {
+                vec!["--write".into(), "docs/BENCHMARKS.md".into()]
+            } else {
+                args
+            };
             cargo(
                 &[
                     "run",
                     "--release",
                     "-q",
                     "-p",
-                    "switch-user",
+                    "switch-tests",
                     "--bin",
                     "switch-bench",
                     "--",
