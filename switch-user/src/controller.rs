@@ -209,6 +209,14 @@ impl Controller {
                 if *interval_ms == 0 {
                     bail!("interval: must be above zero");
                 }
+                if let Some(g) = &gates.prometheus {
+                    if !g.url.starts_with("http://") {
+                        bail!("prometheus: {:?} must be an http:// address", g.url);
+                    }
+                    if g.query.trim().is_empty() || !g.max.is_finite() {
+                        bail!("prometheus: a query and a finite --max are needed");
+                    }
+                }
                 let from = Self::main_pool(&s, to)?;
                 let undo = Self::weights_of(&s);
                 let signals = Signals::new();
@@ -789,7 +797,11 @@ pools = [
             to: "green".into(),
             steps,
             interval_ms: 1000,
-            gates: Default::default(),
+            // No traffic in these tests: steps must not wait for connections.
+            gates: crate::strategy::Gates {
+                min_flows: 0,
+                ..Default::default()
+            },
         }
     }
 

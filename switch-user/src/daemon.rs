@@ -23,13 +23,16 @@ use crate::{
     dataplane::{Capacity, Dataplane},
     health, metrics,
     programmer::Programmer,
-    strategy::{BackendSignals, PoolSignals, Signals},
+    prometheus,
+    strategy::{BackendSignals, Phase, PoolSignals, PromGate, Reading, Signals, Strategy},
 };
 
 struct Shared {
     dp: Dataplane,
     ctl: Controller,
     state_file: PathBuf,
+    /// When each canary's Prometheus gate was last asked (ms).
+    prom_asked: HashMap<String, u64>,
 }
 
 pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
@@ -94,6 +97,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         dp,
         ctl,
         state_file,
+        prom_asked: HashMap::new(),
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
 
@@ -133,6 +137,7 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Advances strategies with fresh signals from the data plane.
 fn tick(shared: &Mutex<Shared>) -> Result<()> {
+    ask_prometheus(shared)?;
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
     if !s.ctl.strategies.values().any(|st| st.phase().is_active()) {
@@ -179,6 +184,51 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
     s.ctl.tick(&mut s.dp, &all, now_ms())?;
     if s.ctl.history.len() != before || s.ctl.strategies.values().any(|st| st.phase().is_active()) {
         persist(s)?;
+    }
+    Ok(())
+}
+
+/// How often a canary's Prometheus query is asked.
+const PROMETHEUS_EVERY_MS: u64 = 1000;
+
+/// Asks the Prometheus gates of running canaries, outside the state lock
+/// (a slow Prometheus must not stall the API), and hands the answers over.
+fn ask_prometheus(shared: &Mutex<Shared>) -> Result<()> {
+    let now = now_ms();
+    let due: Vec<(String, PromGate)> = {
+        let s = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
+        s.ctl
+            .strategies
+            .iter()
+            .filter_map(|(name, st)| match st {
+                Strategy::Canary(c) if c.phase == Phase::Running => {
+                    c.gates.prometheus.clone().map(|g| (name.clone(), g))
+                }
+                _ => None,
+            })
+            .filter(|(name, _)| {
+                s.prom_asked
+                    .get(name)
+                    .is_none_or(|t| now.saturating_sub(*t) >= PROMETHEUS_EVERY_MS)
+            })
+            .collect()
+    };
+    if due.is_empty() {
+        return Ok(());
+    }
+    let answers: Vec<(String, Reading)> = due
+        .into_iter()
+        .map(|(name, g)| {
+            let r = prometheus::query(&g.url, &g.query, std::time::Duration::from_secs(1));
+            (name, r)
+        })
+        .collect();
+    let mut s = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
+    for (name, r) in answers {
+        s.prom_asked.insert(name.clone(), now);
+        if let Some(Strategy::Canary(c)) = s.ctl.strategies.get_mut(&name) {
+            c.reading = Some(r);
+        }
     }
     Ok(())
 }

@@ -14,4 +14,5 @@ pub mod dataplane;
 pub mod health;
 pub mod metrics;
 pub mod programmer;
+pub mod prometheus;
 pub mod strategy;

@@ -10,7 +10,7 @@ use switch_user::{
     api::{BackendAction, Command, Response, ServiceStatus},
     config::ConfigFile,
     daemon, dataplane,
-    strategy::Gates,
+    strategy::{Gates, NoData, PromGate},
 };
 
 #[derive(Parser)]
@@ -96,9 +96,22 @@ enum Cmd {
         /// unanswered (no SYN-ACK) than the old one by more than this (0..1).
         #[arg(long, default_value_t = 0.10)]
         max_unanswered_excess: f64,
-        /// New connections a step needs before the ratio gates can fail.
+        /// New connections a step needs before the ratio gates can judge it;
+        /// the step does not advance before (0: never wait).
         #[arg(long, default_value_t = 20)]
         min_flows: u64,
+        /// Prometheus gate: the HTTP API to ask, e.g. http://127.0.0.1:9090.
+        #[arg(long, requires_all = ["query", "max"])]
+        prometheus: Option<String>,
+        /// Prometheus gate: an instant query returning one number.
+        #[arg(long, requires = "prometheus")]
+        query: Option<String>,
+        /// Prometheus gate: roll back when the value is above this.
+        #[arg(long, requires = "prometheus")]
+        max: Option<f64>,
+        /// Prometheus gate: what no data (or a failed query) means.
+        #[arg(long, value_enum, default_value = "hold")]
+        on_no_data: NoDataArg,
     },
     /// Replace backends of a pool N at a time: drain, remove, add, wait healthy.
     Rolling {
@@ -160,6 +173,13 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/switch")]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NoDataArg {
+    Hold,
+    Pass,
+    Fail,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -333,6 +353,10 @@ fn run(cli: Cli) -> Result<()> {
             max_rst_excess,
             max_unanswered_excess,
             min_flows,
+            prometheus,
+            query,
+            max,
+            on_no_data,
         } => {
             for (name, v) in [
                 ("--max-rst-excess", max_rst_excess),
@@ -354,6 +378,16 @@ fn run(cli: Cli) -> Result<()> {
                         max_rst_excess,
                         max_unanswered_excess,
                         min_flows,
+                        prometheus: prometheus.map(|url| PromGate {
+                            url,
+                            query: query.unwrap_or_default(),
+                            max: max.unwrap_or(f64::INFINITY),
+                            on_no_data: match on_no_data {
+                                NoDataArg::Hold => NoData::Hold,
+                                NoDataArg::Pass => NoData::Pass,
+                                NoDataArg::Fail => NoData::Fail,
+                            },
+                        }),
                     },
                 },
             )?;

@@ -86,8 +86,44 @@ pub struct Gates {
     #[serde(default = "default_unanswered")]
     pub max_unanswered_excess: f64,
     /// New flows the new pool needs in a step before the ratio gates can
-    /// fail; with fewer they are inconclusive and the step just holds.
+    /// fail; with fewer they are inconclusive and the step holds (it does
+    /// not advance) until enough have come.
     pub min_flows: u64,
+    /// An application metric from Prometheus that must stay at or below a
+    /// threshold (e.g. an error rate of the new version).
+    #[serde(default)]
+    pub prometheus: Option<PromGate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromGate {
+    /// Base address of the Prometheus HTTP API, e.g. http://127.0.0.1:9090.
+    pub url: String,
+    /// An instant query returning one number.
+    pub query: String,
+    /// Roll back when the value is above this.
+    pub max: f64,
+    /// What an empty result (or a failed query) means.
+    pub on_no_data: NoData,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoData {
+    /// Do not advance the step until the query returns a value.
+    Hold,
+    /// Treat as passing.
+    Pass,
+    /// Roll back.
+    Fail,
+}
+
+/// The latest answer of a canary's Prometheus query.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reading {
+    Value(f64),
+    NoData,
+    Failed(String),
 }
 
 fn default_unanswered() -> f64 {
@@ -101,6 +137,7 @@ impl Default for Gates {
             max_rst_excess: 0.05,
             max_unanswered_excess: default_unanswered(),
             min_flows: 20,
+            prometheus: None,
         }
     }
 }
@@ -119,6 +156,12 @@ pub struct Canary {
     /// (new flows, rsts, synacks) of `to` and `from` when the step started.
     pub baseline: [(u64, u64, u64); 2],
     pub phase: Phase,
+    /// The Prometheus gate's latest answer, set by the daemon before a tick.
+    #[serde(skip)]
+    pub reading: Option<Reading>,
+    /// Why the step is not advancing although its time is up.
+    #[serde(skip)]
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,6 +253,8 @@ impl Canary {
             paused_elapsed_ms: 0,
             baseline: [counters(s, to), counters(s, from)],
             phase: Phase::Running,
+            reading: None,
+            waiting: None,
         };
         let change = weights(&[(to, first), (from, 100 - first)]);
         (c, vec![change])
@@ -231,6 +276,23 @@ impl Canary {
         let bad = unhealthy(s, &self.to);
         if bad > self.gates.max_unhealthy {
             return Some(format!("{bad} unhealthy backend(s) in pool {}", self.to));
+        }
+        if let Some(g) = &self.gates.prometheus {
+            match &self.reading {
+                Some(Reading::Value(v)) if *v > g.max => {
+                    return Some(format!(
+                        "Prometheus query {:?} is {v} (above {})",
+                        g.query, g.max
+                    ));
+                }
+                Some(Reading::NoData) if g.on_no_data == NoData::Fail => {
+                    return Some(format!("Prometheus query {:?} returned no data", g.query));
+                }
+                Some(Reading::Failed(e)) if g.on_no_data == NoData::Fail => {
+                    return Some(format!("Prometheus query {:?} failed: {e}", g.query));
+                }
+                _ => {}
+            }
         }
         let delta = |now: (u64, u64, u64), base: (u64, u64, u64)| {
             (
@@ -289,6 +351,10 @@ impl Canary {
         if now.saturating_sub(self.step_started_ms) < self.interval_ms {
             return vec![];
         }
+        self.waiting = self.inconclusive(s);
+        if self.waiting.is_some() {
+            return vec![];
+        }
         if self.step + 1 >= self.steps.len() {
             self.phase = Phase::Succeeded;
             return vec![];
@@ -297,6 +363,30 @@ impl Canary {
         self.step_started_ms = now;
         self.baseline = [counters(s, &self.to), counters(s, &self.from)];
         vec![self.set(self.steps[self.step])]
+    }
+
+    /// Why the gates cannot judge this step yet, if they cannot.
+    fn inconclusive(&self, s: &Signals) -> Option<String> {
+        let flows = counters(s, &self.to).0.saturating_sub(self.baseline[0].0);
+        if flows < self.gates.min_flows {
+            return Some(format!(
+                "waiting for {} new connections on {} in this step (have {flows})",
+                self.gates.min_flows, self.to
+            ));
+        }
+        if let Some(g) = &self.gates.prometheus {
+            match &self.reading {
+                None => return Some("waiting for the first Prometheus answer".into()),
+                Some(Reading::NoData | Reading::Failed(_)) if g.on_no_data == NoData::Hold => {
+                    return Some(format!(
+                        "waiting for data from Prometheus query {:?}",
+                        g.query
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     pub fn pause(&mut self, now: u64) {
@@ -562,7 +652,9 @@ impl Strategy {
                     c.step + 1,
                     c.steps.len(),
                     c.weight(),
-                    if c.phase == Phase::Running {
+                    if let (Phase::Running, Some(w)) = (&c.phase, &c.waiting) {
+                        format!(", {w}")
+                    } else if c.phase == Phase::Running {
                         format!(", next step in {left}s")
                     } else {
                         String::new()
@@ -645,6 +737,14 @@ mod tests {
         s
     }
 
+    /// Gates for tests without traffic: steps do not wait for connections.
+    fn quiet() -> Gates {
+        Gates {
+            min_flows: 0,
+            ..Default::default()
+        }
+    }
+
     fn w(changes: &[Change]) -> Option<(u32, u32)> {
         changes.iter().find_map(|c| match c {
             Change::Weights(m) => Some((m["green"], m["blue"])),
@@ -660,7 +760,7 @@ mod tests {
             "blue",
             vec![1, 5, 25, 50, 100],
             1000,
-            Gates::default(),
+            quiet(),
             0,
             &s,
         );
@@ -681,7 +781,7 @@ mod tests {
             "blue",
             vec![10, 50, 100],
             1000,
-            Gates::default(),
+            quiet(),
             0,
             &sig(0, 0, 0, 0, 0),
         );
@@ -777,17 +877,67 @@ mod tests {
     }
 
     #[test]
-    fn canary_pause_resume_promote_abort() {
-        let s = sig(0, 0, 0, 0, 0);
+    fn a_step_waits_for_traffic_and_for_prometheus() {
+        let mut gates = Gates::default();
+        gates.prometheus = Some(PromGate {
+            url: "http://127.0.0.1:9090".into(),
+            query: "errors".into(),
+            max: 0.05,
+            on_no_data: NoData::Hold,
+        });
         let (mut c, _) = Canary::start(
             "green",
             "blue",
-            vec![10, 50, 100],
+            vec![10, 100],
             1000,
-            Gates::default(),
+            gates,
             0,
-            &s,
+            &sig(0, 0, 0, 0, 0),
         );
+        assert!(
+            c.tick(1000, &sig(5, 0, 50, 0, 0)).is_empty(),
+            "too few connections"
+        );
+        assert!(c.waiting.as_ref().unwrap().contains("new connections"));
+        assert!(
+            c.tick(1100, &sig(50, 0, 500, 0, 0)).is_empty(),
+            "no Prometheus answer yet"
+        );
+        c.reading = Some(Reading::NoData);
+        assert!(
+            c.tick(1200, &sig(50, 0, 500, 0, 0)).is_empty(),
+            "no data: hold"
+        );
+        c.reading = Some(Reading::Value(0.01));
+        assert_eq!(w(&c.tick(1300, &sig(50, 0, 500, 0, 0))), Some((100, 0)));
+        c.reading = Some(Reading::Value(0.5));
+        assert_eq!(w(&c.tick(1400, &sig(60, 0, 600, 0, 0))), Some((0, 100)));
+        assert!(matches!(&c.phase, Phase::RolledBack(why) if why.contains("Prometheus")));
+        // With on_no_data = fail, no data rolls back.
+        let mut gates = quiet();
+        gates.prometheus = Some(PromGate {
+            url: "http://x:1".into(),
+            query: "q".into(),
+            max: 1.0,
+            on_no_data: NoData::Fail,
+        });
+        let (mut c, _) = Canary::start(
+            "green",
+            "blue",
+            vec![10, 100],
+            1000,
+            gates,
+            0,
+            &sig(0, 0, 0, 0, 0),
+        );
+        c.reading = Some(Reading::NoData);
+        assert_eq!(w(&c.tick(10, &sig(0, 0, 0, 0, 0))), Some((0, 100)));
+    }
+
+    #[test]
+    fn canary_pause_resume_promote_abort() {
+        let s = sig(0, 0, 0, 0, 0);
+        let (mut c, _) = Canary::start("green", "blue", vec![10, 50, 100], 1000, quiet(), 0, &s);
         c.pause(600);
         assert!(c.tick(5000, &s).is_empty(), "paused: no step");
         c.resume(10_000);

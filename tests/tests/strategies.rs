@@ -404,6 +404,8 @@ fn kill_9_in_the_middle_of_a_canary_resumes_at_its_step() {
         (1..=4).map(|i| Lab::backend(false, i, 8080)).collect(),
     );
     let mut d = Daemon::start(&lab, "resume", &service("")).unwrap();
+    // Load first: a step only advances once it had traffic to judge.
+    let load = Load::start(&lab.cli, vip());
     d.ok(&[
         "canary",
         "web",
@@ -417,7 +419,6 @@ fn kill_9_in_the_middle_of_a_canary_resumes_at_its_step() {
     .unwrap();
     d.wait_for("web", 10, |s| s["pools"][1]["weight"] == 50)
         .unwrap();
-    let load = Load::start(&lab.cli, vip());
     d.kill9();
     std::thread::sleep(Duration::from_millis(200));
     d.spawn().unwrap();
@@ -538,4 +539,60 @@ pools = [
         "{st}"
     );
     drop(loads);
+}
+
+#[test]
+fn a_canary_is_rolled_back_by_its_prometheus_gate() {
+    let lab = Lab::new().unwrap();
+    line_servers(
+        &lab,
+        (1..=4).map(|i| Lab::backend(false, i, 8080)).collect(),
+    );
+    // A stand-in Prometheus on the switch host: the new version's error
+    // rate is 0.5.
+    lab.sw
+        .run(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:19090").unwrap();
+            std::thread::spawn(move || {
+                for c in l.incoming() {
+                    let Ok(mut c) = c else { continue };
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 2048];
+                    let _ = c.read(&mut buf);
+                    let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.0,"0.5"]}]}}"#;
+                    let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}");
+                }
+            });
+        })
+        .unwrap();
+    let d = Daemon::start(&lab, "promgate", &service("")).unwrap();
+    let args = [
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "10,100",
+        "--interval",
+        "30s",
+        "--prometheus",
+        "http://127.0.0.1:19090",
+        "--query",
+        "sum(rate(http_errors_total{version=\"green\"}[1m]))",
+        "--max",
+        "0.1",
+    ];
+    d.ok(&args).unwrap();
+    let st = d
+        .wait_for("web", 10, |s| {
+            s["strategy"]
+                .as_str()
+                .is_some_and(|x| x.contains("rolled back"))
+        })
+        .unwrap();
+    assert!(
+        st["strategy"].as_str().unwrap().contains("Prometheus"),
+        "{st}"
+    );
+    assert_eq!(st["pools"][1]["weight"], 0);
 }
