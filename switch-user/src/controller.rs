@@ -158,13 +158,14 @@ impl Controller {
                 let target = s
                     .pool(to)
                     .ok_or_else(|| anyhow!("to: service {service:?} has no pool {to:?}"))?;
+                let unhealthy = self.unhealthy();
                 if !target
                     .backends
                     .iter()
-                    .any(|b| b.state() == AdminState::Active)
+                    .any(|b| b.state() == AdminState::Active && !unhealthy.contains(&b.addr()))
                 {
                     bail!(
-                        "to: pool {to:?} has no active backend; flipping to it would drop every new connection"
+                        "to: pool {to:?} has no active, healthy backend; flipping to it would drop every new connection"
                     );
                 }
                 if let Some(p) = preview
@@ -894,6 +895,34 @@ pools = [
             );
         }
         assert_eq!((c.services.clone(), m.services.clone(), m.writes), before);
+    }
+
+    #[test]
+    fn a_flip_to_an_all_down_pool_is_refused() {
+        let (mut c, mut m) = setup();
+        for addr in ["198.18.2.11:8080", "198.18.2.12:8080"] {
+            for t in [1, 2] {
+                c.health_result(
+                    &mut m,
+                    "web",
+                    addr.parse().unwrap(),
+                    Err("refused".into()),
+                    t,
+                )
+                .unwrap();
+            }
+        }
+        let before = (c.services.clone(), m.writes);
+        let flip = Command::Flip {
+            service: "web".into(),
+            to: "green".into(),
+            preview: None,
+            auto_promote_ms: None,
+            drain_ms: None,
+        };
+        let e = c.handle(&mut m, &flip, 10).unwrap_err().to_string();
+        assert!(e.contains("no active, healthy backend"), "{e}");
+        assert_eq!((c.services.clone(), m.writes), before);
     }
 
     #[test]

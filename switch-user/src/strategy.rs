@@ -878,13 +878,15 @@ mod tests {
 
     #[test]
     fn a_step_waits_for_traffic_and_for_prometheus() {
-        let mut gates = Gates::default();
-        gates.prometheus = Some(PromGate {
-            url: "http://127.0.0.1:9090".into(),
-            query: "errors".into(),
-            max: 0.05,
-            on_no_data: NoData::Hold,
-        });
+        let gates = Gates {
+            prometheus: Some(PromGate {
+                url: "http://127.0.0.1:9090".into(),
+                query: "errors".into(),
+                max: 0.05,
+                on_no_data: NoData::Hold,
+            }),
+            ..Default::default()
+        };
         let (mut c, _) = Canary::start(
             "green",
             "blue",
