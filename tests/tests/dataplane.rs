@@ -799,3 +799,59 @@ fn dsr_udp_in_both_families() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_full_flow_table_keeps_serving_and_active_flows_keep_their_backend() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 50, 50);
+            let cap = Capacity { flows: 4096, ..Capacity::small() };
+            let mut dp = Dataplane::load(None, cap).unwrap();
+            dp.add_device("c0").unwrap();
+            dp.add_device("b0").unwrap();
+            let mut p = Programmer::new(0x5eed, cap);
+            p.init(&mut dp, &DaemonConfig::default()).unwrap();
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let send = |dp: &mut Dataplane, a: u8, b: u8, port: u16, flags: u8| {
+                let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, a, b));
+                let f = frame([2; 6], c0_mac, src, port, spec_vip(), 80, L4::Tcp { flags }, b"");
+                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(v, XDP_REDIRECT, "a flow was not forwarded with the table full");
+                check(&out).unwrap().dst
+            };
+            // 500 flows that keep talking and 500 that go quiet.
+            let mut active = BTreeMap::new();
+            let mut idle = BTreeMap::new();
+            for i in 0..500u16 {
+                active.insert(i, send(&mut dp, 1, (i % 250) as u8, 1000 + i, SYN));
+                idle.insert(i, send(&mut dp, 2, (i % 250) as u8, 1000 + i, SYN));
+            }
+            // A flip: a flow that lost its pin would now land elsewhere.
+            spec.pools[0].weight = 0;
+            spec.pools[1].weight = 100;
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            // 40,000 new flows through a 4,096-entry table, the active flows
+            // sending a packet every 2,000 of them.
+            for n in 0..40_000u32 {
+                send(&mut dp, 100 + (n / 60_000) as u8, (n >> 8) as u8, (n & 0xff) as u16 + 2000, SYN);
+                if n % 2000 == 0 {
+                    for i in 0..500u16 {
+                        send(&mut dp, 1, (i % 250) as u8, 1000 + i, ACK);
+                    }
+                }
+            }
+            let kept = |dp: &mut Dataplane, a: u8, m: &BTreeMap<u16, IpAddr>| {
+                m.iter().filter(|(i, b)| send(dp, a, (**i % 250) as u8, 1000 + **i, ACK) == **b).count() as f64 / m.len() as f64
+            };
+            let (ka, ki) = (kept(&mut dp, 1, &active), kept(&mut dp, 2, &idle));
+            eprintln!(
+                "flow table of 4,096 after 40,000 new flows and a flip: {:.1}% of active flows and {:.1}% of idle flows kept their backend",
+                ka * 100.0,
+                ki * 100.0
+            );
+            assert!(ka >= 0.99, "active flows lost their backend under eviction pressure: {ka}");
+        })
+        .unwrap();
+}
