@@ -384,16 +384,57 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
             .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
     });
     for p in paths {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("link_") {
+            // Detach the link itself, not only its pin: a running daemon may
+            // hold another reference to it.
+            force_detach(&p).with_context(|| format!("detaching {}", p.display()))?;
+        }
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        removed.push(
-            p.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
+        removed.push(name);
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
+}
+
+/// BPF_OBJ_GET the pinned link at `path`, then BPF_LINK_DETACH it.
+fn force_detach(path: &Path) -> Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 4];
+    attr[0] = c.as_ptr() as u64;
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        bail!("BPF_OBJ_GET: {}", std::io::Error::last_os_error());
+    }
+    let mut attr = [0u64; 4];
+    attr[0] = fd as u64;
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd as i32) };
+    if rc != 0 {
+        bail!("BPF_LINK_DETACH: {err}");
+    }
+    Ok(())
 }
 
 /// The clock of `bpf_ktime_get_ns`.

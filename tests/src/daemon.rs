@@ -103,6 +103,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGTERM, and wait for the daemon to exit.
+    pub fn terminate(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("daemon exited with {status} on SIGTERM");
+            }
+        }
+        Ok(())
+    }
+
     /// SIGKILL: no cleanup of any kind runs in the daemon.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -235,3 +235,48 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn stopping_the_daemon_keeps_forwarding_and_detach_stops_it() {
+    let lab = Lab::new().unwrap();
+    servers(&lab);
+    let mut d = Daemon::start(&lab, "detach", SERVICE).unwrap();
+    assert!(
+        lab.cli
+            .run(|| switch_tests::traffic::ask_once(vip(), None))
+            .unwrap()
+            .is_ok()
+    );
+    d.terminate().unwrap();
+    for _ in 0..20 {
+        let r = lab
+            .cli
+            .run(|| switch_tests::traffic::ask_once(vip(), None))
+            .unwrap();
+        assert!(r.is_ok(), "forwarding stopped with the daemon: {r:?}");
+    }
+    // Detach while a daemon runs: the links go even though it holds them.
+    d.spawn().unwrap();
+    let out = std::process::Command::new(switch_tests::daemon::switch_bin().unwrap())
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(&d.pins)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("link_sw0") && text.contains("link_sw1") && text.contains("FLOWS"),
+        "{text}"
+    );
+    assert!(!d.pins.exists());
+    let r = lab
+        .cli
+        .run(|| std::net::TcpStream::connect_timeout(&vip(), Duration::from_millis(700)))
+        .unwrap();
+    assert!(r.is_err(), "still forwarding after detach");
+}
