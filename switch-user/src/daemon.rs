@@ -21,7 +21,7 @@ use crate::{
     config::{AdminState, ConfigFile, DaemonConfig, ForwardMode, HealthConfig},
     controller::Controller,
     dataplane::{Capacity, Dataplane},
-    health, metrics,
+    health, metrics, privileges,
     programmer::Programmer,
     prometheus,
     strategy::{BackendSignals, Phase, PoolSignals, PromGate, Reading, Signals, Strategy},
@@ -352,6 +352,19 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     std::fs::set_permissions(&d.api, std::fs::Permissions::from_mode(0o660))?;
     if let Some(g) = &d.api_group {
         socket_group(&d.api, g)?;
+    }
+    // Everything that needs privileges is done: maps and links are open,
+    // sockets bound.
+    match privileges::drop_all_but_kept() {
+        Ok(()) => log::info!(
+            "keeping only {}",
+            privileges::KEPT
+                .iter()
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => log::warn!("could not drop capabilities: {e:#}"),
     }
     log::info!("API on {}", d.api.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

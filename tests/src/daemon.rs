@@ -103,6 +103,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// The daemon's effective capabilities (CapEff of /proc/PID/status).
+    pub fn cap_eff(&self) -> Result<u64> {
+        let pid = self.child.as_ref().context("daemon not running")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("CapEff:"))
+            .context("no CapEff")?;
+        Ok(u64::from_str_radix(
+            line.split_whitespace().nth(1).unwrap_or(""),
+            16,
+        )?)
+    }
+
     /// SIGTERM, and wait for the daemon to exit.
     pub fn terminate(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {

@@ -280,3 +280,35 @@ fn stopping_the_daemon_keeps_forwarding_and_detach_stops_it() {
         .unwrap();
     assert!(r.is_err(), "still forwarding after detach");
 }
+
+#[test]
+fn the_shipped_systemd_unit_is_well_formed() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/switch.service"
+    ))
+    .unwrap();
+    for want in [
+        "ExecStart=/usr/local/bin/switch daemon",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_BPF",
+    ] {
+        assert!(unit.contains(want), "unit lacks {want}");
+    }
+    // systemd-analyze, where present, checks it for real.
+    if let Ok(out) = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/switch.service"
+        ))
+        .output()
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("Unknown key") && !err.contains("Invalid"),
+            "{err}"
+        );
+    }
+}
