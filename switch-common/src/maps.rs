@@ -386,6 +386,25 @@ impl Reason {
     }
 }
 
+/// Settings of the benchmark packet generator (`packet_gen` program): where in the
+/// template frame the varied fields and checksums are, and the inverted
+/// checksums of the template with those fields zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    pub flows: u32,
+    pub sport_off: u16,
+    pub src_low_off: u16,
+    pub l4_csum_off: u16,
+    pub ip_csum_off: u16,
+    pub l4_csum_inv: u16,
+    pub ip_csum_inv: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// Bytes of headers `GEN_TEMPLATE` restores in every frame.
+    pub hdr_len: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -401,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for SnatKey {}
     unsafe impl aya::Pod for SnatValue {}
+    unsafe impl aya::Pod for GenConfig {}
     unsafe impl aya::Pod for CohortKey {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}

@@ -112,8 +112,57 @@ impl Dataplane {
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from object"))?
             .try_into()?;
-        prog.load().map_err(verifier_error)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(verifier_error)?;
+        }
         Ok(prog.fd()?.as_fd().try_clone_to_owned()?)
+    }
+
+    /// Attaches one of the object's other programs (`sink`,
+    /// `bench_redirect`) to `ifname` in driver mode; benchmarks only.
+    pub fn attach_reference(&mut self, name: &str, ifname: &str) -> Result<()> {
+        self.load_reference(name)?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from object"))?
+            .try_into()?;
+        prog.attach(ifname, XdpMode::Driver)
+            .with_context(|| format!("attaching {name} to {ifname}"))?;
+        Ok(())
+    }
+
+    pub fn set_gen_config(&mut self, c: &switch_common::GenConfig) -> Result<()> {
+        let mut a: Array<&mut MapData, switch_common::GenConfig> =
+            Array::try_from(self.map("GEN_CONFIG")?)?;
+        a.set(0, c, 0)?;
+        Ok(())
+    }
+
+    pub fn set_gen_template(&mut self, headers: &[u8]) -> Result<()> {
+        let mut words = [0u64; 10];
+        for (i, chunk) in headers.chunks(8).take(10).enumerate() {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            words[i] = u64::from_ne_bytes(b);
+        }
+        let mut a: Array<&mut MapData, [u64; 10]> = Array::try_from(self.map("GEN_TEMPLATE")?)?;
+        a.set(0, words, 0)?;
+        Ok(())
+    }
+
+    pub fn set_redirect_target(&mut self, ifname: &str) -> Result<()> {
+        let i = ifindex(ifname)?;
+        self.add_device(ifname)?;
+        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map("REDIRECT_TARGET")?)?;
+        a.set(0, i, 0)?;
+        Ok(())
+    }
+
+    /// Frames counted by the `sink` program, all CPUs.
+    pub fn sink_count(&self) -> Result<u64> {
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref("SINK_COUNT")?)?;
+        Ok(a.get(&0, 0)?.iter().sum())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {

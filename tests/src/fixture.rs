@@ -170,3 +170,68 @@ pub fn test_run(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result
         duration_ns: attr.duration,
     })
 }
+
+/// Runs the generator program behind `fd` in live-frames mode: `packets`
+/// frames from the template `frame` go out of `ifindex` (XDP_TX), in batches
+/// of `batch`. Returns the wall time it took.
+pub fn live_frames(
+    fd: &std::os::fd::OwnedFd,
+    ifindex: u32,
+    frame: &[u8],
+    packets: u32,
+    batch: u32,
+) -> Result<std::time::Duration> {
+    use std::os::fd::AsRawFd;
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    let mut attr = TestAttr {
+        prog_fd: fd.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: packets,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: batch,
+        ..Default::default()
+    };
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let t = std::time::Instant::now();
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "BPF_PROG_TEST_RUN (live frames): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(t.elapsed())
+}

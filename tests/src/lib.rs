@@ -14,6 +14,7 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 pub mod daemon;
 pub mod fixture;
 pub mod lab;
+pub mod rate;
 pub mod traffic;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -39,6 +39,27 @@ struct Args {
     /// Write the report to this markdown file as well.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Forwarding rate: frames per measurement (0 skips the rate part).
+    #[arg(long, default_value_t = 2_000_000)]
+    rate_packets: u32,
+    /// Forwarding rate: measurements per forwarder (median, min–max).
+    #[arg(long, default_value_t = 3)]
+    rate_runs: u32,
+    /// Forwarding rate: distinct flows the generator cycles through.
+    #[arg(long, default_value_t = 10_000)]
+    flows: u32,
+    /// Forwarding rate: frame size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Forwarding rate: frames per second to offer (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pps: u64,
+    /// Forwarding rate: IPv6 instead of IPv4.
+    #[arg(long)]
+    v6: bool,
+    /// Forwarding rate: UDP instead of TCP SYNs.
+    #[arg(long)]
+    udp: bool,
 }
 
 struct Row {
@@ -149,6 +170,65 @@ fn time(
             _ => "REDIRECT",
         },
     })
+}
+
+/// Part 2: frames offered by the live-frames generator through each
+/// forwarder, counted on the far side.
+fn rate_report(args: &Args) -> Result<String> {
+    use switch_tests::rate::{Forwarder, Load, RateLab, measure};
+    let lab = RateLab::new()?;
+    let load = Load {
+        flows: args.flows,
+        size: args.size,
+        v6: args.v6,
+        udp: args.udp,
+        packets: args.rate_packets,
+        pps: args.pps,
+    };
+    let mut rows = Vec::new();
+    for f in [Forwarder::Redirect, Forwarder::Switch, Forwarder::Nftables] {
+        let mut runs = Vec::new();
+        for _ in 0..args.rate_runs.max(1) {
+            runs.push(measure(&lab, f, &load)?);
+        }
+        runs.sort_by(|a, b| a.delivered_pps.total_cmp(&b.delivered_pps));
+        let mid = runs[runs.len() / 2].clone();
+        eprintln!(
+            "  {}: {:.2} Mpps delivered",
+            f.name(),
+            mid.delivered_pps / 1e6
+        );
+        rows.push((
+            f,
+            mid,
+            runs.first().unwrap().delivered_pps,
+            runs.last().unwrap().delivered_pps,
+        ));
+    }
+    let ceiling = rows[0].1.delivered_pps;
+    let mut out = format!(
+        "{} frames of {} bytes ({} {}, {} flows) per measurement from an XDP live-frames generator on one veth, through the forwarder in the switch namespace, counted by an XDP program on the far veth; median of {} measurements (min–max). On this 2-core VM the generator, the forwarder and the sink share the cores, so \"offered\" is what the whole path accepted.\n\n",
+        load.packets,
+        load.size,
+        if load.v6 { "IPv6" } else { "IPv4" },
+        if load.udp { "UDP" } else { "TCP SYN" },
+        load.flows,
+        args.rate_runs.max(1)
+    );
+    out.push_str("| forwarder | offered Mpps | delivered Mpps (min–max) | loss | × ceiling |\n|---|---:|---:|---:|---:|\n");
+    for (f, m, lo, hi) in &rows {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} ({:.2}–{:.2}) | {:.1}% | {:.2} |\n",
+            f.name(),
+            m.offered_pps / 1e6,
+            m.delivered_pps / 1e6,
+            lo / 1e6,
+            hi / 1e6,
+            m.loss() * 100.0,
+            m.delivered_pps / ceiling
+        ));
+    }
+    Ok(out)
 }
 
 fn run(args: Args) -> Result<()> {
@@ -407,9 +487,15 @@ fn run(args: Args) -> Result<()> {
         ));
     }
     println!("{report}");
+    let rate = if args.rate_packets > 0 {
+        rate_report(&args)?
+    } else {
+        String::new()
+    };
+    println!("{rate}");
     if let Some(path) = args.write {
         let doc = format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n"
+            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n\n## Forwarding rate\n\n{rate}"
         );
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
         std::fs::write(&path, doc)?;

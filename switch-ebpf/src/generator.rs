@@ -1,0 +1,125 @@
+//! Programs for the forwarding-rate benchmark, in the same object:
+//! - `packet_gen`: a packet generator for `BPF_PROG_TEST_RUN` in live-frames mode
+//!   (the xdp-trafficgen technique). Each run turns the template frame into
+//!   the next flow (source port and low source-address bits) and sends it
+//!   with XDP_TX. Live frames recycle pages without re-initialising them, so
+//!   every varied field and its checksums are written on every run.
+//! - `sink`: counts and drops what arrives (the receiving side).
+//! - `bench_redirect`: redirects everything to one device, nothing else: the
+//!   forwarding ceiling of the machine.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use switch_common::{FAMILY_V4, GenConfig};
+
+use crate::{maps::DEVICES, parse};
+
+#[map]
+pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// The template's headers, rewritten into every frame: a forwarder that
+/// rewrote the last frame in place (the switch, the kernel's NAT) left its
+/// changes in the recycled page.
+#[map]
+pub static GEN_TEMPLATE: Array<[u64; 10]> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ifindex `bench_redirect` sends to.
+#[map]
+pub static REDIRECT_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+#[xdp]
+pub fn packet_gen(ctx: XdpContext) -> u32 {
+    match try_gen(&ctx) {
+        Some(v) => v,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn try_gen(ctx: &XdpContext) -> Option<u32> {
+    let cfg = GEN_CONFIG.get(0)?;
+    let count = GEN_COUNT.get_ptr_mut(0)?;
+    let n = unsafe {
+        *count += 1;
+        *count
+    };
+    let flow = (n % cfg.flows.max(1) as u64) as u32;
+    // Flow number -> (source port, low 16 bits of the source address).
+    let sport = (1024 + flow % 60_000) as u16;
+    let src_low = (flow / 60_000) as u16;
+    let start = parse::data(ctx);
+    let end = parse::data_end(ctx);
+    let template = GEN_TEMPLATE.get(0)?;
+    let mut i = 0;
+    while i < 10 {
+        let at = start + i * 8;
+        if i * 8 >= cfg.hdr_len as usize || at + 8 > end {
+            break;
+        }
+        unsafe { core::ptr::write_unaligned(at as *mut u64, template[i]) };
+        i += 1;
+    }
+    let sport_at = start + cfg.sport_off as usize;
+    let src_at = start + cfg.src_low_off as usize;
+    let l4_csum_at = start + cfg.l4_csum_off as usize;
+    // Offsets come from userspace: bound each before use.
+    if cfg.sport_off > 200
+        || cfg.src_low_off > 200
+        || cfg.l4_csum_off > 200
+        || cfg.ip_csum_off > 200
+    {
+        return None;
+    }
+    if sport_at + 2 > end || src_at + 2 > end || l4_csum_at + 2 > end {
+        return None;
+    }
+    unsafe {
+        *(sport_at as *mut [u8; 2]) = sport.to_be_bytes();
+        *(src_at as *mut [u8; 2]) = src_low.to_be_bytes();
+        // The template has both fields zero: HC' = ~(~HC + m') (RFC 1624).
+        let l4 = !fold(cfg.l4_csum_inv as u32 + sport as u32 + src_low as u32);
+        *(l4_csum_at as *mut [u8; 2]) = l4.to_be_bytes();
+        if cfg.family == FAMILY_V4 {
+            let ip_csum_at = start + cfg.ip_csum_off as usize;
+            if ip_csum_at + 2 > end {
+                return None;
+            }
+            let ip = !fold(cfg.ip_csum_inv as u32 + src_low as u32);
+            *(ip_csum_at as *mut [u8; 2]) = ip.to_be_bytes();
+        }
+    }
+    Some(xdp_action::XDP_TX)
+}
+
+#[xdp]
+pub fn sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_redirect(_ctx: XdpContext) -> u32 {
+    let Some(t) = REDIRECT_TARGET.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    DEVICES.redirect(*t, 0).unwrap_or(xdp_action::XDP_DROP)
+}
