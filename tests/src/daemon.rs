@@ -45,6 +45,17 @@ impl Daemon {
 
     /// The same, with extra `[daemon]` settings (TOML lines).
     pub fn start_with(lab: &Lab, tag: &str, daemon: &str, services: &str) -> Result<Daemon> {
+        Self::start_on(lab, tag, &["sw0", "sw1"], daemon, services)
+    }
+
+    /// The same, attached to `interfaces` of the switch host.
+    pub fn start_on(
+        lab: &Lab,
+        tag: &str,
+        interfaces: &[&str],
+        daemon: &str,
+        services: &str,
+    ) -> Result<Daemon> {
         let id = format!("{tag}-{}-{}", std::process::id(), lab.sw.name);
         let dir = std::env::temp_dir().join(format!("switch-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -54,7 +65,12 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\ninterfaces = [\"sw0\", \"sw1\"]\napi = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\n{daemon}\n\n{services}",
+                "[daemon]\ninterfaces = [{}]\napi = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\n{daemon}\n\n{services}",
+                interfaces
+                    .iter()
+                    .map(|i| format!("\"{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 api.display(),
                 pins.display(),
                 dir.join("state").display()
@@ -115,6 +131,17 @@ impl Daemon {
             line.split_whitespace().nth(1).unwrap_or(""),
             16,
         )?)
+    }
+
+    /// Resident memory of the daemon, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.as_ref().context("daemon not running")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
     }
 
     /// SIGTERM, and wait for the daemon to exit.

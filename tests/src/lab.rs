@@ -57,6 +57,24 @@ impl Lab {
         Ok(Lab { cli, sw, be })
     }
 
+    /// A packet-generator host on a third link of the switch host:
+    /// gen g0 <-> sw sw2, sources 198.19.0.0/16 routed back through it.
+    pub fn add_generator(&self) -> Result<Netns> {
+        let generator = Netns::new("gen")?;
+        crate::sh(&format!(
+            "ip link add g0 netns {g} type veth peer name sw2 netns {s}",
+            g = generator.name,
+            s = self.sw.name
+        ))?;
+        generator.exec("ip link set g0 up && ethtool -K g0 gro on >/dev/null")?;
+        self.sw.exec(
+            "ip link set sw2 up && ip addr add 198.19.255.1/16 dev sw2 && \
+             sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.sw2.rp_filter=0 && \
+             ethtool -K sw2 tx off gro on >/dev/null",
+        )?;
+        Ok(generator)
+    }
+
     /// Backend `i` (1..=4) of the lab.
     pub fn backend(v6: bool, i: u8, port: u16) -> std::net::SocketAddr {
         let ip: std::net::IpAddr = if v6 {

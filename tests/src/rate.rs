@@ -308,6 +308,41 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
     }
 }
 
+/// Sends `load` out of `ifname` in namespace `ns` with the live-frames
+/// generator, addressed to `dst_mac` (the switch's interface) and the VIP;
+/// returns how long it took.
+pub fn generate(ns: &Netns, ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
+    let (frame_t, cfg) = template(load, dst_mac);
+    let load = load.clone();
+    let ifindex = ns.ifindex(ifname)?;
+    ns.run(move || -> Result<Duration> {
+        let mut dp = Dataplane::load(None, Capacity::small())?;
+        dp.set_gen_config(&cfg)?;
+        dp.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
+        let fd = dp.load_reference("packet_gen")?;
+        // Offer in slices so a rate limit can be kept.
+        let slice = if load.pps == 0 {
+            load.packets
+        } else {
+            (load.pps / 100).clamp(1000, load.packets as u64) as u32
+        };
+        let t = std::time::Instant::now();
+        let mut sent = 0u32;
+        while sent < load.packets {
+            let n = slice.min(load.packets - sent);
+            live_frames(&fd, ifindex, &frame_t, n, 64)?;
+            sent += n;
+            if load.pps > 0 {
+                let due = Duration::from_secs_f64(sent as f64 / load.pps as f64);
+                if let Some(wait) = due.checked_sub(t.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        Ok(t.elapsed())
+    })?
+}
+
 /// One measurement: offer `load` through `forwarder`, count what arrives.
 pub fn measure(lab: &RateLab, forwarder: Forwarder, load: &Load) -> Result<RateResult> {
     let s0_mac = crate::parse_mac(lab.sw.exec("cat /sys/class/net/s0/address")?.trim())?;
@@ -317,35 +352,7 @@ pub fn measure(lab: &RateLab, forwarder: Forwarder, load: &Load) -> Result<RateR
         Ok(Box::new(move || dp.sink_count()))
     })?;
     let fwd = start_forwarder(lab, forwarder, load)?;
-    let (frame_t, cfg) = template(load, s0_mac);
-    let load2 = load.clone();
-    let g0 = lab.generator.ifindex("g0")?;
-    let elapsed = lab.generator.run(move || -> Result<Duration> {
-        let mut dp = Dataplane::load(None, Capacity::small())?;
-        dp.set_gen_config(&cfg)?;
-        dp.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
-        let fd = dp.load_reference("packet_gen")?;
-        // Offer in slices so a rate limit can be kept.
-        let slice = if load2.pps == 0 {
-            load2.packets
-        } else {
-            (load2.pps / 100).clamp(1000, load2.packets as u64) as u32
-        };
-        let t = std::time::Instant::now();
-        let mut sent = 0u32;
-        while sent < load2.packets {
-            let n = slice.min(load2.packets - sent);
-            live_frames(&fd, g0, &frame_t, n, 64)?;
-            sent += n;
-            if load2.pps > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / load2.pps as f64);
-                if let Some(wait) = due.checked_sub(t.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        }
-        Ok(t.elapsed())
-    })??;
+    let elapsed = generate(&lab.generator, "g0", s0_mac, load)?;
     std::thread::sleep(Duration::from_millis(100));
     fwd.finish()?;
 
