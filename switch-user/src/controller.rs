@@ -898,6 +898,26 @@ pools = [
     }
 
     #[test]
+    fn an_apply_with_overlapping_vips_is_refused_whole() {
+        let (mut c, mut m) = setup();
+        let before = (c.services.clone(), m.writes);
+        let mut two = ConfigFile::parse(CONFIG).unwrap().services;
+        let mut other = two[0].clone();
+        other.name = "api".into();
+        two.push(other);
+        let e = c
+            .handle(&mut m, &Command::Apply { services: two }, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already the VIP"), "{e}");
+        assert_eq!(
+            (c.services.clone(), m.writes),
+            before,
+            "nothing applied half-way"
+        );
+    }
+
+    #[test]
     fn a_flip_to_an_all_down_pool_is_refused() {
         let (mut c, mut m) = setup();
         for addr in ["198.18.2.11:8080", "198.18.2.12:8080"] {

@@ -37,6 +37,19 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
     let lab = Lab::new().unwrap();
     servers(&lab);
     let mut d = Daemon::start(&lab, "kill9", SERVICE).unwrap();
+    // The API socket is 0660; the hash seed was made at random and persisted.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&d.api).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let seed = |d: &Daemon| -> u64 {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.dir.join("state/state.json")).unwrap())
+                .unwrap();
+        state["programmer"]["seed"].as_u64().unwrap()
+    };
+    let seed_before = seed(&d);
     let stream = lab.cli.run(|| Stream::open(vip())).unwrap();
     let (backend, stream) = ask(&lab, stream);
     assert!(
@@ -53,6 +66,11 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
     assert_eq!(b, backend, "stream moved while the daemon was dead");
 
     d.spawn().unwrap();
+    assert_eq!(
+        seed(&d),
+        seed_before,
+        "a restart keeps the deployment's seed"
+    );
     let status = d.ok(&["status", "--json"]).unwrap();
     assert!(
         status.contains("\"blue\"") && status.contains("198.18.1.11:8080"),
