@@ -11,8 +11,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
+pub mod chart;
 pub mod daemon;
 pub mod fixture;
+pub mod http;
 pub mod lab;
 pub mod rate;
 pub mod traffic;

@@ -13,6 +13,14 @@ fn bench_harness_runs_every_path() {
             "20000",
             "--rate-runs",
             "1",
+            "--http-secs",
+            "1",
+            "--health-backends",
+            "20",
+            "--health-secs",
+            "1",
+            "--table-max",
+            "100",
         ])
         .output()
         .unwrap();

@@ -17,6 +17,7 @@ const APT: &[&str] = &[
     "iproute2",
     "ethtool",
     "nginx-light",
+    "libnginx-mod-stream",
     "curl",
     "wrk",
     "nftables",

@@ -10,9 +10,10 @@
 
 use std::{collections::BTreeSet, net::IpAddr, os::fd::OwnedFd, time::Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switch_common::checksum;
+use switch_tests::lab::Lab as Lab3;
 use switch_tests::{
     ACK, L4, SYN, check,
     fixture::{Lab, backend, backend_mac, client, test_run, vip},
@@ -60,6 +61,18 @@ struct Args {
     /// Forwarding rate: UDP instead of TCP SYNs.
     #[arg(long)]
     udp: bool,
+    /// Real HTTP: seconds of wrk per forwarder (0 skips this part).
+    #[arg(long, default_value_t = 5)]
+    http_secs: u64,
+    /// Control plane: health-checked backends for the daemon's cost (0 skips this part).
+    #[arg(long, default_value_t = 1000)]
+    health_backends: u32,
+    /// Control plane: seconds over which the daemon's CPU is measured.
+    #[arg(long, default_value_t = 10)]
+    health_secs: u64,
+    /// Control plane: the largest selection table to time (10 .. 10000 backends).
+    #[arg(long, default_value_t = 10_000)]
+    table_max: u32,
 }
 
 struct Row {
@@ -172,9 +185,267 @@ fn time(
     })
 }
 
+/// Part 3: wrk against nginx backends, directly and through each forwarder.
+fn http_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
+    use switch_tests::http::*;
+    let lab = Lab3::new()?;
+    let dir = std::env::temp_dir().join(format!("switch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    start_backends(&lab, &dir)?;
+    let secs = args.http_secs;
+    let conns = 32;
+    let mut rows: Vec<(&str, WrkResult)> = Vec::new();
+    settle();
+    rows.push((
+        "direct to one backend (no balancer)",
+        wrk(&lab, "http://198.18.1.11:8080/", secs, conns)?,
+    ));
+    let stop = start_switch(&lab, "198.18.10.10:80")?;
+    settle();
+    rows.push((
+        "switch (XDP, nat)",
+        wrk(&lab, "http://198.18.10.10/", secs, conns)?,
+    ));
+    drop(stop);
+    start_haproxy(&lab, &dir, "198.18.10.20:80")?;
+    settle();
+    rows.push((
+        "HAProxy 2.6, TCP mode",
+        wrk(&lab, "http://198.18.10.20/", secs, conns)?,
+    ));
+    start_nginx_stream(&lab, &dir, "198.18.10.30:80")?;
+    settle();
+    rows.push((
+        "nginx 1.22 stream",
+        wrk(&lab, "http://198.18.10.30/", secs, conns)?,
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let direct = rows[0].1.rps;
+    let mut out = format!(
+        "wrk -t2 -c{conns} -d{secs}s (keep-alive) from the client namespace; nginx answering a short body on four backends; every process shares the same 2 cores.\n\n| path | requests/s | p50 ms | p99 ms | errors | × direct |\n|---|---:|---:|---:|---:|---:|\n"
+    );
+    for (name, r) in &rows {
+        out.push_str(&format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} |\n",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.rps / direct
+        ));
+        eprintln!("  {name}: {:.0} req/s", r.rps);
+    }
+    let bars = rows.iter().map(|(n, r)| (n.to_string(), r.rps)).collect();
+    Ok((out, bars))
+}
+
+/// Part 4: how fast the control plane acts and what the daemon costs.
+fn control_report(args: &Args) -> Result<String> {
+    use switch_common::{hash::backend_ident, table};
+    let mut out = String::from(
+        "Selection-table build (userspace, one pool of N equal backends and one of N/10; median of 3):\n\n| backends | build ms |\n|---:|---:|\n",
+    );
+    for n in [10u32, 100, 1_000, 10_000]
+        .into_iter()
+        .filter(|n| *n <= args.table_max)
+    {
+        let mk = |count: u32, base: u32| -> Vec<table::BackendSpec> {
+            (0..count)
+                .map(|i| {
+                    let ip = (0xc612_0000u32 + base + i).to_be_bytes();
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&ip);
+                    table::BackendSpec {
+                        index: (base + i) as u16,
+                        ident: backend_ident(1, &a, 80),
+                        weight: 1,
+                        eligible: true,
+                    }
+                })
+                .collect()
+        };
+        let pools = vec![
+            table::PoolSpec {
+                weight: 90,
+                backends: mk(n, 0),
+            },
+            table::PoolSpec {
+                weight: 10,
+                backends: mk((n / 10).max(1), 20_000),
+            },
+        ];
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            std::hint::black_box(table::build(1, &pools));
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        out.push_str(&format!("| {n} | {:.1} |\n", times[1]));
+        eprintln!("  table of {n} backends: {:.1} ms", times[1]);
+    }
+    out.push_str(&flip_latency()?);
+    out.push_str(&health_cost(args.health_backends, args.health_secs.max(1))?);
+    Ok(out)
+}
+
+/// From `switch flip` returning to the first new connection answered by
+/// the new pool, with a client opening connections back to back.
+fn flip_latency() -> Result<String> {
+    use switch_tests::{
+        daemon::Daemon,
+        traffic::{ask_once, line_servers},
+    };
+    let lab = Lab3::new()?;
+    line_servers(
+        &lab,
+        (1..=4).map(|i| Lab3::backend(false, i, 8080)).collect(),
+    );
+    let d = Daemon::start(&lab, "benchflip", FLIP_SERVICE)?;
+    let vip: std::net::SocketAddr = "198.18.10.10:80".parse()?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (l, st, path) = (
+        log.clone(),
+        stop.clone(),
+        format!("/run/netns/{}", lab.cli.name),
+    );
+    let client = std::thread::spawn(move || {
+        switch_tests::enter(&path).unwrap();
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(who) = ask_once(vip, None) {
+                l.lock().unwrap().push((Instant::now(), who));
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let to_green = i % 2 == 0;
+        d.ok(&[
+            "flip",
+            "web",
+            "--to",
+            if to_green { "green" } else { "blue" },
+        ])?;
+        let back = Instant::now();
+        let t = Instant::now();
+        loop {
+            let hit = log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(at, who)| {
+                    *at >= back
+                        && (who.ends_with(".13:8080") || who.ends_with(".14:8080")) == to_green
+                })
+                .map(|(at, _)| *at);
+            if let Some(at) = hit {
+                lat.push(at.duration_since(back).as_secs_f64() * 1000.0);
+                break;
+            }
+            if t.elapsed().as_secs() > 5 {
+                bail!("no connection reached the new pool within 5 s of a flip");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    lat.sort_by(f64::total_cmp);
+    eprintln!(
+        "  flip to first new flow: median {:.2} ms",
+        lat[lat.len() / 2]
+    );
+    Ok(format!(
+        "\n`switch flip` returned → first new connection answered by the new pool, 20 flips, a client opening connections back to back: median {:.2} ms, min {:.2} ms, max {:.2} ms (this includes the connection's own round trip).\n",
+        lat[lat.len() / 2],
+        lat[0],
+        lat[lat.len() - 1]
+    ))
+}
+
+const FLIP_SERVICE: &str = r#"
+[[service]]
+name = "web"
+vip = "198.18.10.10:80"
+protocol = "tcp"
+pools = [
+  { name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] },
+  { name = "green", weight = 0,   backends = ["198.18.1.13:8080", "198.18.1.14:8080"] },
+]
+"#;
+
+/// The daemon's CPU and memory while TCP-checking `n` backends every second.
+fn health_cost(n: u32, secs: u64) -> Result<String> {
+    use switch_tests::daemon::Daemon;
+    let lab = Lab3::new()?;
+    let mut batch = String::new();
+    let addrs: Vec<String> = (0..n)
+        .map(|i| format!("198.18.{}.{}", 4 + i / 250, 1 + i % 250))
+        .collect();
+    for a in &addrs {
+        batch.push_str(&format!("addr add {a}/16 dev be0\n"));
+    }
+    let file = std::env::temp_dir().join(format!("switch-bench-addrs-{}", std::process::id()));
+    std::fs::write(&file, batch)?;
+    lab.be.exec(&format!("ip -batch {}", file.display()))?;
+    let _ = std::fs::remove_file(&file);
+    lab.sw
+        .exec("ip route add 198.18.0.0/16 dev sw1 2>/dev/null || true")?;
+    lab.be.run(|| {
+        let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c)
+            }
+        });
+    })?;
+    let backends = addrs
+        .iter()
+        .map(|a| format!("\"{a}:9000\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let svc = format!(
+        "[[service]]\nname = \"many\"\nvip = \"198.18.10.50:9000\"\nprotocol = \"tcp\"\nhealth = {{ kind = \"tcp\", interval = \"1s\", timeout = \"500ms\", rise = 2, fall = 2 }}\npools = [ {{ name = \"p\", weight = 1, backends = [{backends}] }} ]\n"
+    );
+    let d = Daemon::start(&lab, "benchhealth", &svc)?;
+    std::thread::sleep(std::time::Duration::from_secs(secs.min(3)));
+    let ticks = |d: &Daemon| -> Result<u64> {
+        let pid = d.child.as_ref().context("daemon")?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|x| x.1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    };
+    let (t0, c0) = (Instant::now(), ticks(&d)?);
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    let (secs, c1) = (t0.elapsed().as_secs_f64(), ticks(&d)?);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (c1 - c0) as f64 / hz / secs * 100.0;
+    let rss = d.rss_kib()?;
+    let st = d.status("many")?;
+    let healthy = st["pools"][0]["backends"]
+        .as_array()
+        .map(|b| b.iter().filter(|x| x["healthy"] == true).count())
+        .unwrap_or(0);
+    eprintln!("  health checks of {n} backends: {cpu:.1}% CPU, {rss} KiB");
+    Ok(format!(
+        "\nDaemon while TCP-checking {n} backends every second ({healthy} healthy), over {secs:.0} s: {cpu:.1}% of one core, {:.1} MiB resident.\n",
+        rss as f64 / 1024.0
+    ))
+}
+
 /// Part 2: frames offered by the live-frames generator through each
 /// forwarder, counted on the far side.
-fn rate_report(args: &Args) -> Result<String> {
+fn rate_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
     use switch_tests::rate::{Forwarder, Load, RateLab, measure};
     let lab = RateLab::new()?;
     let load = Load {
@@ -228,7 +499,11 @@ fn rate_report(args: &Args) -> Result<String> {
             m.delivered_pps / ceiling
         ));
     }
-    Ok(out)
+    let bars = rows
+        .iter()
+        .map(|(f, m, _, _)| (f.name().to_string(), m.delivered_pps / 1e6))
+        .collect();
+    Ok((out, bars))
 }
 
 fn run(args: Args) -> Result<()> {
@@ -487,15 +762,56 @@ fn run(args: Args) -> Result<()> {
         ));
     }
     println!("{report}");
-    let rate = if args.rate_packets > 0 {
+    let (rate, rate_bars) = if args.rate_packets > 0 {
         rate_report(&args)?
+    } else {
+        Default::default()
+    };
+    println!("{rate}");
+    let (http, http_bars) = if args.http_secs > 0 {
+        http_report(&args)?
+    } else {
+        Default::default()
+    };
+    println!("{http}");
+    let control = if args.health_backends > 0 {
+        control_report(&args)?
     } else {
         String::new()
     };
-    println!("{rate}");
+    println!("{control}");
     if let Some(path) = args.write {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let cost_bars: Vec<(String, f64)> =
+            rows.iter().map(|r| (r.path.clone(), r.median)).collect();
+        switch_tests::chart::bars(
+            &dir.join("bench-cost.png"),
+            "Per-packet cost (BPF_PROG_TEST_RUN)",
+            "ns per packet",
+            &cost_bars,
+        )?;
+        let mut charts = String::from("\n![per-packet cost](bench-cost.png)\n");
+        if !rate_bars.is_empty() {
+            switch_tests::chart::bars(
+                &dir.join("bench-rate.png"),
+                "Forwarding rate, same topology and run",
+                "Mpps delivered",
+                &rate_bars,
+            )?;
+            charts.push_str("![forwarding rate](bench-rate.png)\n");
+        }
+        if !http_bars.is_empty() {
+            switch_tests::chart::bars(
+                &dir.join("bench-http.png"),
+                "HTTP through each path (wrk)",
+                "requests/s",
+                &http_bars,
+            )?;
+            charts.push_str("![HTTP requests per second](bench-http.png)\n");
+        }
         let doc = format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n\n## Forwarding rate\n\n{rate}"
+            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n\n## Forwarding rate\n\n{rate}\n## Real TCP/HTTP\n\n{http}\n## Control plane\n\n{control}\n## Charts\n{charts}"
         );
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
         std::fs::write(&path, doc)?;

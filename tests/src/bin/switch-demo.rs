@@ -458,11 +458,7 @@ fn chart(
         };
         counts[b][k] += 1;
     }
-    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-        .context("font for the chart (fonts-dejavu-core, installed by cargo xtask setup)")?;
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-        .map_err(|_| anyhow::anyhow!("bad font"))?;
+    switch_tests::chart::register_font()?;
     let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut c = ChartBuilder::on(&root)
