@@ -85,10 +85,7 @@ pub fn vip(v6: bool, port: u16) -> SocketAddr {
 /// `ifindex`: the verdict and the frame as the program left it.
 pub fn run(prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let ctx = xdp_md(frame.len(), ifindex);
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.data_out = Some(&mut out);
@@ -111,35 +108,58 @@ pub struct RunResult {
     pub duration_ns: u32,
 }
 
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `struct xdp_md` for a frame of `len` bytes arriving on `ifindex`.
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn bpf_test_run(attr: &mut TestAttr) -> Result<()> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// One `BPF_PROG_TEST_RUN` (repeat = 1) of the program behind `fd` on a
 /// fresh copy of `frame`, arriving on `ifindex`.
 pub fn test_run(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<RunResult> {
     use std::os::fd::AsRawFd;
     let mut out = vec![0u8; frame.len() + 256];
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    // The `test` member of union bpf_attr.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
+    let ctx = xdp_md(frame.len(), ifindex);
     let mut attr = TestAttr {
         prog_fd: fd.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -151,18 +171,7 @@ pub fn test_run(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result
         ctx_in: ctx.as_ptr() as u64,
         ..Default::default()
     };
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
+    bpf_test_run(&mut attr)?;
     out.truncate(attr.data_size_out as usize);
     Ok(RunResult {
         verdict: attr.retval,
@@ -182,30 +191,8 @@ pub fn live_frames(
     batch: u32,
 ) -> Result<std::time::Duration> {
     use std::os::fd::AsRawFd;
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
     const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    let ctx = xdp_md(frame.len(), ifindex);
     let mut attr = TestAttr {
         prog_fd: fd.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -217,21 +204,7 @@ pub fn live_frames(
         batch_size: batch,
         ..Default::default()
     };
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
     let t = std::time::Instant::now();
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!(
-            "BPF_PROG_TEST_RUN (live frames): {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    bpf_test_run(&mut attr)?;
     Ok(t.elapsed())
 }

@@ -52,27 +52,31 @@ pub fn reset_servers(lab: &Lab, addrs: Vec<SocketAddr>) {
                 std::thread::spawn(move || {
                     for c in l.incoming() {
                         let Ok(c) = c else { continue };
-                        // SO_LINGER with a zero timeout: close sends RST.
-                        let linger = libc::linger {
-                            l_onoff: 1,
-                            l_linger: 0,
-                        };
-                        use std::os::fd::AsRawFd;
-                        unsafe {
-                            libc::setsockopt(
-                                c.as_raw_fd(),
-                                libc::SOL_SOCKET,
-                                libc::SO_LINGER,
-                                &linger as *const _ as *const libc::c_void,
-                                std::mem::size_of::<libc::linger>() as u32,
-                            );
-                        }
+                        reset_on_close(&c);
                         drop(c);
                     }
                 });
             }
         })
         .unwrap();
+}
+
+/// SO_LINGER with a zero timeout: closing the socket sends an RST.
+pub fn reset_on_close(c: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
 }
 
 /// Adds backend addresses to the backend host (beyond the lab's four).

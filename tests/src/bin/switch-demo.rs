@@ -125,21 +125,8 @@ fn broken_servers(lab: &Lab) -> Result<()> {
                                 c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
                             return;
                         }
-                        // SO_LINGER 0: the close sends an RST.
-                        use std::os::fd::AsRawFd;
-                        let linger = libc::linger {
-                            l_onoff: 1,
-                            l_linger: 0,
-                        };
-                        unsafe {
-                            libc::setsockopt(
-                                c.as_raw_fd(),
-                                libc::SOL_SOCKET,
-                                libc::SO_LINGER,
-                                &linger as *const _ as *const libc::c_void,
-                                std::mem::size_of::<libc::linger>() as u32,
-                            );
-                        }
+                        // The close sends an RST.
+                        switch_tests::traffic::reset_on_close(&c);
                     });
                 }
             });
