@@ -602,8 +602,8 @@ impl Controller {
         Ok(())
     }
 
-    /// A health probe result. Re-applies the service when a backend's state
-    /// flips, so an unhealthy backend leaves the table at once.
+    /// A health probe result, applied at once (tests; the daemon batches
+    /// with `record_health` + `apply_health`).
     pub fn health_result(
         &mut self,
         maps: &mut dyn Maps,
@@ -612,23 +612,50 @@ impl Controller {
         result: Result<(), String>,
         now: u64,
     ) -> Result<()> {
+        if self.record_health(service, addr, result, now) {
+            self.apply_health(maps, service, now)?;
+        }
+        Ok(())
+    }
+
+    /// Counts one probe result; true when the backend's state flipped (the
+    /// service then needs `apply_health`). The flip goes into the history.
+    pub fn record_health(
+        &mut self,
+        service: &str,
+        addr: SocketAddr,
+        result: Result<(), String>,
+        now: u64,
+    ) -> bool {
         let Some(cfg) = self.services.get(service).and_then(|s| s.health.clone()) else {
-            return Ok(());
+            return false;
         };
         let h = self
             .health
             .entry(addr)
             .or_insert_with(|| Health::new(true, now));
         let err = result.clone().err();
-        if h.record(result, cfg.rise, cfg.fall, now) {
-            let up = h.healthy;
-            let s = self.service(service)?.clone();
-            let what = if up {
-                format!("backend {addr} healthy")
-            } else {
-                format!("backend {addr} unhealthy: {}", err.unwrap_or_default())
-            };
-            self.change(maps, s, what, now)?;
+        if !h.record(result, cfg.rise, cfg.fall, now) {
+            return false;
+        }
+        let what = if h.healthy {
+            format!("backend {addr} healthy")
+        } else {
+            format!("backend {addr} unhealthy: {}", err.unwrap_or_default())
+        };
+        self.record(now, service, what, true);
+        true
+    }
+
+    /// Rewrites a service after health changes: unhealthy backends leave its
+    /// table, recovered ones come back. One rebuild for any number of
+    /// changes, which matters with many backends.
+    pub fn apply_health(&mut self, maps: &mut dyn Maps, service: &str, now: u64) -> Result<()> {
+        let s = self.service(service)?.clone();
+        let unhealthy = self.unhealthy();
+        if let Err(e) = self.programmer.apply(maps, &s, &unhealthy) {
+            self.record(now, service, format!("applying health changes: {e}"), false);
+            return Err(e);
         }
         Ok(())
     }
