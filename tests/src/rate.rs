@@ -48,6 +48,29 @@ pub struct Load {
     pub packets: u32,
     /// Frames per second to offer; 0: as fast as the generator goes.
     pub pps: u64,
+    /// Where to send (default: the lab's VIP, port 80).
+    pub to: Option<std::net::SocketAddr>,
+    /// First source address; flows vary its low 16 bits (default 198.19.0.0
+    /// or 2001:2:19::).
+    pub from: Option<IpAddr>,
+    /// Run this long instead of stopping after `packets` (0: by count).
+    pub secs: u64,
+}
+
+impl Load {
+    pub fn new(flows: u32, size: usize, v6: bool, udp: bool, packets: u32, pps: u64) -> Load {
+        Load {
+            flows,
+            size,
+            v6,
+            udp,
+            packets,
+            pps,
+            to: None,
+            from: None,
+            secs: 0,
+        }
+    }
 }
 
 pub struct RateLab {
@@ -181,6 +204,13 @@ fn template(load: &Load, s0_mac: [u8; 6]) -> (Vec<u8>, GenConfig) {
     } else {
         ("198.19.0.0".parse().unwrap(), VIP4.parse().unwrap())
     };
+    let dst = load.to.map(|a| a.ip()).unwrap_or(dst);
+    let dport = load.to.map(|a| a.port()).unwrap_or(80);
+    // The generator writes the low 16 bits of the source address.
+    let src = match load.from.unwrap_or(src) {
+        IpAddr::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a) & !0xffff)),
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !0xffff)),
+    };
     let l3 = if load.v6 { 40 } else { 20 };
     let l4len = if load.udp { 8 } else { 20 };
     let payload = load.size.saturating_sub(14 + l3 + l4len);
@@ -196,7 +226,7 @@ fn template(load: &Load, s0_mac: [u8; 6]) -> (Vec<u8>, GenConfig) {
         src,
         0,
         dst,
-        80,
+        dport,
         l4,
         &vec![0x5a; payload],
     );
@@ -312,35 +342,55 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
 /// generator, addressed to `dst_mac` (the switch's interface) and the VIP;
 /// returns how long it took.
 pub fn generate(ns: &Netns, ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
-    let (frame_t, cfg) = template(load, dst_mac);
     let load = load.clone();
-    let ifindex = ns.ifindex(ifname)?;
-    ns.run(move || -> Result<Duration> {
-        let mut dp = Dataplane::load(None, Capacity::small())?;
-        dp.set_gen_config(&cfg)?;
-        dp.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
-        let fd = dp.load_reference("packet_gen")?;
-        // Offer in slices so a rate limit can be kept.
-        let slice = if load.pps == 0 {
-            load.packets
+    let ifname = ifname.to_string();
+    ns.run(move || generate_here(&ifname, dst_mac, &load))?
+}
+
+/// The same in the caller's own network namespace: the generator as an
+/// operator's tool. Returns how long it ran; `load.packets` is updated to
+/// what was sent when running by time.
+pub fn generate_here(ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
+    let (frame_t, cfg) = template(load, dst_mac);
+    let ifindex = switch_user::dataplane::ifindex(ifname)?;
+    let mut dp = Dataplane::load(None, Capacity::small())?;
+    dp.set_gen_config(&cfg)?;
+    dp.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
+    let fd = dp.load_reference("packet_gen")?;
+    // Offer in slices so a rate limit or a duration can be kept.
+    let slice = match (load.pps, load.secs) {
+        (0, 0) => load.packets,
+        (0, _) => 100_000,
+        (pps, _) => (pps / 100).clamp(1000, 1_000_000) as u32,
+    };
+    let t = std::time::Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let left = if load.secs > 0 {
+            u64::MAX
         } else {
-            (load.pps / 100).clamp(1000, load.packets as u64) as u32
+            load.packets as u64 - sent
         };
-        let t = std::time::Instant::now();
-        let mut sent = 0u32;
-        while sent < load.packets {
-            let n = slice.min(load.packets - sent);
-            live_frames(&fd, ifindex, &frame_t, n, 64)?;
-            sent += n;
-            if load.pps > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / load.pps as f64);
-                if let Some(wait) = due.checked_sub(t.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+        if left == 0 || (load.secs > 0 && t.elapsed().as_secs_f64() >= load.secs as f64) {
+            break;
+        }
+        let n = (slice as u64).min(left) as u32;
+        live_frames(&fd, ifindex, &frame_t, n, 64)?;
+        sent += n as u64;
+        if load.pps > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / load.pps as f64);
+            if let Some(wait) = due.checked_sub(t.elapsed()) {
+                std::thread::sleep(wait);
             }
         }
-        Ok(t.elapsed())
-    })?
+    }
+    let took = t.elapsed();
+    eprintln!(
+        "sent {sent} frames in {:.2} s ({:.3} Mpps)",
+        took.as_secs_f64(),
+        sent as f64 / took.as_secs_f64() / 1e6
+    );
+    Ok(took)
 }
 
 /// One measurement: offer `load` through `forwarder`, count what arrives.

@@ -54,14 +54,7 @@ fn a_syn_flood_during_flips_breaks_no_established_connection() {
             .trim(),
     )
     .unwrap();
-    let load = Load {
-        flows: 1_000_000,
-        size: 64,
-        v6: false,
-        udp: false,
-        packets: 3_000_000,
-        pps: 0,
-    };
+    let load = Load::new(1_000_000, 64, false, false, 3_000_000, 0);
     let flood = std::thread::spawn(move || {
         let took = generate(&generator, "g0", sw2_mac, &load).unwrap();
         (load.packets as f64 / took.as_secs_f64(), generator)
