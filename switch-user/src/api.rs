@@ -167,6 +167,11 @@ pub struct BackendStatus {
     pub new_flows: u64,
     pub rsts: u64,
     pub active_flows: u64,
+    /// Packets and new flows per second over the last second.
+    #[serde(default)]
+    pub packets_per_s: f64,
+    #[serde(default)]
+    pub new_flows_per_s: f64,
     #[serde(default)]
     pub healthy: bool,
     #[serde(default)]

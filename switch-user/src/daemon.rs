@@ -33,6 +33,45 @@ struct Shared {
     state_file: PathBuf,
     /// When each canary's Prometheus gate was last asked (ms).
     prom_asked: HashMap<String, u64>,
+    /// Per backend index: (packets/s, new flows/s) over the last second.
+    rates: HashMap<u32, (f64, f64)>,
+    /// The sample the rates were computed from.
+    last_sample: Option<(std::time::Instant, Counters)>,
+}
+
+/// Per backend index: (packets, new flows) as the counters stood.
+type Counters = HashMap<u32, (u64, u64)>;
+
+/// Samples every backend's counters once a second and keeps the rates.
+fn sample_rates(shared: &Mutex<Shared>) {
+    let Ok(mut g) = shared.lock() else { return };
+    let s = &mut *g;
+    let now = std::time::Instant::now();
+    let mut sample = HashMap::new();
+    for placed in s.ctl.programmer.services.values() {
+        for &index in placed.backends.values() {
+            if let Ok(st) = s.dp.backend_stats(index) {
+                sample.insert(index, (st.packets, st.new_flows));
+            }
+        }
+    }
+    if let Some((then, prev)) = &s.last_sample {
+        let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+        s.rates = sample
+            .iter()
+            .map(|(i, (p, n))| {
+                let (pp, pn) = prev.get(i).copied().unwrap_or((*p, *n));
+                (
+                    *i,
+                    (
+                        p.saturating_sub(pp) as f64 / secs,
+                        n.saturating_sub(pn) as f64 / secs,
+                    ),
+                )
+            })
+            .collect();
+    }
+    s.last_sample = Some((now, sample));
 }
 
 pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
@@ -98,6 +137,8 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         ctl,
         state_file,
         prom_asked: HashMap::new(),
+        rates: HashMap::new(),
+        last_sample: None,
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
 
@@ -364,6 +405,15 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
         tokio::spawn(metrics::serve(listener, move || metrics_page(&s)));
     }
     tokio::spawn(health_loop(shared.clone()));
+    let sampler = shared.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let s = sampler.clone();
+            let _ = tokio::task::spawn_blocking(move || sample_rates(&s)).await;
+        }
+    });
     let ticker = shared.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(TICK);
@@ -537,6 +587,8 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
                     new_flows: bs.new_flows,
                     rsts: bs.rsts,
                     active_flows: flows.get(&index).copied().unwrap_or(0),
+                    packets_per_s: s.rates.get(&index).map(|r| r.0).unwrap_or(0.0),
+                    new_flows_per_s: s.rates.get(&index).map(|r| r.1).unwrap_or(0.0),
                 });
             }
             pools.push(PoolStatus {

@@ -569,14 +569,16 @@ fn print_status(st: &[ServiceStatus]) {
             );
             for b in &p.backends {
                 println!(
-                    "    {:<40} {:<9} {:<9} w{:<4} flows {:<6} new {:<8} pkts {:<10} rst {}",
+                    "    {:<40} {:<9} {:<9} w{:<4} flows {:<6} new {:<8} ({:>7.1}/s) pkts {:<10} ({:>9.1}/s) rst {}",
                     b.addr,
                     b.state,
                     if b.healthy { "healthy" } else { "UNHEALTHY" },
                     b.weight,
                     b.active_flows,
                     b.new_flows,
+                    b.new_flows_per_s,
                     b.packets,
+                    b.packets_per_s,
                     b.rsts
                 );
             }

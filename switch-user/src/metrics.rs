@@ -110,7 +110,7 @@ pub fn render(
         }
     }
     type Field = fn(&crate::api::BackendStatus) -> u64;
-    let per_backend: [(&str, &str, &str, Field); 6] = [
+    let per_backend: [(&str, &str, &str, Field); 7] = [
         (
             "backend_packets_total",
             "counter",
@@ -146,6 +146,12 @@ pub fn render(
             "gauge",
             "1 when the backend is draining.",
             |b| (b.state == "draining") as u64,
+        ),
+        (
+            "backend_new_flows_per_second",
+            "gauge",
+            "New flows per second over the last second.",
+            |b| b.new_flows_per_s.round() as u64,
         ),
     ];
     for (name, kind, help, f) in per_backend {

@@ -115,6 +115,16 @@ fn fifty_flips_under_load_fail_no_connection() {
             assert_eq!(b, first, "the long-lived stream moved after flip {i}");
         }
     }
+    // Status shows live rates while the load runs.
+    let st = d.status("web").unwrap();
+    let rate: f64 = st["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["backends"].as_array().unwrap().clone())
+        .map(|b| b["new_flows_per_s"].as_f64().unwrap())
+        .sum();
+    assert!(rate > 10.0, "new flows per second under load: {rate}");
     let (ok, failed, answers) = load.finish();
     eprintln!("connections during 50 flips: {ok} ok, {failed} failed");
     eprintln!("{}", d.ok(&["status"]).unwrap());
