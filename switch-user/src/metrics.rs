@@ -38,47 +38,29 @@ pub fn render(
     for (r, n) in reasons {
         let _ = writeln!(o, "switch_packets_total{{reason=\"{}\"}} {n}", esc(r));
     }
-    family(
-        &mut o,
-        "service_packets_total",
-        "counter",
-        "Packets to the service's VIP.",
-    );
-    for s in services {
-        let _ = writeln!(
-            o,
-            "switch_service_packets_total{{service=\"{}\"}} {}",
-            esc(&s.name),
-            s.packets
-        );
-    }
-    family(
-        &mut o,
-        "service_new_flows_total",
-        "counter",
-        "New flows to the service.",
-    );
-    for s in services {
-        let _ = writeln!(
-            o,
-            "switch_service_new_flows_total{{service=\"{}\"}} {}",
-            esc(&s.name),
-            s.new_flows
-        );
-    }
-    family(
-        &mut o,
-        "service_no_backend_total",
-        "counter",
-        "Packets dropped for want of an eligible backend.",
-    );
-    for s in services {
-        let _ = writeln!(
-            o,
-            "switch_service_no_backend_total{{service=\"{}\"}} {}",
-            esc(&s.name),
-            s.no_backend
-        );
+    type ServiceField = fn(&ServiceStatus) -> u64;
+    let per_service: [(&str, &str, ServiceField); 3] = [
+        (
+            "service_packets_total",
+            "Packets to the service's VIP.",
+            |s| s.packets,
+        ),
+        (
+            "service_new_flows_total",
+            "New flows to the service.",
+            |s| s.new_flows,
+        ),
+        (
+            "service_no_backend_total",
+            "Packets dropped for want of an eligible backend.",
+            |s| s.no_backend,
+        ),
+    ];
+    for (name, help, f) in per_service {
+        family(&mut o, name, "counter", help);
+        for s in services {
+            let _ = writeln!(o, "switch_{name}{{service=\"{}\"}} {}", esc(&s.name), f(s));
+        }
     }
     family(&mut o, "pool_weight", "gauge", "Configured pool weight.");
     for s in services {
