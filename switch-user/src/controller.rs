@@ -1074,6 +1074,7 @@ pools = [
                 healthy: true,
                 healthy_since_ms: Some(200),
                 active_flows: 0,
+                flows_counted_ms: u64::MAX,
             },
         );
         let sig: BTreeMap<String, Signals> =

@@ -35,6 +35,10 @@ struct Shared {
     prom_asked: HashMap<String, u64>,
     /// Per backend index: (packets/s, new flows/s) over the last second.
     rates: HashMap<u32, (f64, f64)>,
+    /// Live flows per backend index, counted by the sampler once a second.
+    flow_counts: HashMap<u32, u64>,
+    /// When the count began (ms): a drain trusts only later counts.
+    flow_counts_ms: u64,
     /// The sample the rates were computed from.
     last_sample: Option<(std::time::Instant, Counters)>,
 }
@@ -138,6 +142,8 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         state_file,
         prom_asked: HashMap::new(),
         rates: HashMap::new(),
+        flow_counts: HashMap::new(),
+        flow_counts_ms: 0,
         last_sample: None,
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
@@ -185,7 +191,7 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
         return Ok(());
     }
     let flows = if s.ctl.wants_flow_counts() {
-        s.dp.flow_count_by_backend()?
+        s.flow_counts.clone()
     } else {
         Default::default()
     };
@@ -214,6 +220,7 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
                             None => Some(0),
                         },
                         active_flows: flows.get(&index).copied().unwrap_or(0),
+                        flows_counted_ms: s.flow_counts_ms,
                     },
                 );
             }
@@ -406,12 +413,29 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     }
     tokio::spawn(health_loop(shared.clone()));
     let sampler = shared.clone();
+    let scanner = Arc::new(
+        shared
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .dp
+            .flow_scanner()?,
+    );
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             every.tick().await;
-            let s = sampler.clone();
-            let _ = tokio::task::spawn_blocking(move || sample_rates(&s)).await;
+            let (s, sc) = (sampler.clone(), scanner.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                // Walking a big flow table takes a while: not under the lock.
+                let began = now_ms();
+                let counts = sc.count_by_backend();
+                if let (Ok(c), Ok(mut g)) = (counts, s.lock()) {
+                    g.flow_counts = c;
+                    g.flow_counts_ms = began;
+                }
+                sample_rates(&s);
+            })
+            .await;
         }
     });
     let ticker = shared.clone();
@@ -545,7 +569,7 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
     if let Some(name) = only {
         s.ctl.service(name)?;
     }
-    let flows = s.dp.flow_count_by_backend()?;
+    let flows = &s.flow_counts;
     let mut out = Vec::new();
     for (name, spec) in &s.ctl.services {
         if only.is_some_and(|o| o != name) {

@@ -331,40 +331,24 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Live flows per backend index: pinned to the backend's current
-    /// occupant, not closing, and not idle past their timeout. (Entries the
-    /// LRU has not evicted yet are not flows any more.)
-    pub fn flow_count_by_backend(&self) -> Result<std::collections::HashMap<u32, u64>> {
-        let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
-            HashMap::try_from(self.map_ref(names::FLOWS)?)?;
-        let config = self.config()?;
-        let backends: Array<&MapData, Backend> = Array::try_from(self.map_ref(names::BACKENDS)?)?;
-        let now = monotonic_ns();
-        let mut generations = std::collections::HashMap::new();
-        let mut out = std::collections::HashMap::new();
-        for (k, f) in m.iter().flatten() {
-            if f.flags & switch_common::FLOW_CLOSING != 0 {
-                continue;
-            }
-            let idle = if k.proto == switch_common::PROTO_TCP {
-                config.tcp_idle_ns
-            } else {
-                config.udp_idle_ns
+    /// A second handle on the flow table (and what counting needs), for a
+    /// thread that scans it without holding the daemon's state lock.
+    pub fn flow_scanner(&self) -> Result<FlowScanner> {
+        let dup = |name: &str| -> Result<aya::maps::Map> {
+            let data = match self.map_ref(name)? {
+                aya::maps::Map::LruHashMap(d)
+                | aya::maps::Map::HashMap(d)
+                | aya::maps::Map::Array(d) => d,
+                _ => bail!("map {name} is not a hash or array map"),
             };
-            if now.saturating_sub(f.last_seen_ns) > idle {
-                continue;
-            }
-            let generation = *generations.entry(f.backend).or_insert_with(|| {
-                backends
-                    .get(&f.backend, 0)
-                    .map(|b| b.generation)
-                    .unwrap_or(0)
-            });
-            if generation == f.generation {
-                *out.entry(f.backend).or_insert(0) += 1;
-            }
-        }
-        Ok(out)
+            let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        Ok(FlowScanner {
+            flows: dup(names::FLOWS)?,
+            backends: dup(names::BACKENDS)?,
+            config: dup(names::CONFIG)?,
+        })
     }
 
     pub fn flows(&self) -> Result<Vec<(switch_common::FlowKey, switch_common::Flow)>> {
@@ -413,6 +397,52 @@ impl Dataplane {
     /// Raw fd of the program, for `BPF_PROG_TEST_RUN` callers.
     pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
         Ok(self.program()?.fd()?.as_fd().try_clone_to_owned()?)
+    }
+}
+
+/// Counts live flows per backend by walking the flow table (a syscall per
+/// entry: run it off the request path).
+pub struct FlowScanner {
+    flows: aya::maps::Map,
+    backends: aya::maps::Map,
+    config: aya::maps::Map,
+}
+
+impl FlowScanner {
+    /// Live flows per backend index: pinned to the backend's current
+    /// occupant, not closing, and not idle past their timeout. (Entries the
+    /// LRU has not evicted yet are not flows any more.)
+    pub fn count_by_backend(&self) -> Result<std::collections::HashMap<u32, u64>> {
+        let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
+            HashMap::try_from(&self.flows)?;
+        let config = Array::<&MapData, Config>::try_from(&self.config)?.get(&0, 0)?;
+        let backends: Array<&MapData, Backend> = Array::try_from(&self.backends)?;
+        let now = monotonic_ns();
+        let mut generations = std::collections::HashMap::new();
+        let mut out = std::collections::HashMap::new();
+        for (k, f) in m.iter().flatten() {
+            if f.flags & switch_common::FLOW_CLOSING != 0 {
+                continue;
+            }
+            let idle = if k.proto == switch_common::PROTO_TCP {
+                config.tcp_idle_ns
+            } else {
+                config.udp_idle_ns
+            };
+            if now.saturating_sub(f.last_seen_ns) > idle {
+                continue;
+            }
+            let generation = *generations.entry(f.backend).or_insert_with(|| {
+                backends
+                    .get(&f.backend, 0)
+                    .map(|b| b.generation)
+                    .unwrap_or(0)
+            });
+            if generation == f.generation {
+                *out.entry(f.backend).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
     }
 }
 

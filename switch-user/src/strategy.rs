@@ -25,6 +25,9 @@ pub struct BackendSignals {
     /// Since when it has been healthy without a break (ms).
     pub healthy_since_ms: Option<u64>,
     pub active_flows: u64,
+    /// When `active_flows` was counted (ms). A drain only trusts a count
+    /// taken after it began.
+    pub flows_counted_ms: u64,
 }
 
 pub type Signals = BTreeMap<String, PoolSignals>;
@@ -464,10 +467,15 @@ impl BlueGreen {
     }
 
     /// Flows still pinned to the old pool.
-    fn old_flows(&self, s: &Signals) -> u64 {
-        s.get(&self.from)
-            .map(|p| p.backends.values().map(|b| b.active_flows).sum())
-            .unwrap_or(0)
+    /// Flows still on the old pool, or None if not counted since `after`.
+    fn old_flows(&self, s: &Signals, after: u64) -> Option<u64> {
+        let Some(p) = s.get(&self.from) else {
+            return Some(0);
+        };
+        if p.backends.values().any(|b| b.flows_counted_ms <= after) {
+            return None;
+        }
+        Some(p.backends.values().map(|b| b.active_flows).sum())
     }
 
     pub fn tick(&mut self, now: u64, s: &Signals) -> Vec<Change> {
@@ -476,11 +484,11 @@ impl BlueGreen {
         }
         if let Some(flipped) = self.flipped_ms {
             // Draining the old pool: nothing to change, only to watch.
-            let left = self.old_flows(s);
-            if left == 0 {
+            let left = self.old_flows(s, flipped);
+            if left == Some(0) {
                 self.phase = Phase::Succeeded;
             } else if now.saturating_sub(flipped) >= self.drain_ms.unwrap_or(0) {
-                self.drain_left = Some(left);
+                self.drain_left = left;
                 self.phase = Phase::Succeeded;
             }
             return vec![];
@@ -574,8 +582,11 @@ impl Rolling {
                     }
                 }
                 Stage::Draining(since) => {
-                    let flows = pool.backends.get(&old).map(|b| b.active_flows).unwrap_or(0);
-                    if flows == 0 || now.saturating_sub(since) >= self.drain_timeout_ms {
+                    let drained = pool
+                        .backends
+                        .get(&old)
+                        .is_none_or(|b| b.active_flows == 0 && b.flows_counted_ms > since);
+                    if drained || now.saturating_sub(since) >= self.drain_timeout_ms {
                         changes.push(Change::RemoveBackend {
                             pool: self.pool.clone(),
                             addr: old,
@@ -721,6 +732,7 @@ mod tests {
                     healthy: (i as usize) >= to_unhealthy,
                     healthy_since_ms: Some(0),
                     active_flows: 0,
+                    flows_counted_ms: u64::MAX,
                 },
             );
         }
@@ -839,6 +851,7 @@ mod tests {
                     healthy: true,
                     healthy_since_ms: Some(0),
                     active_flows: n,
+                    flows_counted_ms: u64::MAX,
                 },
             );
             [("blue".to_string(), p)].into()
@@ -980,6 +993,7 @@ mod tests {
                 healthy: true,
                 healthy_since_ms: Some(0),
                 active_flows: flows_old,
+                flows_counted_ms: u64::MAX,
             },
         );
         p.backends.insert(
@@ -988,6 +1002,7 @@ mod tests {
                 healthy: new_healthy_since.is_some(),
                 healthy_since_ms: new_healthy_since,
                 active_flows: 0,
+                flows_counted_ms: u64::MAX,
             },
         );
         [("blue".to_string(), p)].into()
@@ -1030,6 +1045,33 @@ mod tests {
         );
         assert!(r.tick(800, &rolling_sig(0, Some(300))).is_empty());
         assert_eq!(r.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_drain_does_not_trust_a_flow_count_taken_before_it_began() {
+        let (old, new): (SocketAddr, SocketAddr) = (
+            "198.18.1.11:80".parse().unwrap(),
+            "198.18.1.21:80".parse().unwrap(),
+        );
+        let mut r = Rolling::start("blue", vec![(old, new)], 1, 10_000, 500, 5_000);
+        r.tick(100, &rolling_sig(3, None));
+        let mut stale = rolling_sig(0, None);
+        stale
+            .get_mut("blue")
+            .unwrap()
+            .backends
+            .get_mut(&old)
+            .unwrap()
+            .flows_counted_ms = 50;
+        assert!(
+            r.tick(200, &stale).is_empty(),
+            "a count from before the drain says nothing"
+        );
+        assert_eq!(
+            r.tick(300, &rolling_sig(0, None)).len(),
+            2,
+            "a fresh zero ends the drain"
+        );
     }
 
     #[test]
