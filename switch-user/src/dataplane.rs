@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::programmer::Maps;
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -236,99 +237,15 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn config(&self) -> Result<Config> {
-        let a: Array<&MapData, Config> = Array::try_from(self.map_ref(names::CONFIG)?)?;
-        Ok(a.get(&0, 0)?)
-    }
-
-    pub fn set_config(&mut self, c: &Config) -> Result<()> {
-        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map(names::CONFIG)?)?;
-        a.set(0, c, 0)?;
-        Ok(())
-    }
-
-    pub fn write_table(&mut self, slot: u32, table: &Table) -> Result<()> {
-        let mut a: Array<&mut MapData, Table> = Array::try_from(self.map(names::TABLES)?)?;
-        a.set(slot, table, 0)
-            .with_context(|| format!("writing selection table {slot}"))?;
-        Ok(())
-    }
-
     pub fn read_table(&self, slot: u32) -> Result<Box<Table>> {
         let a: Array<&MapData, Table> = Array::try_from(self.map_ref(names::TABLES)?)?;
         Ok(Box::new(a.get(&slot, 0)?))
-    }
-
-    pub fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
-        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
-            HashMap::try_from(self.map(names::SERVICES)?)?;
-        m.insert(key, s, 0).context("writing service")?;
-        Ok(())
-    }
-
-    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
-            HashMap::try_from(self.map(names::SERVICES)?)?;
-        m.remove(key).context("removing service")?;
-        Ok(())
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
         let m: HashMap<&MapData, ServiceKey, Service> =
             HashMap::try_from(self.map_ref(names::SERVICES)?)?;
         Ok(m.iter().collect::<Result<_, _>>()?)
-    }
-
-    pub fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
-        let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
-        a.set(index, b, 0)
-            .with_context(|| format!("writing backend {index}"))?;
-        Ok(())
-    }
-
-    pub fn backend(&self, index: u32) -> Result<Backend> {
-        let a: Array<&MapData, Backend> = Array::try_from(self.map_ref(names::BACKENDS)?)?;
-        Ok(a.get(&index, 0)?)
-    }
-
-    pub fn set_real(&mut self, key: &RealKey, r: &Real) -> Result<()> {
-        let mut m: HashMap<&mut MapData, RealKey, Real> =
-            HashMap::try_from(self.map(names::REALS)?)?;
-        m.insert(key, r, 0).context("writing reply mapping")?;
-        Ok(())
-    }
-
-    pub fn remove_real(&mut self, key: &RealKey) -> Result<()> {
-        let mut m: HashMap<&mut MapData, RealKey, Real> =
-            HashMap::try_from(self.map(names::REALS)?)?;
-        match m.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub fn set_cohort(
-        &mut self,
-        service: u32,
-        addr: [u8; 16],
-        prefix: u32,
-        present: bool,
-    ) -> Result<()> {
-        let mut t: LpmTrie<&mut MapData, CohortKey, u32> =
-            LpmTrie::try_from(self.map(names::COHORTS)?)?;
-        let key = Key::new(
-            32 + prefix,
-            CohortKey {
-                service: service.to_be_bytes(),
-                addr,
-            },
-        );
-        if present {
-            t.insert(&key, 1, 0).context("writing cohort")?;
-        } else {
-            let _ = t.remove(&key);
-        }
-        Ok(())
     }
 
     /// A second handle on the flow table (and what counting needs), for a
@@ -349,12 +266,6 @@ impl Dataplane {
             backends: dup(names::BACKENDS)?,
             config: dup(names::CONFIG)?,
         })
-    }
-
-    pub fn flows(&self) -> Result<Vec<(switch_common::FlowKey, switch_common::Flow)>> {
-        let m: HashMap<&MapData, switch_common::FlowKey, switch_common::Flow> =
-            HashMap::try_from(self.map_ref(names::FLOWS)?)?;
-        Ok(m.iter().flatten().collect())
     }
 
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
@@ -397,6 +308,76 @@ impl Dataplane {
     /// Raw fd of the program, for `BPF_PROG_TEST_RUN` callers.
     pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
         Ok(self.program()?.fd()?.as_fd().try_clone_to_owned()?)
+    }
+}
+
+/// The programmer's map writes (see `programmer::Maps`).
+impl Maps for Dataplane {
+    fn set_config(&mut self, c: &Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map(names::CONFIG)?)?;
+        a.set(0, c, 0)?;
+        Ok(())
+    }
+    fn write_table(&mut self, slot: u32, table: &Table) -> Result<()> {
+        let mut a: Array<&mut MapData, Table> = Array::try_from(self.map(names::TABLES)?)?;
+        a.set(slot, table, 0)
+            .with_context(|| format!("writing selection table {slot}"))?;
+        Ok(())
+    }
+    fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(names::SERVICES)?)?;
+        m.insert(key, s, 0).context("writing service")?;
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(names::SERVICES)?)?;
+        m.remove(key).context("removing service")?;
+        Ok(())
+    }
+    fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        a.set(index, b, 0)
+            .with_context(|| format!("writing backend {index}"))?;
+        Ok(())
+    }
+    fn set_real(&mut self, key: &RealKey, r: &Real) -> Result<()> {
+        let mut m: HashMap<&mut MapData, RealKey, Real> =
+            HashMap::try_from(self.map(names::REALS)?)?;
+        m.insert(key, r, 0).context("writing reply mapping")?;
+        Ok(())
+    }
+    fn remove_real(&mut self, key: &RealKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, RealKey, Real> =
+            HashMap::try_from(self.map(names::REALS)?)?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn set_cohort(
+        &mut self,
+        service: u32,
+        addr: [u8; 16],
+        prefix: u32,
+        present: bool,
+    ) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, CohortKey, u32> =
+            LpmTrie::try_from(self.map(names::COHORTS)?)?;
+        let key = Key::new(
+            32 + prefix,
+            CohortKey {
+                service: service.to_be_bytes(),
+                addr,
+            },
+        );
+        if present {
+            t.insert(&key, 1, 0).context("writing cohort")?;
+        } else {
+            let _ = t.remove(&key);
+        }
+        Ok(())
     }
 }
 

@@ -40,39 +40,6 @@ pub trait Maps {
     ) -> Result<()>;
 }
 
-impl Maps for crate::dataplane::Dataplane {
-    fn set_config(&mut self, c: &Config) -> Result<()> {
-        crate::dataplane::Dataplane::set_config(self, c)
-    }
-    fn write_table(&mut self, slot: u32, t: &Table) -> Result<()> {
-        crate::dataplane::Dataplane::write_table(self, slot, t)
-    }
-    fn set_service(&mut self, k: &ServiceKey, s: &Service) -> Result<()> {
-        crate::dataplane::Dataplane::set_service(self, k, s)
-    }
-    fn remove_service(&mut self, k: &ServiceKey) -> Result<()> {
-        crate::dataplane::Dataplane::remove_service(self, k)
-    }
-    fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()> {
-        crate::dataplane::Dataplane::set_backend(self, index, b)
-    }
-    fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()> {
-        crate::dataplane::Dataplane::set_real(self, k, r)
-    }
-    fn remove_real(&mut self, k: &RealKey) -> Result<()> {
-        crate::dataplane::Dataplane::remove_real(self, k)
-    }
-    fn set_cohort(
-        &mut self,
-        service: u32,
-        addr: [u8; 16],
-        prefix: u32,
-        present: bool,
-    ) -> Result<()> {
-        crate::dataplane::Dataplane::set_cohort(self, service, addr, prefix, present)
-    }
-}
-
 /// A retired table slot is not rewritten for this long: far longer than any
 /// XDP run that may still be reading it.
 const TABLE_QUIESCE: Duration = Duration::from_millis(20);
