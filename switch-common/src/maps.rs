@@ -336,9 +336,11 @@ pub enum Reason {
     FragNeeded,
     /// fullnat: no free source port towards that backend: dropped.
     NoSnatPort,
+    ReplyNotOurs,
+    NoNeigh,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 20;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -360,6 +362,8 @@ impl Reason {
         Reason::Malformed,
         Reason::FragNeeded,
         Reason::NoSnatPort,
+        Reason::ReplyNotOurs,
+        Reason::NoNeigh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -382,6 +386,8 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::FragNeeded => "frag_needed",
             Reason::NoSnatPort => "no_snat_port",
+            Reason::ReplyNotOurs => "reply_not_ours",
+            Reason::NoNeigh => "no_neigh",
         }
     }
 }

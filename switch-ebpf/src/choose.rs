@@ -6,7 +6,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
-    PROTO_TCP, Reason, SERVICE_CLIENT_AFFINITY, Service,
+    PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
     hash::{client_hash, connection_hash, slot_of},
 };
 
@@ -152,6 +152,26 @@ fn pinned(
         port: b.port,
         snat_port: flow.snat_port,
     })
+}
+
+/// A nat reply (backend -> client) belongs to a flow this host pinned
+/// through the VIP to exactly that backend.
+#[inline(always)]
+pub fn is_our_reply(pkt: &Packet, real: &Real) -> bool {
+    let key = FlowKey {
+        src: pkt.dst,
+        dst: real.vip,
+        sport: pkt.dport,
+        dport: real.vip_port,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: hash map values stay valid for the program's run (RCU).
+    match unsafe { FLOWS.get(&key) } {
+        Some(flow) => flow.backend == real.backend,
+        None => false,
+    }
 }
 
 #[inline(always)]

@@ -106,6 +106,12 @@ mod program {
                 family: pkt.family,
             };
             if let Some(real) = unsafe { maps::REALS.get(&real_key) } {
+                // Only a connection that came through the VIP gets its
+                // replies rewritten: a client talking to the backend's own
+                // address (routed through this host) must see them as sent.
+                if !choose::is_our_reply(pkt, real) {
+                    return pack(xdp_action::XDP_PASS, Reason::ReplyNotOurs);
+                }
                 if parse::ttl_expires(pkt) {
                     return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
                 }
@@ -159,6 +165,14 @@ mod program {
                 forward::routed(ctx, pkt, Reason::Forwarded)
             }
         };
+        // No neighbour yet. nat: the kernel resolves it and forwards the
+        // packet. dsr and fullnat: the kernel cannot (the destination is
+        // still the VIP, or the source is our own address and looks
+        // martian), so count the drop; the daemon keeps backend neighbours
+        // resolved (kernel-managed entries), the client's retransmit gets through.
+        if reason == Reason::FibNoNeigh && service.mode != Mode::Nat as u8 {
+            return pack(xdp_action::XDP_DROP, Reason::NoNeigh);
+        }
         pack(verdict, reason)
     }
 

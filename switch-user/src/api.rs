@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ServiceConfig;
+use crate::{
+    config::{ForwardMode, Protocol, ServiceConfig},
+    strategy::{PhaseKind, StrategyKind},
+};
 
 pub const VERSION: u32 = 1;
 
@@ -59,6 +62,10 @@ pub enum Command {
         drain_timeout_ms: u64,
         min_healthy_ms: u64,
         progress_deadline_ms: u64,
+        /// Removed backends keep their established flows at most this long
+        /// (absent: until the flows end or the backend goes down).
+        #[serde(default)]
+        linger_limit_ms: Option<u64>,
     },
     Pause {
         service: String,
@@ -82,6 +89,13 @@ pub enum Command {
         addr: SocketAddr,
         action: BackendAction,
         weight: Option<u32>,
+        /// remove: cut the backend's established flows at once instead of
+        /// letting them finish.
+        #[serde(default)]
+        now: bool,
+        /// remove: cut them after this long at most.
+        #[serde(default)]
+        linger_limit_ms: Option<u64>,
     },
     History {
         service: String,
@@ -136,17 +150,48 @@ impl Response {
 pub struct ServiceStatus {
     pub name: String,
     pub vip: SocketAddr,
-    pub protocol: String,
-    pub mode: String,
+    pub protocol: Protocol,
+    pub mode: ForwardMode,
     pub packets: u64,
     pub new_flows: u64,
     pub no_backend: u64,
     pub pools: Vec<PoolStatus>,
-    /// The running (or last) strategy, in one line.
+    /// The running (or last) strategy, in one line for people.
     #[serde(default)]
     pub strategy: Option<String>,
+    /// The same as types, for scripts: which strategy and its phase.
+    #[serde(default)]
+    pub strategy_kind: Option<StrategyKind>,
+    #[serde(default)]
+    pub phase: Option<PhaseKind>,
     #[serde(default)]
     pub progress: Option<f64>,
+    /// Removed backends still carrying established flows.
+    #[serde(default)]
+    pub lingering: Vec<BackendStatus>,
+}
+
+/// A backend's state as the data plane treats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Gets new flows (when healthy).
+    Active,
+    /// No new flows; established flows continue.
+    Draining,
+    /// Removed from its pool but still healthy: established flows continue
+    /// until they end (or the operator's limit).
+    Lingering,
+}
+
+impl BackendState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Lingering => "lingering",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -162,7 +207,10 @@ pub struct PoolStatus {
 pub struct BackendStatus {
     pub addr: SocketAddr,
     pub weight: u32,
-    pub state: String,
+    pub state: BackendState,
+    /// The pool (for lingering backends: the pool it was removed from).
+    #[serde(default)]
+    pub pool: String,
     pub packets: u64,
     pub new_flows: u64,
     pub rsts: u64,

@@ -35,11 +35,11 @@ pub struct DaemonConfig {
     /// deployment the same one; if absent, a random seed is made on first
     /// start and persisted in the state directory.
     pub seed: Option<String>,
-    #[serde(with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub tcp_close_grace: Duration,
-    #[serde(with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub tcp_idle: Duration,
-    #[serde(with = "duration")]
+    #[serde(with = "humantime_serde")]
     pub udp_idle: Duration,
     /// Map capacities, fixed when the maps are first created.
     pub max_services: u32,
@@ -190,9 +190,9 @@ pub struct HealthConfig {
     pub kind: HealthKind,
     #[serde(default = "default_path")]
     pub path: String,
-    #[serde(default = "default_interval", with = "duration")]
+    #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(default = "default_rise")]
     pub rise: u32,
@@ -398,22 +398,6 @@ impl ServiceConfig {
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
-    }
-}
-
-/// Durations as humane strings: "500ms", "30s", "2m".
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 

@@ -1,11 +1,16 @@
 //! The daemon's brain, free of I/O: desired state, health, strategies, and
-//! the commands that change them. A command is validated whole, applied
-//! through the programmer, and recorded in the history; a refused command
-//! changes nothing. Time comes in as a parameter, so all of it is tested
-//! with a fake clock and fake maps.
+//! the commands that change them. Time comes in as a parameter, so all of
+//! it is tested with a fake clock and fake maps.
+//!
+//! Every command has the same shape: **validate** (refuse with a one-line
+//! reason), **plan** (compute the new desired state, strategy, undo and
+//! health as a [`Plan`], touching nothing), **write** (the programmer writes
+//! the maps, on a copy of its allocation state), and only when the write
+//! succeeded **commit** (state and history). A refused or failed command
+//! leaves the controller as it was.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
 };
 
@@ -14,13 +19,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{BackendAction, Command, Event},
-    config::{AdminState, BackendConfig, CohortConfig, ConfigFile, ServiceConfig},
+    config::{AdminState, BackendConfig, CohortConfig, ConfigFile, HealthConfig, ServiceConfig},
     health::Health,
     programmer::{Maps, Programmer},
-    strategy::{BlueGreen, Canary, Change, Phase, Rolling, Signals, Strategy},
+    strategy::{BlueGreen, Canary, Change, Gates, Phase, Rolling, Signals, Strategy},
 };
 
 const HISTORY_LIMIT: usize = 10_000;
+
+type Weights = BTreeMap<String, u32>;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Controller {
@@ -35,7 +42,54 @@ pub struct Controller {
     pub health: BTreeMap<SocketAddr, Health>,
     /// Pool weights before the last flip or canary, for `rollback`.
     #[serde(default)]
-    pub undo: BTreeMap<String, BTreeMap<String, u32>>,
+    pub undo: BTreeMap<String, Weights>,
+    /// Removed backends that still carry established flows, per service.
+    #[serde(default)]
+    pub lingering: BTreeMap<String, BTreeMap<SocketAddr, Lingering>>,
+}
+
+/// A backend removed from its pool while healthy: it gets no new flows, but
+/// its established flows stay pinned to it until they end, it goes down,
+/// or the operator's hard limit (if any) passes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lingering {
+    pub pool: String,
+    pub since_ms: u64,
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+}
+
+/// Everything one command changes, computed before anything is written.
+struct Plan {
+    service: String,
+    /// The service's new desired state; None: the maps are not touched.
+    spec: Option<ServiceConfig>,
+    /// The service's strategy afterwards (None: unchanged).
+    strategy: Option<Strategy>,
+    /// Some(Some(w)): remember `w` for rollback; Some(None): forget it.
+    undo: Option<Option<Weights>>,
+    /// Health entries to set (Some) or drop (None).
+    health: Vec<(SocketAddr, Option<Health>)>,
+    /// Backends leaving the pool: linger until this time (None: no limit),
+    /// or cut at once (`cut`).
+    removed: BTreeMap<SocketAddr, (String, Option<u64>)>,
+    cut: BTreeSet<SocketAddr>,
+    what: String,
+}
+
+impl Plan {
+    fn new(service: &str, what: impl Into<String>) -> Plan {
+        Plan {
+            service: service.into(),
+            spec: None,
+            strategy: None,
+            undo: None,
+            health: vec![],
+            removed: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            what: what.into(),
+        }
+    }
 }
 
 impl Controller {
@@ -47,6 +101,7 @@ impl Controller {
             strategies: BTreeMap::new(),
             health: BTreeMap::new(),
             undo: BTreeMap::new(),
+            lingering: BTreeMap::new(),
         }
     }
 
@@ -70,11 +125,7 @@ impl Controller {
 
     /// Backends that must get no new flows and lose their pins.
     pub fn unhealthy(&self) -> BTreeSet<SocketAddr> {
-        self.health
-            .iter()
-            .filter(|(_, h)| !h.healthy)
-            .map(|(a, _)| *a)
-            .collect()
+        unhealthy_of(&self.health)
     }
 
     fn running(&self, service: &str) -> Option<&Strategy> {
@@ -92,7 +143,7 @@ impl Controller {
         Ok(())
     }
 
-    fn weights_of(s: &ServiceConfig) -> BTreeMap<String, u32> {
+    fn weights_of(s: &ServiceConfig) -> Weights {
         s.pools.iter().map(|p| (p.name.clone(), p.weight)).collect()
     }
 
@@ -117,327 +168,413 @@ impl Controller {
         match cmd {
             Command::Status { .. } | Command::History { .. } => Ok(()),
             Command::Apply { services } => self.apply_all(maps, services, now),
-            Command::Weights { service, weights } => {
-                let mut s = self.service(service)?.clone();
-                for pool in weights.keys() {
-                    if s.pool(pool).is_none() {
-                        bail!("weights: service {service:?} has no pool {pool:?}");
-                    }
-                }
-                for p in &mut s.pools {
-                    if let Some(w) = weights.get(&p.name) {
-                        p.weight = *w;
-                    }
-                }
-                if s.pools.iter().all(|p| p.weight == 0) {
-                    bail!(
-                        "weights: all pools would have weight 0; every new connection would be dropped"
-                    );
-                }
-                let what = format!(
-                    "weights {}",
-                    s.pools
-                        .iter()
-                        .map(|p| format!("{}={}", p.name, p.weight))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                self.change(maps, s, what, now)?;
-                self.stop_strategy(service, "stopped by manual weights", now);
-                Ok(())
-            }
+            Command::Weights { service, weights } => self.weights(maps, service, weights, now),
             Command::Flip {
                 service,
                 to,
                 preview,
                 auto_promote_ms,
                 drain_ms,
-            } => {
-                self.refuse_if_running(service)?;
-                let s = self.service(service)?.clone();
-                let target = s
-                    .pool(to)
-                    .ok_or_else(|| anyhow!("to: service {service:?} has no pool {to:?}"))?;
-                let unhealthy = self.unhealthy();
-                if !target
-                    .backends
-                    .iter()
-                    .any(|b| b.state() == AdminState::Active && !unhealthy.contains(&b.addr()))
-                {
-                    bail!(
-                        "to: pool {to:?} has no active, healthy backend; flipping to it would drop every new connection"
-                    );
-                }
-                if let Some(p) = preview
-                    && p.addr().is_ipv4() != s.vip.is_ipv4()
-                {
-                    bail!("preview: {p} is not of the VIP's address family");
-                }
-                let from = Self::main_pool(&s, to).unwrap_or_default();
-                let undo = Self::weights_of(&s);
-                let (bg, changes) =
-                    BlueGreen::start(to, &from, *preview, *auto_promote_ms, *drain_ms, now);
-                let what = match preview {
-                    Some(p) => format!("preview of {to} for {p}"),
-                    None => format!("flip to {to}"),
-                };
-                self.run_changes(maps, service, &changes, what, now)?;
-                self.undo.insert(service.clone(), undo);
-                self.strategies
-                    .insert(service.clone(), Strategy::BlueGreen(bg));
-                Ok(())
-            }
+            } => self.flip(
+                maps,
+                service,
+                to,
+                *preview,
+                *auto_promote_ms,
+                *drain_ms,
+                now,
+            ),
             Command::Canary {
                 service,
                 to,
                 steps,
                 interval_ms,
                 gates,
-            } => {
-                self.refuse_if_running(service)?;
-                let s = self.service(service)?.clone();
-                if s.pool(to).is_none() {
-                    bail!("to: service {service:?} has no pool {to:?}");
-                }
-                if steps.is_empty()
-                    || steps.iter().any(|w| *w > 100)
-                    || steps.windows(2).any(|w| w[0] >= w[1])
-                {
-                    bail!(
-                        "steps: {steps:?} must be rising percentages from 0 to 100, e.g. 1,5,25,50,100"
-                    );
-                }
-                if *interval_ms == 0 {
-                    bail!("interval: must be above zero");
-                }
-                if let Some(g) = &gates.prometheus {
-                    if !g.url.starts_with("http://") {
-                        bail!("prometheus: {:?} must be an http:// address", g.url);
-                    }
-                    if g.query.trim().is_empty() || !g.max.is_finite() {
-                        bail!("prometheus: a query and a finite --max are needed");
-                    }
-                }
-                let from = Self::main_pool(&s, to)?;
-                let undo = Self::weights_of(&s);
-                let signals = Signals::new();
-                let (c, changes) = Canary::start(
-                    to,
-                    &from,
-                    steps.clone(),
-                    *interval_ms,
-                    gates.clone(),
-                    now,
-                    &signals,
-                );
-                self.run_changes(
-                    maps,
-                    service,
-                    &changes,
-                    format!("canary {from} -> {to} started: {}%", steps[0]),
-                    now,
-                )?;
-                self.undo.insert(service.clone(), undo);
-                self.strategies.insert(service.clone(), Strategy::Canary(c));
-                Ok(())
+            } => self.canary(maps, service, to, steps, *interval_ms, gates, now),
+            Command::Rolling { .. } => {
+                let plan = self.plan_rolling(cmd)?;
+                self.execute(maps, plan, now)
             }
-            Command::Rolling {
-                service,
-                pool,
-                replace,
-                max_unavailable,
-                drain_timeout_ms,
-                min_healthy_ms,
-                progress_deadline_ms,
-            } => {
-                self.refuse_if_running(service)?;
-                let s = self.service(service)?;
-                let p = s
-                    .pool(pool)
-                    .ok_or_else(|| anyhow!("pool: service {service:?} has no pool {pool:?}"))?;
-                if replace.is_empty() {
-                    bail!("replace: name at least one OLD=NEW pair");
-                }
-                let all: BTreeSet<SocketAddr> = s
-                    .pools
-                    .iter()
-                    .flat_map(|p| p.backends.iter().map(|b| b.addr()))
-                    .collect();
-                let mut seen = BTreeSet::new();
-                for (old, new) in replace {
-                    if !p.backends.iter().any(|b| b.addr() == *old) {
-                        bail!("replace: {old} is not in pool {pool:?}");
-                    }
-                    if all.contains(new) || !seen.insert(*new) {
-                        bail!("replace: {new} is already a backend of service {service:?}");
-                    }
-                    if new.is_ipv4() != s.vip.is_ipv4() {
-                        bail!("replace: {new} is not of the VIP's address family");
-                    }
-                }
-                let r = Rolling::start(
-                    pool,
-                    replace.clone(),
-                    *max_unavailable,
-                    *drain_timeout_ms,
-                    *min_healthy_ms,
-                    *progress_deadline_ms,
-                );
-                self.record(
-                    now,
-                    service,
-                    format!(
-                        "rolling replacement of {} backend(s) in {pool} started",
-                        replace.len()
-                    ),
-                    true,
-                );
-                self.strategies
-                    .insert(service.clone(), Strategy::Rolling(r));
-                Ok(())
-            }
-            Command::Pause { service } | Command::Resume { service } => {
-                self.service(service)?;
-                let pause = matches!(cmd, Command::Pause { .. });
-                let Some(Strategy::Canary(c)) = self
-                    .strategies
-                    .get_mut(service)
-                    .filter(|s| s.phase().is_active())
-                else {
-                    bail!(
-                        "service {service:?} has no running canary to {}",
-                        if pause { "pause" } else { "resume" }
-                    );
-                };
-                if pause {
-                    c.pause(now);
-                } else {
-                    c.resume(now);
-                }
-                self.record(
-                    now,
-                    service,
-                    if pause {
-                        "paused".into()
-                    } else {
-                        "resumed".into()
-                    },
-                    true,
-                );
-                Ok(())
-            }
-            Command::Promote { service } => {
-                self.service(service)?;
-                let changes = match self
-                    .strategies
-                    .get_mut(service)
-                    .filter(|s| s.phase().is_active())
-                {
-                    Some(Strategy::Canary(c)) => c.promote(),
-                    Some(Strategy::BlueGreen(b)) => b.promote(now),
-                    _ => bail!("service {service:?} has no running canary or preview to promote"),
-                };
-                self.run_changes(maps, service, &changes, "promoted".into(), now)
-            }
-            Command::Abort { service } => {
-                self.service(service)?;
-                let changes = match self
-                    .strategies
-                    .get_mut(service)
-                    .filter(|s| s.phase().is_active())
-                {
-                    Some(Strategy::Canary(c)) => c.abort(None),
-                    Some(Strategy::BlueGreen(b)) => b.abort(None),
-                    Some(Strategy::Rolling(r)) => {
-                        r.phase = Phase::Aborted;
-                        vec![]
-                    }
-                    None => bail!("service {service:?} has no running strategy to abort"),
-                };
-                self.run_changes(maps, service, &changes, "aborted".into(), now)
-            }
-            Command::Rollback { service } => {
-                self.service(service)?;
-                let Some(weights) = self.undo.get(service).cloned() else {
-                    bail!("service {service:?} has no flip or canary to roll back");
-                };
-                if let Some(s) = self.strategies.get_mut(service) {
-                    match s {
-                        Strategy::Canary(c) => c.phase = Phase::Aborted,
-                        Strategy::BlueGreen(b) => b.phase = Phase::Aborted,
-                        Strategy::Rolling(_) => bail!(
-                            "rollback: a rolling replacement cannot be undone; abort it instead"
-                        ),
-                    }
-                }
-                let mut changes = vec![Change::Weights(weights)];
-                if let Some(Strategy::BlueGreen(BlueGreen {
-                    preview: Some(cidr),
-                    ..
-                })) = self.strategies.get(service)
-                {
-                    changes.push(Change::Cohort {
-                        cidr: *cidr,
-                        pool: None,
-                    });
-                }
-                self.run_changes(maps, service, &changes, "rolled back".into(), now)?;
-                self.undo.remove(service);
-                Ok(())
-            }
+            Command::Pause { service } => self.pause(maps, service, true, now),
+            Command::Resume { service } => self.pause(maps, service, false, now),
+            Command::Promote { service } => self.promote(maps, service, now),
+            Command::Abort { service } => self.abort(maps, service, now),
+            Command::Rollback { service } => self.rollback(maps, service, now),
             Command::Backend {
                 service,
                 pool,
                 addr,
                 action,
                 weight,
+                now: cut,
+                linger_limit_ms,
             } => {
-                let mut s = self.service(service)?.clone();
-                let p = s
-                    .pools
-                    .iter_mut()
-                    .find(|p| &p.name == pool)
-                    .ok_or_else(|| anyhow!("pool: service {service:?} has no pool {pool:?}"))?;
-                let pos = p.backends.iter().position(|b| b.addr() == *addr);
-                match (action, pos) {
-                    (BackendAction::Add, Some(_)) => {
-                        bail!("addr: {addr} is already in pool {pool:?}")
-                    }
-                    (BackendAction::Add, None) => p.backends.push(BackendConfig::Full {
-                        addr: *addr,
-                        weight: weight.unwrap_or(1),
-                        state: AdminState::Active,
-                    }),
-                    (_, None) => bail!("addr: {addr} is not in pool {pool:?}"),
-                    (BackendAction::Remove, Some(i)) => {
-                        p.backends.remove(i);
-                    }
-                    (BackendAction::Drain | BackendAction::Undrain, Some(i)) => {
-                        let b = &p.backends[i];
-                        p.backends[i] = BackendConfig::Full {
-                            addr: *addr,
-                            weight: weight.unwrap_or(b.weight()),
-                            state: if *action == BackendAction::Drain {
-                                AdminState::Draining
-                            } else {
-                                AdminState::Active
-                            },
-                        };
-                    }
-                }
-                if *action == BackendAction::Add && s.health.is_some() {
-                    self.health
-                        .entry(*addr)
-                        .or_insert_with(|| Health::new(false, now));
-                }
-                self.change(
-                    maps,
-                    s,
-                    format!("backend {action:?} {addr} in {pool}").to_lowercase(),
+                let plan = self.plan_backend(
+                    service,
+                    pool,
+                    *addr,
+                    *action,
+                    *weight,
+                    *cut,
+                    *linger_limit_ms,
                     now,
-                )
+                )?;
+                self.execute(maps, plan, now)
             }
         }
+    }
+
+    fn weights(
+        &mut self,
+        maps: &mut dyn Maps,
+        service: &str,
+        weights: &Weights,
+        now: u64,
+    ) -> Result<()> {
+        let mut s = self.service(service)?.clone();
+        for pool in weights.keys() {
+            if s.pool(pool).is_none() {
+                bail!("weights: service {service:?} has no pool {pool:?}");
+            }
+        }
+        for p in &mut s.pools {
+            if let Some(w) = weights.get(&p.name) {
+                p.weight = *w;
+            }
+        }
+        if s.pools.iter().all(|p| p.weight == 0) {
+            bail!("weights: all pools would have weight 0; every new connection would be dropped");
+        }
+        let what = format!(
+            "weights {}",
+            s.pools
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.weight))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut plan = Plan::new(service, what);
+        plan.spec = Some(s);
+        // Manual weights stop a running strategy.
+        if let Some(st) = self.running(service) {
+            let mut st = st.clone();
+            st.set_phase(Phase::Aborted);
+            plan.strategy = Some(st);
+            plan.what += "; running strategy stopped by manual weights";
+        }
+        self.execute(maps, plan, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flip(
+        &mut self,
+        maps: &mut dyn Maps,
+        service: &str,
+        to: &str,
+        preview: Option<ipnet::IpNet>,
+        auto_promote_ms: Option<u64>,
+        drain_ms: Option<u64>,
+        now: u64,
+    ) -> Result<()> {
+        self.refuse_if_running(service)?;
+        let s = self.service(service)?.clone();
+        let target = s
+            .pool(to)
+            .ok_or_else(|| anyhow!("to: service {service:?} has no pool {to:?}"))?;
+        let unhealthy = self.unhealthy();
+        if !target
+            .backends
+            .iter()
+            .any(|b| b.state() == AdminState::Active && !unhealthy.contains(&b.addr()))
+        {
+            bail!(
+                "to: pool {to:?} has no active, healthy backend; flipping to it would drop every new connection"
+            );
+        }
+        if let Some(p) = preview
+            && p.addr().is_ipv4() != s.vip.is_ipv4()
+        {
+            bail!("preview: {p} is not of the VIP's address family");
+        }
+        let from = Self::main_pool(&s, to).unwrap_or_default();
+        let (bg, changes) = BlueGreen::start(to, &from, preview, auto_promote_ms, drain_ms, now);
+        let what = match preview {
+            Some(p) => format!("preview of {to} for {p}"),
+            None => format!("flip to {to}"),
+        };
+        let mut plan = self.plan_changes(service, &changes, what, now)?;
+        plan.undo = Some(Some(Self::weights_of(&s)));
+        plan.strategy = Some(Strategy::BlueGreen(bg));
+        self.execute(maps, plan, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn canary(
+        &mut self,
+        maps: &mut dyn Maps,
+        service: &str,
+        to: &str,
+        steps: &[u32],
+        interval_ms: u64,
+        gates: &Gates,
+        now: u64,
+    ) -> Result<()> {
+        self.refuse_if_running(service)?;
+        let s = self.service(service)?.clone();
+        if s.pool(to).is_none() {
+            bail!("to: service {service:?} has no pool {to:?}");
+        }
+        if steps.is_empty() || steps.iter().any(|w| *w > 100) || steps.windows(2).any(|w| w[0] >= w[1])
+        {
+            bail!("steps: {steps:?} must be rising percentages from 0 to 100, e.g. 1,5,25,50,100");
+        }
+        if interval_ms == 0 {
+            bail!("interval: must be above zero");
+        }
+        if let Some(g) = &gates.prometheus {
+            if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
+                bail!("prometheus: {:?} must be an http:// or https:// address", g.url);
+            }
+            if g.query.trim().is_empty() || !g.max.is_finite() {
+                bail!("prometheus: a query and a finite --max are needed");
+            }
+        }
+        let from = Self::main_pool(&s, to)?;
+        let (c, changes) = Canary::start(
+            to,
+            &from,
+            steps.to_vec(),
+            interval_ms,
+            gates.clone(),
+            now,
+            &Signals::new(),
+        );
+        let what = format!("canary {from} -> {to} started: {}%", steps[0]);
+        let mut plan = self.plan_changes(service, &changes, what, now)?;
+        plan.undo = Some(Some(Self::weights_of(&s)));
+        plan.strategy = Some(Strategy::Canary(c));
+        self.execute(maps, plan, now)
+    }
+
+    fn plan_rolling(&self, cmd: &Command) -> Result<Plan> {
+        let Command::Rolling {
+            service,
+            pool,
+            replace,
+            max_unavailable,
+            drain_timeout_ms,
+            min_healthy_ms,
+            progress_deadline_ms,
+            linger_limit_ms,
+        } = cmd
+        else {
+            bail!("not a rolling command");
+        };
+        self.refuse_if_running(service)?;
+        let s = self.service(service)?;
+        let p = s
+            .pool(pool)
+            .ok_or_else(|| anyhow!("pool: service {service:?} has no pool {pool:?}"))?;
+        if replace.is_empty() {
+            bail!("replace: name at least one OLD=NEW pair");
+        }
+        let all: BTreeSet<SocketAddr> = s
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.addr()))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (old, new) in replace {
+            if !p.backends.iter().any(|b| b.addr() == *old) {
+                bail!("replace: {old} is not in pool {pool:?}");
+            }
+            if all.contains(new) || !seen.insert(*new) {
+                bail!("replace: {new} is already a backend of service {service:?}");
+            }
+            if new.is_ipv4() != s.vip.is_ipv4() {
+                bail!("replace: {new} is not of the VIP's address family");
+            }
+        }
+        let mut r = Rolling::start(
+            pool,
+            replace.clone(),
+            *max_unavailable,
+            *drain_timeout_ms,
+            *min_healthy_ms,
+            *progress_deadline_ms,
+        );
+        r.linger_limit_ms = *linger_limit_ms;
+        let mut plan = Plan::new(
+            service,
+            format!(
+                "rolling replacement of {} backend(s) in {pool} started",
+                replace.len()
+            ),
+        );
+        plan.strategy = Some(Strategy::Rolling(r));
+        Ok(plan)
+    }
+
+    fn pause(&mut self, maps: &mut dyn Maps, service: &str, pause: bool, now: u64) -> Result<()> {
+        self.service(service)?;
+        let Some(Strategy::Canary(c)) = self.running(service) else {
+            bail!(
+                "service {service:?} has no running canary to {}",
+                if pause { "pause" } else { "resume" }
+            );
+        };
+        let mut c = c.clone();
+        if pause {
+            c.pause(now);
+        } else {
+            c.resume(now);
+        }
+        let mut plan = Plan::new(service, if pause { "paused" } else { "resumed" });
+        plan.strategy = Some(Strategy::Canary(c));
+        self.execute(maps, plan, now)
+    }
+
+    fn promote(&mut self, maps: &mut dyn Maps, service: &str, now: u64) -> Result<()> {
+        self.service(service)?;
+        let mut st = match self.running(service) {
+            Some(st @ (Strategy::Canary(_) | Strategy::BlueGreen(_))) => st.clone(),
+            _ => bail!("service {service:?} has no running canary or preview to promote"),
+        };
+        let changes = match &mut st {
+            Strategy::Canary(c) => c.promote(),
+            Strategy::BlueGreen(b) => b.promote(now),
+            Strategy::Rolling(_) => vec![],
+        };
+        let mut plan = self.plan_changes(service, &changes, "promoted".into(), now)?;
+        plan.strategy = Some(st);
+        self.execute(maps, plan, now)
+    }
+
+    fn abort(&mut self, maps: &mut dyn Maps, service: &str, now: u64) -> Result<()> {
+        self.service(service)?;
+        let Some(st) = self.running(service) else {
+            bail!("service {service:?} has no running strategy to abort");
+        };
+        let mut st = st.clone();
+        let changes = match &mut st {
+            Strategy::Canary(c) => c.abort(None),
+            Strategy::BlueGreen(b) => b.abort(None),
+            Strategy::Rolling(r) => {
+                r.phase = Phase::Aborted;
+                vec![]
+            }
+        };
+        let mut plan = self.plan_changes(service, &changes, "aborted".into(), now)?;
+        plan.strategy = Some(st);
+        self.execute(maps, plan, now)
+    }
+
+    fn rollback(&mut self, maps: &mut dyn Maps, service: &str, now: u64) -> Result<()> {
+        self.service(service)?;
+        let Some(weights) = self.undo.get(service).cloned() else {
+            bail!("service {service:?} has no flip or canary to roll back");
+        };
+        let mut strategy = self.strategies.get(service).cloned();
+        if let Some(st) = &mut strategy {
+            if matches!(st, Strategy::Rolling(_)) {
+                bail!("rollback: a rolling replacement cannot be undone; abort it instead");
+            }
+            st.set_phase(Phase::Aborted);
+        }
+        let mut changes = vec![Change::Weights(weights)];
+        if let Some(Strategy::BlueGreen(BlueGreen {
+            preview: Some(cidr),
+            ..
+        })) = &strategy
+        {
+            changes.push(Change::Cohort {
+                cidr: *cidr,
+                pool: None,
+            });
+        }
+        let mut plan = self.plan_changes(service, &changes, "rolled back".into(), now)?;
+        plan.strategy = strategy;
+        plan.undo = Some(None);
+        self.execute(maps, plan, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan_backend(
+        &self,
+        service: &str,
+        pool: &str,
+        addr: SocketAddr,
+        action: BackendAction,
+        weight: Option<u32>,
+        cut: bool,
+        linger_limit_ms: Option<u64>,
+        now: u64,
+    ) -> Result<Plan> {
+        let mut s = self.service(service)?.clone();
+        let has_health = s.health.is_some();
+        let all: BTreeSet<SocketAddr> = s
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.addr()))
+            .collect();
+        let p = s
+            .pools
+            .iter_mut()
+            .find(|p| p.name == pool)
+            .ok_or_else(|| anyhow!("pool: service {service:?} has no pool {pool:?}"))?;
+        let pos = p.backends.iter().position(|b| b.addr() == addr);
+        let mut plan = Plan::new(
+            service,
+            format!("backend {action:?} {addr} in {pool}").to_lowercase(),
+        );
+        match (action, pos) {
+            (BackendAction::Add, Some(_)) => bail!("addr: {addr} is already in pool {pool:?}"),
+            (BackendAction::Add, None) if all.contains(&addr) => {
+                bail!("addr: {addr} is already a backend of service {service:?}")
+            }
+            (BackendAction::Add, None) => {
+                p.backends.push(BackendConfig::Full {
+                    addr,
+                    weight: weight.unwrap_or(1),
+                    state: AdminState::Active,
+                });
+                // With checks, not healthy until it passes `rise` of them.
+                if has_health && !self.health.contains_key(&addr) {
+                    plan.health.push((addr, Some(Health::new(false, now))));
+                }
+            }
+            (_, None) => bail!("addr: {addr} is not in pool {pool:?}"),
+            (BackendAction::Remove, Some(i)) => {
+                p.backends.remove(i);
+                plan.removed.insert(
+                    addr,
+                    (pool.to_string(), linger_limit_ms.map(|l| now + l)),
+                );
+                if cut {
+                    plan.cut.insert(addr);
+                    plan.what += " (established flows cut)";
+                }
+            }
+            (BackendAction::Drain | BackendAction::Undrain, Some(i)) => {
+                let b = &p.backends[i];
+                p.backends[i] = BackendConfig::Full {
+                    addr,
+                    weight: weight.unwrap_or(b.weight()),
+                    state: if action == BackendAction::Drain {
+                        AdminState::Draining
+                    } else {
+                        AdminState::Active
+                    },
+                };
+            }
+        }
+        if let Some(w) = weight
+            && !(1..=crate::config::MAX_WEIGHT).contains(&w)
+        {
+            bail!("weight: {w} must be from 1 to {}", crate::config::MAX_WEIGHT);
+        }
+        plan.spec = Some(s);
+        Ok(plan)
     }
 
     fn refuse_if_running(&self, service: &str) -> Result<()> {
@@ -445,37 +582,22 @@ impl Controller {
         if let Some(s) = self.running(service) {
             bail!(
                 "service {service:?} already has a running strategy ({}); pause, promote or abort it first",
-                s.describe(0).split(':').next().unwrap_or("")
+                s.kind().name()
             );
         }
         Ok(())
     }
 
-    fn stop_strategy(&mut self, service: &str, why: &str, now: u64) {
-        if let Some(s) = self
-            .strategies
-            .get_mut(service)
-            .filter(|s| s.phase().is_active())
-        {
-            match s {
-                Strategy::Canary(c) => c.phase = Phase::Aborted,
-                Strategy::BlueGreen(b) => b.phase = Phase::Aborted,
-                Strategy::Rolling(r) => r.phase = Phase::Aborted,
-            }
-            self.record(now, service, format!("strategy {why}"), true);
-        }
-    }
-
-    /// Applies `changes` to a copy of the service, then writes it in one go.
-    fn run_changes(
-        &mut self,
-        maps: &mut dyn Maps,
+    /// A plan that applies a strategy's `changes` to a copy of the service.
+    fn plan_changes(
+        &self,
         service: &str,
         changes: &[Change],
         what: String,
         now: u64,
-    ) -> Result<()> {
+    ) -> Result<Plan> {
         let mut s = self.service(service)?.clone();
+        let mut plan = Plan::new(service, what);
         for c in changes {
             match c {
                 Change::Weights(w) => {
@@ -494,8 +616,8 @@ impl Controller {
                         });
                     }
                     // Not healthy until it passes `rise` checks (with checks).
-                    self.health
-                        .insert(*addr, Health::new(s.health.is_none(), now));
+                    plan.health
+                        .push((*addr, Some(Health::new(s.health.is_none(), now))));
                 }
                 Change::DrainBackend { pool, addr } => {
                     if let Some(b) = s
@@ -512,11 +634,16 @@ impl Controller {
                         };
                     }
                 }
-                Change::RemoveBackend { pool, addr } => {
+                Change::RemoveBackend {
+                    pool,
+                    addr,
+                    linger_limit_ms,
+                } => {
                     if let Some(p) = s.pools.iter_mut().find(|p| &p.name == pool) {
                         p.backends.retain(|b| b.addr() != *addr);
                     }
-                    self.health.remove(addr);
+                    plan.removed
+                        .insert(*addr, (pool.clone(), linger_limit_ms.map(|l| now + l)));
                 }
                 Change::Cohort { cidr, pool } => {
                     s.cohorts.retain(|c| c.cidr != *cidr);
@@ -529,28 +656,80 @@ impl Controller {
                 }
             }
         }
-        self.change(maps, s, what, now)
+        plan.spec = Some(s);
+        Ok(plan)
     }
 
-    fn change(
-        &mut self,
-        maps: &mut dyn Maps,
-        s: ServiceConfig,
-        what: String,
-        now: u64,
-    ) -> Result<()> {
-        let name = s.name.clone();
-        match self.programmer.apply(maps, &s, &self.unhealthy()) {
-            Ok(()) => {
-                self.services.insert(name.clone(), s);
-                self.record(now, &name, what, true);
-                Ok(())
-            }
-            Err(e) => {
-                self.record(now, &name, format!("{what}: {e}"), false);
-                Err(e)
+    /// Writes a plan's maps, then commits it. The programmer works on a copy
+    /// of its allocation state, so a failed write leaves it (and every
+    /// other part of the controller) as it was.
+    fn execute(&mut self, maps: &mut dyn Maps, plan: Plan, now: u64) -> Result<()> {
+        let mut health = self.health.clone();
+        for (addr, h) in &plan.health {
+            match h {
+                Some(h) => {
+                    health.insert(*addr, h.clone());
+                }
+                None => {
+                    health.remove(addr);
+                }
             }
         }
+        // A removed backend that is down (or cut on purpose) leaves with its
+        // flows; a healthy one lingers.
+        let cut: BTreeSet<SocketAddr> = plan
+            .removed
+            .keys()
+            .filter(|a| plan.cut.contains(a) || health.get(a).is_some_and(|h| !h.healthy))
+            .copied()
+            .collect();
+        let mut programmer = self.programmer.clone();
+        if let Some(spec) = &plan.spec {
+            // 1. Write. Nothing is committed before this succeeds.
+            programmer.apply(maps, spec, &unhealthy_of(&health))?;
+            for addr in &cut {
+                programmer.release(maps, &plan.service, *addr)?;
+            }
+        }
+        // 2. Commit.
+        self.programmer = programmer;
+        if let Some(spec) = plan.spec {
+            self.services.insert(plan.service.clone(), spec);
+        }
+        let lingering = self.lingering.entry(plan.service.clone()).or_default();
+        for (addr, (pool, until_ms)) in &plan.removed {
+            if cut.contains(addr) {
+                health.remove(addr);
+            } else {
+                lingering.insert(
+                    *addr,
+                    Lingering {
+                        pool: pool.clone(),
+                        since_ms: now,
+                        until_ms: *until_ms,
+                    },
+                );
+            }
+        }
+        // A backend that came back stops lingering (it kept its index).
+        if let Some(spec) = self.services.get(&plan.service) {
+            lingering.retain(|a, _| !spec.pools.iter().any(|p| p.backends.iter().any(|b| b.addr() == *a)));
+        }
+        self.health = health;
+        if let Some(st) = plan.strategy {
+            self.strategies.insert(plan.service.clone(), st);
+        }
+        match plan.undo {
+            Some(Some(w)) => {
+                self.undo.insert(plan.service.clone(), w);
+            }
+            Some(None) => {
+                self.undo.remove(&plan.service);
+            }
+            None => {}
+        }
+        self.record(now, &plan.service, plan.what, true);
+        Ok(())
     }
 
     fn apply_all(
@@ -574,31 +753,112 @@ impl Controller {
         for s in services {
             trial.check(s)?;
         }
-        let gone: Vec<String> = self
+        // Write on a copy; commit only when every service went in.
+        let mut next = self.clone();
+        let gone: Vec<String> = next
             .services
             .keys()
             .filter(|n| !services.iter().any(|s| &s.name == *n))
             .cloned()
             .collect();
         for name in gone {
-            self.programmer.remove(maps, &name)?;
-            self.services.remove(&name);
-            self.strategies.remove(&name);
-            self.record(now, &name, "removed".into(), true);
+            next.programmer.remove(maps, &name)?;
+            next.services.remove(&name);
+            next.strategies.remove(&name);
+            next.lingering.remove(&name);
+            next.undo.remove(&name);
+            next.record(now, &name, "removed".into(), true);
         }
         for s in services {
-            if self.services.get(&s.name) == Some(s) {
+            if next.services.get(&s.name) == Some(s) {
                 continue;
             }
+            let mut plan = Plan::new(&s.name, "applied");
             if s.health.is_some() {
                 for b in s.pools.iter().flat_map(|p| &p.backends) {
-                    self.health
-                        .entry(b.addr())
-                        .or_insert_with(|| Health::new(true, now));
+                    if !next.health.contains_key(&b.addr()) {
+                        plan.health.push((b.addr(), Some(Health::new(true, now))));
+                    }
                 }
             }
-            self.change(maps, s.clone(), "applied".into(), now)?;
+            if let Some(old) = next.services.get(&s.name) {
+                for p in &old.pools {
+                    for b in &p.backends {
+                        if s.pools.iter().all(|q| q.backends.iter().all(|c| c.addr() != b.addr())) {
+                            plan.removed.insert(b.addr(), (p.name.clone(), None));
+                        }
+                    }
+                }
+            }
+            plan.spec = Some(s.clone());
+            next.execute(maps, plan, now)?;
         }
+        *self = next;
+        Ok(())
+    }
+
+    /// The backends to probe: every backend of a service with health checks,
+    /// lingering ones too (a lingering backend that goes down lets go of its
+    /// flows).
+    pub fn probe_targets(&self) -> Vec<(String, SocketAddr, HealthConfig)> {
+        let mut out = Vec::new();
+        for svc in self.services.values() {
+            let Some(h) = &svc.health else { continue };
+            for b in svc.pools.iter().flat_map(|p| &p.backends) {
+                out.push((svc.name.clone(), b.addr(), h.clone()));
+            }
+            for addr in self.lingering.get(&svc.name).into_iter().flat_map(|l| l.keys()) {
+                out.push((svc.name.clone(), *addr, h.clone()));
+            }
+        }
+        out
+    }
+
+    /// Lets go of lingering backends whose flows have ended (counted after
+    /// they began lingering), that went down, or whose hard limit passed.
+    /// `flows` is live flows per backend index, counted at `counted_ms`.
+    pub fn settle_lingering(
+        &mut self,
+        maps: &mut dyn Maps,
+        flows: &HashMap<u32, u64>,
+        counted_ms: u64,
+        now: u64,
+    ) -> Result<()> {
+        let mut done = Vec::new();
+        for (service, backends) in &self.lingering {
+            let Some(placed) = self.programmer.services.get(service) else {
+                continue;
+            };
+            for (addr, l) in backends {
+                let Some(index) = placed.lingering.get(addr) else {
+                    done.push((service.clone(), *addr, "released"));
+                    continue;
+                };
+                let why = if self.health.get(addr).is_some_and(|h| !h.healthy) {
+                    Some("down: its remaining flows are cut")
+                } else if l.until_ms.is_some_and(|u| now >= u) {
+                    Some("linger limit reached: its remaining flows are cut")
+                } else if counted_ms > l.since_ms && flows.get(index).copied().unwrap_or(0) == 0 {
+                    Some("no flows left")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    done.push((service.clone(), *addr, why));
+                }
+            }
+        }
+        for (service, addr, why) in done {
+            let mut programmer = self.programmer.clone();
+            programmer.release(maps, &service, addr)?;
+            self.programmer = programmer;
+            if let Some(l) = self.lingering.get_mut(&service) {
+                l.remove(&addr);
+            }
+            self.health.remove(&addr);
+            self.record(now, &service, format!("lingering backend {addr} released: {why}"), true);
+        }
+        self.lingering.retain(|_, l| !l.is_empty());
         Ok(())
     }
 
@@ -650,17 +910,18 @@ impl Controller {
     /// Rewrites a service after health changes: unhealthy backends leave its
     /// table, recovered ones come back. One rebuild for any number of
     /// changes, which matters with many backends.
-    pub fn apply_health(&mut self, maps: &mut dyn Maps, service: &str, now: u64) -> Result<()> {
+    pub fn apply_health(&mut self, maps: &mut dyn Maps, service: &str, _now: u64) -> Result<()> {
         let s = self.service(service)?.clone();
         let unhealthy = self.unhealthy();
-        if let Err(e) = self.programmer.apply(maps, &s, &unhealthy) {
-            self.record(now, service, format!("applying health changes: {e}"), false);
-            return Err(e);
-        }
+        let mut programmer = self.programmer.clone();
+        programmer.apply(maps, &s, &unhealthy)?;
+        self.programmer = programmer;
         Ok(())
     }
 
-    /// Advances every running strategy. `signals` per service.
+    /// Advances every running strategy. `signals` per service. A step whose
+    /// map write fails is not taken: the strategy stays where it was and is
+    /// tried again on the next tick.
     pub fn tick(
         &mut self,
         maps: &mut dyn Maps,
@@ -673,21 +934,28 @@ impl Controller {
             .filter(|(_, s)| s.phase().is_active())
             .map(|(n, _)| n.clone())
             .collect();
+        let mut failed = None;
         for name in names {
             let empty = Signals::new();
             let sig = signals.get(&name).unwrap_or(&empty);
-            let Some(strat) = self.strategies.get_mut(&name) else {
+            let Some(current) = self.strategies.get(&name) else {
                 continue;
             };
-            let before = strat.phase().clone();
-            let changes = strat.tick(now, sig);
-            let after = strat.phase().clone();
-            let desc = strat.describe(now);
+            let mut next = current.clone();
+            let before = next.phase().clone();
+            let changes = next.tick(now, sig);
+            let after = next.phase().clone();
+            let desc = next.describe(now);
             if !changes.is_empty() {
                 let what = format!("{desc}; {}", describe(&changes));
-                self.run_changes(maps, &name, &changes, what, now)?;
+                let mut plan = self.plan_changes(&name, &changes, what, now)?;
+                plan.strategy = Some(next);
+                if let Err(e) = self.execute(maps, plan, now) {
+                    failed = Some(e.context(format!("{name}: strategy step not taken")));
+                }
+                continue;
             }
-            if before != after && changes.is_empty() {
+            if before != after {
                 self.record(
                     now,
                     &name,
@@ -695,16 +963,31 @@ impl Controller {
                     !matches!(after, Phase::RolledBack(_) | Phase::Holding(_)),
                 );
             }
+            // Progress without a map change (step timers, baselines).
+            self.strategies.insert(name, next);
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// Which services need flow counts (a rolling update is draining).
+    /// Whether live-flow counts matter now (a drain, or lingering backends).
     pub fn wants_flow_counts(&self) -> bool {
-        self.strategies
-            .values()
-            .any(|s| matches!(s, Strategy::Rolling(r) if r.phase.is_active()))
+        !self.lingering.is_empty()
+            || self
+                .strategies
+                .values()
+                .any(|s| matches!(s, Strategy::Rolling(r) if r.phase.is_active()))
     }
+}
+
+fn unhealthy_of(health: &BTreeMap<SocketAddr, Health>) -> BTreeSet<SocketAddr> {
+    health
+        .iter()
+        .filter(|(_, h)| !h.healthy)
+        .map(|(a, _)| *a)
+        .collect()
 }
 
 /// The changes of one strategy step, for the history.
@@ -721,7 +1004,7 @@ fn describe(changes: &[Change]) -> String {
             ),
             Change::AddBackend { pool, addr } => format!("added {addr} to {pool}"),
             Change::DrainBackend { pool, addr } => format!("draining {addr} in {pool}"),
-            Change::RemoveBackend { pool, addr } => format!("removed {addr} from {pool}"),
+            Change::RemoveBackend { pool, addr, .. } => format!("removed {addr} from {pool}"),
             Change::Cohort {
                 cidr,
                 pool: Some(p),
@@ -743,6 +1026,19 @@ mod tests {
     struct FakeMaps {
         services: BTreeMap<[u8; 20], Service>,
         writes: usize,
+        /// Backend index -> state written last.
+        backends: BTreeMap<u32, u8>,
+        /// Every write fails while set.
+        broken: bool,
+    }
+
+    impl FakeMaps {
+        fn check(&self) -> Result<()> {
+            if self.broken {
+                bail!("map write failed (test)");
+            }
+            Ok(())
+        }
     }
 
     fn k(key: &ServiceKey) -> [u8; 20] {
@@ -756,31 +1052,36 @@ mod tests {
 
     impl Maps for FakeMaps {
         fn set_config(&mut self, _: &Config) -> Result<()> {
-            Ok(())
+            self.check()
         }
         fn write_table(&mut self, _: u32, _: &Table) -> Result<()> {
+            self.check()?;
             self.writes += 1;
             Ok(())
         }
         fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
+            self.check()?;
             self.services.insert(k(key), *s);
             Ok(())
         }
         fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+            self.check()?;
             self.services.remove(&k(key));
             Ok(())
         }
-        fn set_backend(&mut self, _: u32, _: &Backend) -> Result<()> {
+        fn set_backend(&mut self, i: u32, b: &Backend) -> Result<()> {
+            self.check()?;
+            self.backends.insert(i, b.state);
             Ok(())
         }
         fn set_real(&mut self, _: &RealKey, _: &Real) -> Result<()> {
-            Ok(())
+            self.check()
         }
         fn remove_real(&mut self, _: &RealKey) -> Result<()> {
-            Ok(())
+            self.check()
         }
         fn set_cohort(&mut self, _: u32, _: [u8; 16], _: u32, _: bool) -> Result<()> {
-            Ok(())
+            self.check()
         }
     }
 
@@ -910,6 +1211,7 @@ pools = [
                 drain_timeout_ms: 1,
                 min_healthy_ms: 1,
                 progress_deadline_ms: 1,
+                linger_limit_ms: None,
             },
             Command::Resume {
                 service: "nope".into(),
@@ -1043,6 +1345,7 @@ pools = [
                 drain_timeout_ms: 1000,
                 min_healthy_ms: 500,
                 progress_deadline_ms: 5000,
+                linger_limit_ms: None,
             },
             0,
         )
@@ -1081,5 +1384,182 @@ pools = [
             [("web".to_string(), [("blue".to_string(), g)].into())].into();
         c.tick(&mut m, &sig, 800).unwrap();
         assert_eq!(c.strategies["web"].phase(), &Phase::Succeeded);
+    }
+
+    fn snapshot(c: &Controller) -> String {
+        serde_json::to_string(c).unwrap()
+    }
+
+    fn backend_cmd(action: BackendAction, addr: &str, now: bool) -> Command {
+        Command::Backend {
+            service: "web".into(),
+            pool: "blue".into(),
+            addr: addr.parse().unwrap(),
+            action,
+            weight: None,
+            now,
+            linger_limit_ms: None,
+        }
+    }
+
+    /// With a data plane whose writes fail, every command fails and leaves
+    /// the whole controller (state, strategies, health, undo, history)
+    /// exactly as it was; the same command then succeeds once the maps work.
+    #[test]
+    fn a_failed_write_commits_nothing_for_every_command() {
+        let svc = |s: &str| s.to_string();
+        let flip = Command::Flip {
+            service: svc("web"),
+            to: svc("green"),
+            preview: None,
+            auto_promote_ms: None,
+            drain_ms: None,
+        };
+        let preview = Command::Flip {
+            service: svc("web"),
+            to: svc("green"),
+            preview: Some("198.18.50.0/24".parse().unwrap()),
+            auto_promote_ms: None,
+            drain_ms: None,
+        };
+        let weights = Command::Weights {
+            service: svc("web"),
+            weights: [(svc("green"), 30)].into(),
+        };
+        let apply = Command::Apply {
+            services: {
+                let mut f = ConfigFile::parse(CONFIG).unwrap().services;
+                f[0].pools[0].weight = 60;
+                f
+            },
+        };
+        // (set-up commands that must succeed first, the command under test)
+        let cases: Vec<(Vec<Command>, Command)> = vec![
+            (vec![], weights.clone()),
+            (vec![], flip.clone()),
+            (vec![], canary(vec![10, 100])),
+            (vec![], apply),
+            (vec![canary(vec![10, 100])], Command::Promote { service: svc("web") }),
+            (vec![preview.clone()], Command::Promote { service: svc("web") }),
+            (vec![canary(vec![10, 100])], Command::Abort { service: svc("web") }),
+            (vec![preview], Command::Abort { service: svc("web") }),
+            (vec![flip.clone()], Command::Rollback { service: svc("web") }),
+            (vec![canary(vec![10, 100])], Command::Rollback { service: svc("web") }),
+            (vec![], backend_cmd(BackendAction::Add, "198.18.1.13:8080", false)),
+            (vec![], backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false)),
+            (vec![], backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true)),
+            (vec![], backend_cmd(BackendAction::Drain, "198.18.1.12:8080", false)),
+            (
+                vec![backend_cmd(BackendAction::Drain, "198.18.1.12:8080", false)],
+                backend_cmd(BackendAction::Undrain, "198.18.1.12:8080", false),
+            ),
+        ];
+        for (setup_cmds, cmd) in cases {
+            let (mut c, mut m) = setup();
+            for s in &setup_cmds {
+                c.handle(&mut m, s, 1).unwrap();
+            }
+            let before = snapshot(&c);
+            let services_before = m.services.clone();
+            m.broken = true;
+            let e = c.handle(&mut m, &cmd, 2);
+            assert!(e.is_err(), "{cmd:?} should fail with broken maps");
+            assert_eq!(snapshot(&c), before, "{cmd:?} committed something");
+            assert_eq!(m.services, services_before, "{cmd:?} reached the commit point");
+            m.broken = false;
+            c.handle(&mut m, &cmd, 3)
+                .unwrap_or_else(|e| panic!("{cmd:?} after repair: {e}"));
+            assert_ne!(snapshot(&c), before, "{cmd:?} did nothing");
+        }
+    }
+
+    #[test]
+    fn a_strategy_step_whose_write_fails_is_not_taken() {
+        let (mut c, mut m) = setup();
+        c.handle(&mut m, &canary(vec![10, 50, 100]), 0).unwrap();
+        let before = snapshot(&c);
+        m.broken = true;
+        assert!(c.tick(&mut m, &BTreeMap::new(), 1000).is_err());
+        assert_eq!(snapshot(&c), before);
+        m.broken = false;
+        c.tick(&mut m, &BTreeMap::new(), 1100).unwrap();
+        assert_eq!(weights(&c), (50, 50));
+    }
+
+    #[test]
+    fn a_removed_healthy_backend_lingers_until_its_flows_end() {
+        let (mut c, mut m) = setup();
+        let gone: SocketAddr = "198.18.1.12:8080".parse().unwrap();
+        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
+            .unwrap();
+        let index = c.programmer.services["web"].lingering[&gone];
+        // Pins kept: the data plane sees it as draining, not unused.
+        assert_eq!(m.backends[&index], switch_common::BackendState::Draining as u8);
+        assert!(c.lingering["web"].contains_key(&gone));
+        // A count taken before it began lingering proves nothing.
+        c.settle_lingering(&mut m, &HashMap::new(), 5, 20).unwrap();
+        assert!(c.lingering.contains_key("web"));
+        // Live flows: it stays.
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 15, 20).unwrap();
+        assert!(c.lingering.contains_key("web"));
+        // No flows left: released, the slot is unused again.
+        c.settle_lingering(&mut m, &HashMap::new(), 30, 40).unwrap();
+        assert!(!c.lingering.contains_key("web"));
+        assert_eq!(m.backends[&index], switch_common::BackendState::Unused as u8);
+        assert!(c.history.iter().any(|e| e.what.contains("released: no flows left")));
+    }
+
+    #[test]
+    fn a_lingering_backend_is_cut_when_down_or_past_its_limit_and_kept_when_readded() {
+        let (mut c, mut m) = setup();
+        let a: SocketAddr = "198.18.1.12:8080".parse().unwrap();
+        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
+            .unwrap();
+        let index = c.programmer.services["web"].lingering[&a];
+        // Down while lingering: its flows go.
+        for t in [20, 30] {
+            c.record_health("web", a, Err("refused".into()), t);
+        }
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 35, 40).unwrap();
+        assert!(!c.lingering.contains_key("web"));
+
+        // Limit: cut after it even with flows.
+        let (mut c, mut m) = setup();
+        c.handle(
+            &mut m,
+            &Command::Backend {
+                service: "web".into(),
+                pool: "blue".into(),
+                addr: a,
+                action: BackendAction::Remove,
+                weight: None,
+                now: false,
+                linger_limit_ms: Some(100),
+            },
+            10,
+        )
+        .unwrap();
+        let index = c.programmer.services["web"].lingering[&a];
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 50, 60).unwrap();
+        assert!(c.lingering.contains_key("web"));
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 105, 110).unwrap();
+        assert!(!c.lingering.contains_key("web"));
+
+        // Added back while lingering: same index, pins intact.
+        let (mut c, mut m) = setup();
+        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
+            .unwrap();
+        let index = c.programmer.services["web"].lingering[&a];
+        c.handle(&mut m, &backend_cmd(BackendAction::Add, "198.18.1.12:8080", false), 20)
+            .unwrap();
+        assert_eq!(c.programmer.services["web"].backends[&a], index);
+        assert!(c.lingering.get("web").is_none_or(|l| l.is_empty()));
+
+        // --now: cut at once.
+        let (mut c, mut m) = setup();
+        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true), 10)
+            .unwrap();
+        assert!(c.lingering.get("web").is_none_or(|l| l.is_empty()));
+        assert!(c.programmer.services["web"].lingering.is_empty());
     }
 }

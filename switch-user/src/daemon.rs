@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     api::{self, BackendStatus, Command, PoolStatus, Request, Response, ServiceStatus},
-    config::{AdminState, ConfigFile, DaemonConfig, ForwardMode, HealthConfig},
+    config::{AdminState, ConfigFile, DaemonConfig, HealthConfig},
     controller::Controller,
     dataplane::{Capacity, Dataplane},
     health, metrics, privileges,
@@ -101,16 +101,16 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     };
     let mut dp = Dataplane::load(Some(&d.pin_dir), capacity)?;
     let restored = match std::fs::read(&state_file) {
-        Ok(bytes) => {
-            Some(serde_json::from_slice::<Controller>(&bytes).context("state file is corrupt")?)
-        }
+        Ok(bytes) => Some(
+            read_state(&bytes).with_context(|| format!("state file {}", state_file.display()))?,
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context("reading state file"),
     };
     let seed = seed(&d, restored.as_ref())?;
     let mut ctl = match restored {
         Some(mut c) => {
-            log::info!(
+            tracing::info!(
                 "adopting state from {}: {} services",
                 state_file.display(),
                 c.services.len()
@@ -134,7 +134,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     }
     for ifname in &d.interfaces {
         let mode = dp.attach(ifname)?;
-        log::info!("attached to {ifname} ({mode:?})");
+        tracing::info!("attached to {ifname} ({mode:?})");
     }
     let shared = Arc::new(Mutex::new(Shared {
         dp,
@@ -165,11 +165,70 @@ fn seed(d: &DaemonConfig, restored: Option<&Controller>) -> Result<u32> {
     Ok(rand::random())
 }
 
-fn persist(s: &Shared) -> Result<()> {
-    let tmp = s.state_file.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&s.ctl)?)?;
-    std::fs::rename(&tmp, &s.state_file)?;
+/// The schema of `state.json`. 1: the controller alone (no `schema` key);
+/// 2: with `schema`, lingering backends. A newer daemon reads older files.
+pub const STATE_SCHEMA: u32 = 2;
+
+#[derive(serde::Serialize)]
+struct StateOut<'a> {
+    schema: u32,
+    #[serde(flatten)]
+    controller: &'a Controller,
+}
+
+#[derive(serde::Deserialize)]
+struct StateIn {
+    #[serde(default = "schema_one")]
+    schema: u32,
+    #[serde(flatten)]
+    controller: Controller,
+}
+
+fn schema_one() -> u32 {
+    1
+}
+
+/// Reads a state file of this schema or an older one.
+pub fn read_state(bytes: &[u8]) -> Result<Controller> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default = "schema_one")]
+        schema: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes).context("not a switch state file (bad JSON)")?;
+    if v.schema > STATE_SCHEMA {
+        anyhow::bail!(
+            "written by a newer switch (schema {}; this daemon reads up to {STATE_SCHEMA}): upgrade the daemon or move the file away",
+            v.schema
+        );
+    }
+    let st: StateIn = serde_json::from_slice(bytes).context("state file is corrupt")?;
+    debug_assert!(st.schema <= STATE_SCHEMA);
+    Ok(st.controller)
+}
+
+/// Writes the state atomically and durably: a temporary file, fsync, rename
+/// over the old one, fsync of the directory (so the rename survives a crash).
+pub fn write_state(path: &Path, ctl: &Controller) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(&StateOut {
+        schema: STATE_SCHEMA,
+        controller: ctl,
+    })?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
+}
+
+fn persist(s: &Shared) -> Result<()> {
+    write_state(&s.state_file, &s.ctl)
 }
 
 pub fn now_ms() -> u64 {
@@ -187,6 +246,14 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
     ask_prometheus(shared)?;
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
+    if !s.ctl.lingering.is_empty() {
+        let before = s.ctl.history.len();
+        let (counts, at) = (s.flow_counts.clone(), s.flow_counts_ms);
+        s.ctl.settle_lingering(&mut s.dp, &counts, at, now_ms())?;
+        if s.ctl.history.len() != before {
+            persist(s)?;
+        }
+    }
     if !s.ctl.strategies.values().any(|st| st.phase().is_active()) {
         return Ok(());
     }
@@ -267,7 +334,12 @@ fn ask_prometheus(shared: &Mutex<Shared>) -> Result<()> {
     let answers: Vec<(String, Reading)> = due
         .into_iter()
         .map(|(name, g)| {
-            let r = prometheus::query(&g.url, &g.query, std::time::Duration::from_secs(1));
+            let r = prometheus::query(
+                &g.url,
+                &g.query,
+                g.token.as_deref(),
+                std::time::Duration::from_secs(1),
+            );
             (name, r)
         })
         .collect();
@@ -295,18 +367,7 @@ async fn health_loop(shared: Arc<Mutex<Shared>>) {
         let (s2, d2) = (shared.clone(), dirty.clone());
         let _ = tokio::task::spawn_blocking(move || apply_health(&s2, &d2)).await;
         let targets: Vec<(String, SocketAddr, HealthConfig)> = match shared.lock() {
-            Ok(s) => s
-                .ctl
-                .services
-                .values()
-                .filter_map(|svc| svc.health.clone().map(|h| (svc, h)))
-                .flat_map(|(svc, h)| {
-                    svc.pools
-                        .iter()
-                        .flat_map(|p| &p.backends)
-                        .map(move |b| (svc.name.clone(), b.addr(), h.clone()))
-                })
-                .collect(),
+            Ok(s) => s.ctl.probe_targets(),
             Err(_) => return,
         };
         let now = now_ms();
@@ -341,6 +402,36 @@ async fn health_loop(shared: Arc<Mutex<Shared>>) {
     }
 }
 
+/// How often backend neighbours are checked (and put back when missing).
+const NEIGHBOURS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps every backend's next hop resolved (see `neighbours`).
+async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
+    let nb = Arc::new(Mutex::new(crate::neighbours::Neighbours::default()));
+    let mut every = tokio::time::interval(NEIGHBOURS_EVERY);
+    loop {
+        every.tick().await;
+        let backends: BTreeSet<std::net::IpAddr> = match shared.lock() {
+            Ok(s) => s
+                .ctl
+                .programmer
+                .services
+                .values()
+                .flat_map(|p| p.backends.keys().chain(p.lingering.keys()))
+                .map(|a| a.ip())
+                .collect(),
+            Err(_) => return,
+        };
+        let nb = nb.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut n) = nb.lock() {
+                n.reconcile(backends);
+            }
+        })
+        .await;
+    }
+}
+
 /// A stable offset in `0..interval` for a backend's first probe.
 fn spread(addr: &SocketAddr, interval: u64) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -363,7 +454,7 @@ fn apply_health(shared: &Mutex<Shared>, dirty: &Mutex<BTreeSet<String>>) {
     let s = &mut *g;
     for name in names {
         if let Err(e) = s.ctl.apply_health(&mut s.dp, &name, now_ms()) {
-            log::warn!("health changes of {name}: {e:#}");
+            tracing::warn!("health changes of {name}: {e:#}");
         }
     }
     let _ = persist(s);
@@ -407,11 +498,12 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding metrics address {addr}"))?;
-        log::info!("metrics on http://{addr}/metrics");
+        tracing::info!("metrics on http://{addr}/metrics");
         let s = shared.clone();
         tokio::spawn(metrics::serve(listener, move || metrics_page(&s)));
     }
     tokio::spawn(health_loop(shared.clone()));
+    tokio::spawn(neighbour_loop(shared.clone()));
     let sampler = shared.clone();
     let scanner = Arc::new(
         shared
@@ -446,8 +538,8 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
             let s = ticker.clone();
             match tokio::task::spawn_blocking(move || tick(&s)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => log::warn!("strategy tick: {e:#}"),
-                Err(e) => log::warn!("strategy tick: {e}"),
+                Ok(Err(e)) => tracing::warn!("strategy tick: {e:#}"),
+                Err(e) => tracing::warn!("strategy tick: {e}"),
             }
         }
     });
@@ -464,17 +556,19 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     // Everything that needs privileges is done: maps and links are open,
     // sockets bound.
     match privileges::drop_all_but_kept() {
-        Ok(()) => log::info!(
+        Ok(()) => tracing::info!(
             "keeping only {}",
             privileges::KEPT
                 .iter()
-                .map(|(_, n)| *n)
+                .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Err(e) => log::warn!("could not drop capabilities: {e:#}"),
+        Err(e) => tracing::warn!("could not drop capabilities: {e:#}"),
     }
-    log::info!("API on {}", d.api.display());
+    tracing::info!("API on {}", d.api.display());
+    // systemd Type=notify: ready once the API serves.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -483,7 +577,7 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = client(stream, shared).await {
-                        log::warn!("API client: {e:#}");
+                        tracing::warn!("API client: {e:#}");
                     }
                 });
             }
@@ -492,7 +586,7 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&d.api);
-    log::info!("stopping; the data plane keeps forwarding");
+    tracing::info!("stopping; the data plane keeps forwarding");
     Ok(())
 }
 
@@ -557,10 +651,8 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
             },
-            Err(e) => {
-                let _ = persist(s);
-                Response::err(e)
-            }
+            // A refused or failed command changed nothing: nothing to persist.
+            Err(e) => Response::err(format!("{e:#}")),
         },
     }
 }
@@ -594,26 +686,39 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             })
             .collect();
         let total: u64 = weights.iter().sum();
+        let backend = |addr: SocketAddr, pool: &str, weight: u32, state, index: u32| {
+            let bs = s.dp.backend_stats(index)?;
+            let health = s.ctl.health.get(&addr);
+            Ok::<_, anyhow::Error>(BackendStatus {
+                healthy: health.is_none_or(|h| h.healthy),
+                health_error: health.and_then(|h| h.last_error.clone()),
+                addr,
+                pool: pool.to_string(),
+                weight,
+                state,
+                packets: bs.packets,
+                new_flows: bs.new_flows,
+                rsts: bs.rsts,
+                active_flows: flows.get(&index).copied().unwrap_or(0),
+                packets_per_s: s.rates.get(&index).map(|r| r.0).unwrap_or(0.0),
+                new_flows_per_s: s.rates.get(&index).map(|r| r.1).unwrap_or(0.0),
+            })
+        };
         let mut pools = Vec::new();
         for (p, w) in spec.pools.iter().zip(&weights) {
             let mut backends = Vec::new();
             for b in &p.backends {
-                let index = placed.backends[&b.addr()];
-                let bs = s.dp.backend_stats(index)?;
-                let health = s.ctl.health.get(&b.addr());
-                backends.push(BackendStatus {
-                    healthy: health.is_none_or(|h| h.healthy),
-                    health_error: health.and_then(|h| h.last_error.clone()),
-                    addr: b.addr(),
-                    weight: b.weight(),
-                    state: format!("{:?}", b.state()).to_lowercase(),
-                    packets: bs.packets,
-                    new_flows: bs.new_flows,
-                    rsts: bs.rsts,
-                    active_flows: flows.get(&index).copied().unwrap_or(0),
-                    packets_per_s: s.rates.get(&index).map(|r| r.0).unwrap_or(0.0),
-                    new_flows_per_s: s.rates.get(&index).map(|r| r.1).unwrap_or(0.0),
-                });
+                let state = match b.state() {
+                    AdminState::Active => api::BackendState::Active,
+                    AdminState::Draining => api::BackendState::Draining,
+                };
+                backends.push(backend(
+                    b.addr(),
+                    &p.name,
+                    b.weight(),
+                    state,
+                    placed.backends[&b.addr()],
+                )?);
             }
             pools.push(PoolStatus {
                 name: p.name.clone(),
@@ -626,26 +731,40 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
                 backends,
             });
         }
+        let mut lingering = Vec::new();
+        for (addr, l) in s.ctl.lingering.get(name).into_iter().flatten() {
+            if let Some(&index) = placed.lingering.get(addr) {
+                lingering.push(backend(
+                    *addr,
+                    &l.pool,
+                    0,
+                    api::BackendState::Lingering,
+                    index,
+                )?);
+            }
+        }
         let strategy = s.ctl.strategies.get(name);
         out.push(ServiceStatus {
             strategy: strategy.map(|st| st.describe(now_ms())),
+            strategy_kind: strategy.map(|st| st.kind()),
+            phase: strategy.map(|st| st.phase().kind()),
             progress: strategy.map(|st| st.progress()),
             name: name.clone(),
             vip: spec.vip,
-            protocol: format!("{:?}", spec.protocol).to_lowercase(),
-            mode: match spec.mode {
-                ForwardMode::Nat => "nat".into(),
-                ForwardMode::Dsr => "dsr".into(),
-                ForwardMode::Fullnat => "fullnat".into(),
-            },
+            protocol: spec.protocol,
+            mode: spec.mode,
             packets: st.packets,
             new_flows: st.new_flows,
             no_backend: st.no_backend,
             pools,
+            lingering,
         });
     }
     Ok(out)
 }
+
+/// How long the CLI waits for the daemon's answer.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sends one request to the daemon and returns its response.
 pub fn call(api: &Path, cmd: Command) -> Result<Response> {
@@ -658,9 +777,18 @@ pub fn call(api: &Path, cmd: Command) -> Result<Response> {
         cmd,
     })?;
     line.push(b'\n');
+    // A daemon that hangs must not hang the operator's shell.
+    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(CALL_TIMEOUT))?;
     stream.write_all(&line)?;
     let mut reader = std::io::BufReader::new(stream);
     let mut buf = String::new();
-    reader.read_line(&mut buf)?;
+    reader.read_line(&mut buf).map_err(|e| {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            anyhow!("the switch daemon at {} did not answer within {}s", api.display(), CALL_TIMEOUT.as_secs())
+        } else {
+            anyhow!("reading the daemon's answer: {e}")
+        }
+    })?;
     serde_json::from_str(&buf).map_err(|e| anyhow!("bad response from daemon: {e}"))
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod metrics;
+pub mod neighbours;
 pub mod privileges;
 pub mod programmer;
 pub mod prometheus;

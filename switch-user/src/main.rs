@@ -112,6 +112,9 @@ enum Cmd {
         /// Prometheus gate: what no data (or a failed query) means.
         #[arg(long, value_enum, default_value = "hold")]
         on_no_data: NoDataArg,
+        /// Prometheus gate: a bearer token for the query API.
+        #[arg(long, env = "SWITCH_PROMETHEUS_TOKEN", hide_env_values = true)]
+        prometheus_token: Option<String>,
     },
     /// Replace backends of a pool N at a time: drain, remove, add, wait healthy.
     Rolling {
@@ -131,6 +134,10 @@ enum Cmd {
         /// Hold when a replacement is not healthy after this long.
         #[arg(long, value_parser = parse_duration, default_value = "60s")]
         progress_deadline: Duration,
+        /// A replaced backend that is still healthy keeps its established
+        /// connections until they end; with this, at most this long.
+        #[arg(long, value_parser = parse_duration)]
+        linger_limit: Option<Duration>,
     },
     /// Hold a running canary at its step.
     Pause { service: String },
@@ -161,6 +168,13 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long)]
         weight: Option<u32>,
+        /// remove: cut the backend's established connections now. Without
+        /// it a healthy removed backend lingers until they end.
+        #[arg(long)]
+        now: bool,
+        /// remove: cut them after this long at most.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "now")]
+        linger_limit: Option<Duration>,
     },
     /// Every change of a service, with time and outcome.
     History {
@@ -173,6 +187,13 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/switch")]
         pin_dir: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -217,26 +238,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr through `tracing`; `RUST_LOG` chooses what (default info).
 fn init_log() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::Level::Info
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) {
-                eprintln!(
-                    "switch daemon: {} {}",
-                    r.level().as_str().to_lowercase(),
-                    r.args()
-                );
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn simple(api: &std::path::Path, cmd: Command, service: &str, done: &str) -> Result<()> {
@@ -357,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             query,
             max,
             on_no_data,
+            prometheus_token,
         } => {
             for (name, v) in [
                 ("--max-rst-excess", max_rst_excess),
@@ -387,6 +398,7 @@ fn run(cli: Cli) -> Result<()> {
                                 NoDataArg::Pass => NoData::Pass,
                                 NoDataArg::Fail => NoData::Fail,
                             },
+                            token: prometheus_token,
                         }),
                     },
                 },
@@ -402,6 +414,7 @@ fn run(cli: Cli) -> Result<()> {
             drain_timeout,
             min_healthy,
             progress_deadline,
+            linger_limit,
         } => {
             let n = replace.len();
             send(
@@ -414,6 +427,7 @@ fn run(cli: Cli) -> Result<()> {
                     drain_timeout_ms: drain_timeout.as_millis() as u64,
                     min_healthy_ms: min_healthy.as_millis() as u64,
                     progress_deadline_ms: progress_deadline.as_millis() as u64,
+                    linger_limit_ms: linger_limit.map(|d| d.as_millis() as u64),
                 },
             )?;
             println!("{service}: rolling replacement of {n} backend(s) started");
@@ -495,6 +509,8 @@ fn run(cli: Cli) -> Result<()> {
             pool,
             addr,
             weight,
+            now,
+            linger_limit,
         } => {
             let action = match action {
                 Action::Add => BackendAction::Add,
@@ -510,6 +526,8 @@ fn run(cli: Cli) -> Result<()> {
                     addr,
                     action,
                     weight,
+                    now,
+                    linger_limit_ms: linger_limit.map(|d| d.as_millis() as u64),
                 },
             )?;
             println!("done");
@@ -534,6 +552,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "switch", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Cmd::Detach { pin_dir } => {
             let removed = dataplane::detach(&pin_dir)?;
             if removed.is_empty() {
@@ -547,10 +575,31 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_status(st: &[ServiceStatus]) {
+    let line = |b: &switch_user::api::BackendStatus| {
+        println!(
+            "    {:<40} {:<9} {:<9} w{:<4} flows {:<6} new {:<8} ({:>7.1}/s) pkts {:<10} ({:>9.1}/s) rst {}",
+            b.addr,
+            b.state.name(),
+            if b.healthy { "healthy" } else { "UNHEALTHY" },
+            b.weight,
+            b.active_flows,
+            b.new_flows,
+            b.new_flows_per_s,
+            b.packets,
+            b.packets_per_s,
+            b.rsts
+        );
+    };
     for s in st {
         println!(
             "{}  {} {} {}  packets {}  new flows {}  dropped (no backend) {}",
-            s.name, s.vip, s.protocol, s.mode, s.packets, s.new_flows, s.no_backend
+            s.name,
+            s.vip,
+            serde_json::to_value(s.protocol).unwrap_or_default().as_str().unwrap_or("?"),
+            serde_json::to_value(s.mode).unwrap_or_default().as_str().unwrap_or("?"),
+            s.packets,
+            s.new_flows,
+            s.no_backend
         );
         if let Some(st) = &s.strategy {
             let p = s.progress.unwrap_or(0.0).clamp(0.0, 1.0);
@@ -568,19 +617,13 @@ fn print_status(st: &[ServiceStatus]) {
                 p.name, p.weight, p.share
             );
             for b in &p.backends {
-                println!(
-                    "    {:<40} {:<9} {:<9} w{:<4} flows {:<6} new {:<8} ({:>7.1}/s) pkts {:<10} ({:>9.1}/s) rst {}",
-                    b.addr,
-                    b.state,
-                    if b.healthy { "healthy" } else { "UNHEALTHY" },
-                    b.weight,
-                    b.active_flows,
-                    b.new_flows,
-                    b.new_flows_per_s,
-                    b.packets,
-                    b.packets_per_s,
-                    b.rsts
-                );
+                line(b);
+            }
+        }
+        if !s.lingering.is_empty() {
+            println!("  lingering (removed, established flows kept until they end)");
+            for b in &s.lingering {
+                line(b);
             }
         }
     }

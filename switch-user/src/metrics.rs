@@ -1,14 +1,57 @@
 //! Prometheus metrics: a read-only text exposition rendered from the same
 //! status the CLI shows, served over plain HTTP on `daemon.metrics`.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
 
-use crate::api::ServiceStatus;
+use crate::{
+    api::{BackendState, BackendStatus, ServiceStatus},
+    strategy::{PhaseKind, StrategyKind},
+};
+
+/// Every label set the exposition uses. Values are bounded: names from the
+/// configuration, addresses, and enums; never free text (a label that
+/// changes with time makes a new series on every scrape).
+enum Labels<'a> {
+    Reason(&'a str),
+    Service(&'a str),
+    Pool(&'a str, &'a str),
+    Backend(&'a str, &'a str, SocketAddr),
+    Strategy(&'a str, StrategyKind),
+    Phase(&'a str, StrategyKind, PhaseKind),
+}
+
+impl Labels<'_> {
+    fn render(&self) -> String {
+        let pairs: Vec<(&str, String)> = match self {
+            Labels::Reason(r) => vec![("reason", r.to_string())],
+            Labels::Service(s) => vec![("service", s.to_string())],
+            Labels::Pool(s, p) => vec![("service", s.to_string()), ("pool", p.to_string())],
+            Labels::Backend(s, p, b) => vec![
+                ("service", s.to_string()),
+                ("pool", p.to_string()),
+                ("backend", b.to_string()),
+            ],
+            Labels::Strategy(s, k) => {
+                vec![("service", s.to_string()), ("kind", k.name().to_string())]
+            }
+            Labels::Phase(s, k, p) => vec![
+                ("service", s.to_string()),
+                ("kind", k.name().to_string()),
+                ("phase", p.name().to_string()),
+            ],
+        };
+        let inner: Vec<String> = pairs
+            .into_iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", esc(&v)))
+            .collect();
+        format!("{{{}}}", inner.join(","))
+    }
+}
 
 /// Label values are quoted; backslash, quote and newline are escaped.
 fn esc(v: &str) -> String {
@@ -17,26 +60,48 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+struct Page(String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP switch_{name} {help}\n# TYPE switch_{name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: Labels, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "switch_{name}{} {value}", labels.render());
+    }
+}
+
+const PHASES: [PhaseKind; 6] = [
+    PhaseKind::Running,
+    PhaseKind::Paused,
+    PhaseKind::Holding,
+    PhaseKind::Succeeded,
+    PhaseKind::RolledBack,
+    PhaseKind::Aborted,
+];
+
+/// Every backend of a service with the pool it is in (lingering ones with
+/// the pool they left).
+fn backends(s: &ServiceStatus) -> impl Iterator<Item = &BackendStatus> {
+    s.pools
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .chain(s.lingering.iter())
+}
+
 pub fn render(
     services: &[ServiceStatus],
     reasons: &BTreeMap<String, u64>,
     last_change_ms: &BTreeMap<String, u64>,
 ) -> String {
-    let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(
-            o,
-            "# HELP switch_{name} {help}\n# TYPE switch_{name} {kind}"
-        );
-    };
-    family(
-        &mut o,
+    let mut o = Page(String::new());
+    o.family(
         "packets_total",
         "counter",
         "Packets seen by the XDP program, by verdict reason.",
     );
     for (r, n) in reasons {
-        let _ = writeln!(o, "switch_packets_total{{reason=\"{}\"}} {n}", esc(r));
+        o.sample("packets_total", Labels::Reason(r), n);
     }
     type ServiceField = fn(&ServiceStatus) -> u64;
     let per_service: [(&str, &str, ServiceField); 3] = [
@@ -57,42 +122,33 @@ pub fn render(
         ),
     ];
     for (name, help, f) in per_service {
-        family(&mut o, name, "counter", help);
+        o.family(name, "counter", help);
         for s in services {
-            let _ = writeln!(o, "switch_{name}{{service=\"{}\"}} {}", esc(&s.name), f(s));
+            o.sample(name, Labels::Service(&s.name), f(s));
         }
     }
-    family(&mut o, "pool_weight", "gauge", "Configured pool weight.");
+    o.family("pool_weight", "gauge", "Configured pool weight.");
     for s in services {
         for p in &s.pools {
-            let _ = writeln!(
-                o,
-                "switch_pool_weight{{service=\"{}\",pool=\"{}\"}} {}",
-                esc(&s.name),
-                esc(&p.name),
-                p.weight
-            );
+            o.sample("pool_weight", Labels::Pool(&s.name, &p.name), p.weight);
         }
     }
-    family(
-        &mut o,
+    o.family(
         "pool_share_ratio",
         "gauge",
         "Share of new flows the pool receives (0..1).",
     );
     for s in services {
         for p in &s.pools {
-            let _ = writeln!(
-                o,
-                "switch_pool_share_ratio{{service=\"{}\",pool=\"{}\"}} {}",
-                esc(&s.name),
-                esc(&p.name),
-                p.share / 100.0
+            o.sample(
+                "pool_share_ratio",
+                Labels::Pool(&s.name, &p.name),
+                p.share / 100.0,
             );
         }
     }
-    type Field = fn(&crate::api::BackendStatus) -> u64;
-    let per_backend: [(&str, &str, &str, Field); 7] = [
+    type Field = fn(&BackendStatus) -> u64;
+    let per_backend: [(&str, &str, &str, Field); 8] = [
         (
             "backend_packets_total",
             "counter",
@@ -126,8 +182,14 @@ pub fn render(
         (
             "backend_draining",
             "gauge",
-            "1 when the backend is draining.",
-            |b| (b.state == "draining") as u64,
+            "1 when the backend is draining (no new flows).",
+            |b| (b.state == BackendState::Draining) as u64,
+        ),
+        (
+            "backend_lingering",
+            "gauge",
+            "1 when the backend was removed but keeps its established flows.",
+            |b| (b.state == BackendState::Lingering) as u64,
         ),
         (
             "backend_new_flows_per_second",
@@ -137,53 +199,52 @@ pub fn render(
         ),
     ];
     for (name, kind, help, f) in per_backend {
-        family(&mut o, name, kind, help);
+        o.family(name, kind, help);
         for s in services {
-            for p in &s.pools {
-                for b in &p.backends {
-                    let _ = writeln!(
-                        o,
-                        "switch_{name}{{service=\"{}\",pool=\"{}\",backend=\"{}\"}} {}",
-                        esc(&s.name),
-                        esc(&p.name),
-                        b.addr,
-                        f(b)
-                    );
-                }
+            for b in backends(s) {
+                o.sample(name, Labels::Backend(&s.name, &b.pool, b.addr), f(b));
             }
         }
     }
-    family(
-        &mut o,
+    o.family(
         "strategy_progress_ratio",
         "gauge",
         "Progress of the service's strategy (0..1).",
     );
     for s in services {
-        if let (Some(st), Some(p)) = (&s.strategy, s.progress) {
-            let _ = writeln!(
-                o,
-                "switch_strategy_progress_ratio{{service=\"{}\",strategy=\"{}\"}} {p}",
-                esc(&s.name),
-                esc(st)
-            );
+        if let (Some(k), Some(p)) = (s.strategy_kind, s.progress) {
+            o.sample("strategy_progress_ratio", Labels::Strategy(&s.name, k), p);
         }
     }
-    family(
-        &mut o,
+    o.family(
+        "strategy_phase",
+        "gauge",
+        "1 for the phase the service's strategy is in, 0 for the others.",
+    );
+    for s in services {
+        if let (Some(k), Some(phase)) = (s.strategy_kind, s.phase) {
+            for p in PHASES {
+                o.sample(
+                    "strategy_phase",
+                    Labels::Phase(&s.name, k, p),
+                    (p == phase) as u8,
+                );
+            }
+        }
+    }
+    o.family(
         "last_change_timestamp_seconds",
         "gauge",
         "When the service last changed (flip, step, weights).",
     );
     for (svc, ms) in last_change_ms {
-        let _ = writeln!(
-            o,
-            "switch_last_change_timestamp_seconds{{service=\"{}\"}} {:.3}",
-            esc(svc),
-            *ms as f64 / 1000.0
+        o.sample(
+            "last_change_timestamp_seconds",
+            Labels::Service(svc),
+            format!("{:.3}", *ms as f64 / 1000.0),
         );
     }
-    o
+    o.0
 }
 
 /// Serves `GET /metrics`; anything else gets 404 or 405. `body` renders
@@ -225,5 +286,101 @@ pub async fn serve(listener: TcpListener, body: impl Fn() -> String + Send + Syn
             );
             let _ = s.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::PoolStatus,
+        config::{ForwardMode, Protocol},
+    };
+
+    fn backend(addr: &str, pool: &str, state: BackendState) -> BackendStatus {
+        BackendStatus {
+            addr: addr.parse().unwrap(),
+            pool: pool.into(),
+            weight: 1,
+            state,
+            packets: 10,
+            new_flows: 2,
+            rsts: 0,
+            active_flows: 1,
+            packets_per_s: 1.0,
+            new_flows_per_s: 0.4,
+            healthy: true,
+            health_error: None,
+        }
+    }
+
+    fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
+        vec![ServiceStatus {
+            name: "web".into(),
+            vip: "198.18.0.10:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            mode: ForwardMode::Nat,
+            packets: 100,
+            new_flows: 20,
+            no_backend: 0,
+            pools: vec![
+                PoolStatus {
+                    name: "blue".into(),
+                    weight: 95,
+                    share: 95.0,
+                    backends: vec![backend("198.18.1.11:8080", "blue", BackendState::Active)],
+                },
+                PoolStatus {
+                    name: "green".into(),
+                    weight: 5,
+                    share: 5.0,
+                    backends: vec![backend("198.18.2.11:8080", "green", BackendState::Draining)],
+                },
+            ],
+            strategy: Some(description.into()),
+            strategy_kind: Some(StrategyKind::Canary),
+            phase: Some(phase),
+            progress: Some(0.05),
+            lingering: vec![backend("198.18.1.12:8080", "blue", BackendState::Lingering)],
+        }]
+    }
+
+    fn series(page: &str) -> Vec<String> {
+        page.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_page_matches_the_golden_file() {
+        let reasons = [("forwarded".to_string(), 7)].into();
+        let last = [("web".to_string(), 1_700_000_000_000)].into();
+        let page = render(
+            &status("canary blue -> green: step 2/5 at 5%, running, next step in 12s", PhaseKind::Running),
+            &reasons,
+            &last,
+        );
+        let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(golden, &page).unwrap();
+        }
+        let want = std::fs::read_to_string(golden).unwrap();
+        assert_eq!(page, want, "UPDATE_GOLDEN=1 rewrites the golden file");
+    }
+
+    #[test]
+    fn labels_do_not_change_with_time_or_text() {
+        let (r, l) = (BTreeMap::new(), BTreeMap::new());
+        let a = render(&status("step 1/5, next step in 12s", PhaseKind::Running), &r, &l);
+        let b = render(&status("step 1/5, next step in 3s", PhaseKind::Paused), &r, &l);
+        let c = render(
+            &status("rolled back: resets 0.4 above blue's", PhaseKind::RolledBack),
+            &r,
+            &l,
+        );
+        assert_eq!(series(&a), series(&b));
+        assert_eq!(series(&a), series(&c));
+        assert!(!a.contains("next step"), "free text never reaches a label");
     }
 }

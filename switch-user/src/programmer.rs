@@ -88,6 +88,10 @@ pub struct Placed {
     pub spec: ServiceConfig,
     /// Backend address -> global backend index.
     pub backends: BTreeMap<SocketAddr, u32>,
+    /// Removed backends that keep their index (and so their established
+    /// flows) until the controller releases them.
+    #[serde(default)]
+    pub lingering: BTreeMap<SocketAddr, u32>,
 }
 
 /// Allocation state; persisted by the daemon so a restart adopts the pinned
@@ -135,13 +139,18 @@ impl Programmer {
 
     /// The global config; its flags say which reply lookups are needed.
     fn write_config(&self, maps: &mut dyn Maps) -> Result<()> {
-        let mut flags = CONFIG_READY;
+        self.write_config_flags(maps, 0)
+    }
+
+    /// The global config with the reply lookups of `mode` switched on too.
+    fn write_config_with(&self, maps: &mut dyn Maps, mode: ForwardMode) -> Result<()> {
+        self.write_config_flags(maps, mode_flag(mode))
+    }
+
+    fn write_config_flags(&self, maps: &mut dyn Maps, extra: u32) -> Result<()> {
+        let mut flags = CONFIG_READY | extra;
         for p in self.services.values() {
-            flags |= match p.spec.mode {
-                ForwardMode::Nat => CONFIG_NAT,
-                ForwardMode::Fullnat => CONFIG_FULLNAT,
-                ForwardMode::Dsr => 0,
-            };
+            flags |= mode_flag(p.spec.mode);
         }
         maps.set_config(&Config {
             seed: self.seed,
@@ -155,7 +164,7 @@ impl Programmer {
     fn used_backends(&self) -> BTreeSet<u32> {
         self.services
             .values()
-            .flat_map(|p| p.backends.values().copied())
+            .flat_map(|p| p.backends.values().chain(p.lingering.values()).copied())
             .collect()
     }
 
@@ -209,7 +218,11 @@ impl Programmer {
             .pools
             .iter()
             .flat_map(|p| &p.backends)
-            .filter(|b| existing.is_none_or(|e| !e.backends.contains_key(&b.addr())))
+            .filter(|b| {
+                existing.is_none_or(|e| {
+                    !e.backends.contains_key(&b.addr()) && !e.lingering.contains_key(&b.addr())
+                })
+            })
             .count();
         let free = self.max_backends as usize - self.used_backends().len();
         if new > free {
@@ -251,7 +264,12 @@ impl Programmer {
         let mut backends = BTreeMap::new();
         for b in spec.pools.iter().flat_map(|p| &p.backends) {
             let a = b.addr();
-            let index = match old.as_ref().and_then(|o| o.backends.get(&a)) {
+            // A lingering backend that comes back keeps its index, and so
+            // its established flows.
+            let index = match old
+                .as_ref()
+                .and_then(|o| o.backends.get(&a).or(o.lingering.get(&a)))
+            {
                 Some(&i) => i,
                 None => {
                     let i = (0..self.max_backends)
@@ -323,7 +341,27 @@ impl Programmer {
             )?;
         }
 
-        // 3. The one write that makes it live.
+        // Backends leaving the pool linger: no new flows (they are in no
+        // new table), established flows stay pinned, until released.
+        let mut lingering = BTreeMap::new();
+        if let Some(o) = &old {
+            for (a, index) in o.backends.iter().chain(&o.lingering) {
+                if backends.contains_key(a) {
+                    continue;
+                }
+                let mut e = entry(*a, AdminState::Draining);
+                e.generation = self.generations.get(index).copied().unwrap_or(0);
+                maps.set_backend(*index, &e)?;
+                lingering.insert(*a, *index);
+            }
+        }
+        // The reply lookups this service needs are switched on before it
+        // goes live (extra flags only cost a lookup).
+        self.write_config_with(maps, spec.mode)?;
+
+        // 3. The one write that makes it live: the commit point of every
+        // change to a service (a flip, a canary step, a weight).
+        // grep: COMMIT POINT
         let service = Service {
             id,
             table: table_slot,
@@ -343,25 +381,24 @@ impl Programmer {
         };
         maps.set_service(&key, &service)?;
 
-        // 4. Clean up what the old state had and the new one does not.
+        // 4. Clean up what the old state had and the new one does not. The
+        // new state is live: a failure here is logged, not returned, so the
+        // caller commits what the data plane now does.
         if let Some(o) = old {
             self.retire_table(o.table);
             if let Some(t) = o.cohort_table {
                 self.retire_table(t);
             }
             for c in &o.spec.cohorts {
-                if !spec.cohorts.contains(c) {
-                    maps.set_cohort(
+                if !spec.cohorts.contains(c)
+                    && let Err(e) = maps.set_cohort(
                         id,
                         addr_bytes(c.cidr.addr()),
                         c.cidr.prefix_len() as u32,
                         false,
-                    )?;
-                }
-            }
-            for (a, index) in &o.backends {
-                if !backends.contains_key(a) {
-                    self.release_backend(maps, &o.spec, *a, *index)?;
+                    )
+                {
+                    tracing::warn!(service = %spec.name, "removing cohort {}: {e:#}", c.cidr);
                 }
             }
         }
@@ -373,9 +410,26 @@ impl Programmer {
                 cohort_table,
                 spec: spec.clone(),
                 backends,
+                lingering,
             },
         );
-        self.write_config(maps)
+        if let Err(e) = self.write_config(maps) {
+            tracing::warn!("rewriting the global config: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Lets go of a lingering backend: its pinned flows are re-chosen and
+    /// its index is free again.
+    pub fn release(&mut self, maps: &mut dyn Maps, service: &str, addr: SocketAddr) -> Result<()> {
+        let Some(p) = self.services.get_mut(service) else {
+            return Ok(());
+        };
+        let Some(index) = p.lingering.remove(&addr) else {
+            return Ok(());
+        };
+        let spec = p.spec.clone();
+        self.release_backend(maps, &spec, addr, index)
     }
 
     fn release_backend(
@@ -410,7 +464,7 @@ impl Programmer {
                 false,
             )?;
         }
-        for (a, index) in &p.backends {
+        for (a, index) in p.backends.iter().chain(&p.lingering) {
             self.release_backend(maps, &p.spec, *a, *index)?;
         }
         self.write_config(maps)
@@ -444,6 +498,14 @@ impl Programmer {
                     .collect(),
             })
             .collect()
+    }
+}
+
+fn mode_flag(mode: ForwardMode) -> u32 {
+    match mode {
+        ForwardMode::Nat => CONFIG_NAT,
+        ForwardMode::Fullnat => CONFIG_FULLNAT,
+        ForwardMode::Dsr => 0,
     }
 }
 

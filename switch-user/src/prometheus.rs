@@ -1,65 +1,43 @@
-//! The Prometheus canary gate: one instant query over plain HTTP, answered
-//! with a number, "no data", or why it failed.
+//! The Prometheus canary gate: one instant query against the HTTP API
+//! (http or https, optional bearer token, a total timeout), answered with a
+//! number, "no data", or why it failed.
 
-use std::{
-    io::{Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::strategy::Reading;
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Runs `query` against `url` (http://host:port[/prefix]).
-pub fn query(url: &str, query: &str, timeout: Duration) -> Reading {
-    match fetch(url, query, timeout) {
+/// Runs `query` against `url` (http[s]://host:port[/prefix]).
+pub fn query(url: &str, query: &str, token: Option<&str>, timeout: Duration) -> Reading {
+    match fetch(url, query, token, timeout) {
         Ok(body) => parse(&body),
         Err(e) => Reading::Failed(e),
     }
 }
 
-fn fetch(url: &str, q: &str, timeout: Duration) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// is supported"))?;
-    let (hostport, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("{hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport}: no address"))?;
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {prefix}/api/v1/query?query={} HTTP/1.0\r\nHost: {hostport}\r\n\r\n",
-        encode(q)
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("HTTP {status}"));
+fn fetch(url: &str, q: &str, token: Option<&str>, timeout: Duration) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent
+        .get(format!("{}/api/v1/query", url.trim_end_matches('/')))
+        .query("query", q);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
     }
-    Ok(body.to_string())
+    let mut resp = req.call().map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    Ok(body)
 }
 
 /// Reads the first sample of an instant-vector or scalar answer.
@@ -106,9 +84,44 @@ mod tests {
             Reading::Failed(_)
         ));
         assert!(matches!(parse("<html>"), Reading::Failed(_)));
-        assert_eq!(
-            encode("rate(x{a=\"b\"}[1m])"),
-            "rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29"
-        );
+    }
+
+    /// A one-shot HTTP server on loopback that records the request and
+    /// answers slowly or at once.
+    fn server(answer: &'static str, delay: Duration) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+            std::thread::sleep(delay);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn sends_the_query_and_the_token_and_honours_the_timeout() {
+        let ok = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0.5"]}}"#;
+        let (url, rx) = server(ok, Duration::ZERO);
+        let r = query(&url, "sum(rate(x[1m]))", Some("s3cret"), Duration::from_secs(5));
+        assert_eq!(r, Reading::Value(0.5));
+        let req = rx.recv().unwrap();
+        assert!(req.starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))"), "{req}");
+        assert!(req.to_lowercase().contains("authorization: bearer s3cret"), "{req}");
+
+        let (url, _rx) = server(ok, Duration::from_secs(3));
+        let t = std::time::Instant::now();
+        let r = query(&url, "x", None, Duration::from_millis(300));
+        assert!(matches!(r, Reading::Failed(_)), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "the timeout is total");
     }
 }

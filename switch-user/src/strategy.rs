@@ -45,9 +45,12 @@ pub enum Change {
         pool: String,
         addr: SocketAddr,
     },
+    /// Out of the pool; a healthy backend lingers with its established
+    /// flows (at most `linger_limit_ms` when set).
     RemoveBackend {
         pool: String,
         addr: SocketAddr,
+        linger_limit_ms: Option<u64>,
     },
     /// Pin this source CIDR to a pool (preview), or unpin it.
     Cohort {
@@ -108,6 +111,9 @@ pub struct PromGate {
     pub max: f64,
     /// What an empty result (or a failed query) means.
     pub on_no_data: NoData,
+    /// Sent as `Authorization: Bearer ...` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +212,10 @@ pub struct Rolling {
     pub min_healthy_ms: u64,
     /// Hold when a replacement is not healthy this long after being added.
     pub progress_deadline_ms: u64,
+    /// A removed backend's established flows are cut after this long (None:
+    /// they stay until they end or the backend goes down).
+    #[serde(default)]
+    pub linger_limit_ms: Option<u64>,
     pub phase: Phase,
 }
 
@@ -548,6 +558,7 @@ impl Rolling {
             drain_timeout_ms,
             min_healthy_ms,
             progress_deadline_ms,
+            linger_limit_ms: None,
             phase: Phase::Running,
         }
     }
@@ -590,6 +601,7 @@ impl Rolling {
                         changes.push(Change::RemoveBackend {
                             pool: self.pool.clone(),
                             addr: old,
+                            linger_limit_ms: self.linger_limit_ms,
                         });
                         changes.push(Change::AddBackend {
                             pool: self.pool.clone(),
@@ -623,7 +635,88 @@ impl Rolling {
     }
 }
 
+/// Which strategy, as a type: for status, metrics labels and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    Canary,
+    BlueGreen,
+    Rolling,
+}
+
+impl StrategyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::Canary => "canary",
+            StrategyKind::BlueGreen => "blue_green",
+            StrategyKind::Rolling => "rolling",
+        }
+    }
+}
+
+/// A phase without its free-text reason: bounded, for labels and scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseKind {
+    Running,
+    Paused,
+    Holding,
+    Succeeded,
+    RolledBack,
+    Aborted,
+}
+
+impl PhaseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseKind::Running => "running",
+            PhaseKind::Paused => "paused",
+            PhaseKind::Holding => "holding",
+            PhaseKind::Succeeded => "succeeded",
+            PhaseKind::RolledBack => "rolled_back",
+            PhaseKind::Aborted => "aborted",
+        }
+    }
+}
+
+impl Phase {
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Running => PhaseKind::Running,
+            Phase::Paused => PhaseKind::Paused,
+            Phase::Holding(_) => PhaseKind::Holding,
+            Phase::Succeeded => PhaseKind::Succeeded,
+            Phase::RolledBack(_) => PhaseKind::RolledBack,
+            Phase::Aborted => PhaseKind::Aborted,
+        }
+    }
+
+    /// The free-text reason of a holding or rolled-back phase.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Phase::Holding(w) | Phase::RolledBack(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
 impl Strategy {
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Strategy::Canary(_) => StrategyKind::Canary,
+            Strategy::BlueGreen(_) => StrategyKind::BlueGreen,
+            Strategy::Rolling(_) => StrategyKind::Rolling,
+        }
+    }
+
+    pub fn set_phase(&mut self, phase: Phase) {
+        match self {
+            Strategy::Canary(c) => c.phase = phase,
+            Strategy::BlueGreen(b) => b.phase = phase,
+            Strategy::Rolling(r) => r.phase = phase,
+        }
+    }
+
     pub fn phase(&self) -> &Phase {
         match self {
             Strategy::Canary(c) => &c.phase,
@@ -893,6 +986,7 @@ mod tests {
     fn a_step_waits_for_traffic_and_for_prometheus() {
         let gates = Gates {
             prometheus: Some(PromGate {
+                token: None,
                 url: "http://127.0.0.1:9090".into(),
                 query: "errors".into(),
                 max: 0.05,
@@ -931,6 +1025,7 @@ mod tests {
         // With on_no_data = fail, no data rolls back.
         let mut gates = quiet();
         gates.prometheus = Some(PromGate {
+            token: None,
             url: "http://x:1".into(),
             query: "q".into(),
             max: 1.0,
@@ -1031,7 +1126,8 @@ mod tests {
             vec![
                 Change::RemoveBackend {
                     pool: "blue".into(),
-                    addr: old
+                    addr: old,
+                    linger_limit_ms: None,
                 },
                 Change::AddBackend {
                     pool: "blue".into(),
