@@ -324,7 +324,9 @@ impl Controller {
         if s.pool(to).is_none() {
             bail!("to: service {service:?} has no pool {to:?}");
         }
-        if steps.is_empty() || steps.iter().any(|w| *w > 100) || steps.windows(2).any(|w| w[0] >= w[1])
+        if steps.is_empty()
+            || steps.iter().any(|w| *w > 100)
+            || steps.windows(2).any(|w| w[0] >= w[1])
         {
             bail!("steps: {steps:?} must be rising percentages from 0 to 100, e.g. 1,5,25,50,100");
         }
@@ -333,7 +335,10 @@ impl Controller {
         }
         if let Some(g) = &gates.prometheus {
             if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
-                bail!("prometheus: {:?} must be an http:// or https:// address", g.url);
+                bail!(
+                    "prometheus: {:?} must be an http:// or https:// address",
+                    g.url
+                );
             }
             if g.query.trim().is_empty() || !g.max.is_finite() {
                 bail!("prometheus: a query and a finite --max are needed");
@@ -546,10 +551,8 @@ impl Controller {
             (_, None) => bail!("addr: {addr} is not in pool {pool:?}"),
             (BackendAction::Remove, Some(i)) => {
                 p.backends.remove(i);
-                plan.removed.insert(
-                    addr,
-                    (pool.to_string(), linger_limit_ms.map(|l| now + l)),
-                );
+                plan.removed
+                    .insert(addr, (pool.to_string(), linger_limit_ms.map(|l| now + l)));
                 if cut {
                     plan.cut.insert(addr);
                     plan.what += " (established flows cut)";
@@ -571,7 +574,10 @@ impl Controller {
         if let Some(w) = weight
             && !(1..=crate::config::MAX_WEIGHT).contains(&w)
         {
-            bail!("weight: {w} must be from 1 to {}", crate::config::MAX_WEIGHT);
+            bail!(
+                "weight: {w} must be from 1 to {}",
+                crate::config::MAX_WEIGHT
+            );
         }
         plan.spec = Some(s);
         Ok(plan)
@@ -713,7 +719,12 @@ impl Controller {
         }
         // A backend that came back stops lingering (it kept its index).
         if let Some(spec) = self.services.get(&plan.service) {
-            lingering.retain(|a, _| !spec.pools.iter().any(|p| p.backends.iter().any(|b| b.addr() == *a)));
+            lingering.retain(|a, _| {
+                !spec
+                    .pools
+                    .iter()
+                    .any(|p| p.backends.iter().any(|b| b.addr() == *a))
+            });
         }
         self.health = health;
         if let Some(st) = plan.strategy {
@@ -784,7 +795,10 @@ impl Controller {
             if let Some(old) = next.services.get(&s.name) {
                 for p in &old.pools {
                     for b in &p.backends {
-                        if s.pools.iter().all(|q| q.backends.iter().all(|c| c.addr() != b.addr())) {
+                        if s.pools
+                            .iter()
+                            .all(|q| q.backends.iter().all(|c| c.addr() != b.addr()))
+                        {
                             plan.removed.insert(b.addr(), (p.name.clone(), None));
                         }
                     }
@@ -807,7 +821,12 @@ impl Controller {
             for b in svc.pools.iter().flat_map(|p| &p.backends) {
                 out.push((svc.name.clone(), b.addr(), h.clone()));
             }
-            for addr in self.lingering.get(&svc.name).into_iter().flat_map(|l| l.keys()) {
+            for addr in self
+                .lingering
+                .get(&svc.name)
+                .into_iter()
+                .flat_map(|l| l.keys())
+            {
                 out.push((svc.name.clone(), *addr, h.clone()));
             }
         }
@@ -856,7 +875,12 @@ impl Controller {
                 l.remove(&addr);
             }
             self.health.remove(&addr);
-            self.record(now, &service, format!("lingering backend {addr} released: {why}"), true);
+            self.record(
+                now,
+                &service,
+                format!("lingering backend {addr} released: {why}"),
+                true,
+            );
         }
         self.lingering.retain(|_, l| !l.is_empty());
         Ok(())
@@ -1439,16 +1463,58 @@ pools = [
             (vec![], flip.clone()),
             (vec![], canary(vec![10, 100])),
             (vec![], apply),
-            (vec![canary(vec![10, 100])], Command::Promote { service: svc("web") }),
-            (vec![preview.clone()], Command::Promote { service: svc("web") }),
-            (vec![canary(vec![10, 100])], Command::Abort { service: svc("web") }),
-            (vec![preview], Command::Abort { service: svc("web") }),
-            (vec![flip.clone()], Command::Rollback { service: svc("web") }),
-            (vec![canary(vec![10, 100])], Command::Rollback { service: svc("web") }),
-            (vec![], backend_cmd(BackendAction::Add, "198.18.1.13:8080", false)),
-            (vec![], backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false)),
-            (vec![], backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true)),
-            (vec![], backend_cmd(BackendAction::Drain, "198.18.1.12:8080", false)),
+            (
+                vec![canary(vec![10, 100])],
+                Command::Promote {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![preview.clone()],
+                Command::Promote {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![canary(vec![10, 100])],
+                Command::Abort {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![preview],
+                Command::Abort {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![flip.clone()],
+                Command::Rollback {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![canary(vec![10, 100])],
+                Command::Rollback {
+                    service: svc("web"),
+                },
+            ),
+            (
+                vec![],
+                backend_cmd(BackendAction::Add, "198.18.1.13:8080", false),
+            ),
+            (
+                vec![],
+                backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false),
+            ),
+            (
+                vec![],
+                backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true),
+            ),
+            (
+                vec![],
+                backend_cmd(BackendAction::Drain, "198.18.1.12:8080", false),
+            ),
             (
                 vec![backend_cmd(BackendAction::Drain, "198.18.1.12:8080", false)],
                 backend_cmd(BackendAction::Undrain, "198.18.1.12:8080", false),
@@ -1465,7 +1531,10 @@ pools = [
             let e = c.handle(&mut m, &cmd, 2);
             assert!(e.is_err(), "{cmd:?} should fail with broken maps");
             assert_eq!(snapshot(&c), before, "{cmd:?} committed something");
-            assert_eq!(m.services, services_before, "{cmd:?} reached the commit point");
+            assert_eq!(
+                m.services, services_before,
+                "{cmd:?} reached the commit point"
+            );
             m.broken = false;
             c.handle(&mut m, &cmd, 3)
                 .unwrap_or_else(|e| panic!("{cmd:?} after repair: {e}"));
@@ -1490,37 +1559,57 @@ pools = [
     fn a_removed_healthy_backend_lingers_until_its_flows_end() {
         let (mut c, mut m) = setup();
         let gone: SocketAddr = "198.18.1.12:8080".parse().unwrap();
-        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
-            .unwrap();
+        c.handle(
+            &mut m,
+            &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false),
+            10,
+        )
+        .unwrap();
         let index = c.programmer.services["web"].lingering[&gone];
         // Pins kept: the data plane sees it as draining, not unused.
-        assert_eq!(m.backends[&index], switch_common::BackendState::Draining as u8);
+        assert_eq!(
+            m.backends[&index],
+            switch_common::BackendState::Draining as u8
+        );
         assert!(c.lingering["web"].contains_key(&gone));
         // A count taken before it began lingering proves nothing.
         c.settle_lingering(&mut m, &HashMap::new(), 5, 20).unwrap();
         assert!(c.lingering.contains_key("web"));
         // Live flows: it stays.
-        c.settle_lingering(&mut m, &[(index, 3)].into(), 15, 20).unwrap();
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 15, 20)
+            .unwrap();
         assert!(c.lingering.contains_key("web"));
         // No flows left: released, the slot is unused again.
         c.settle_lingering(&mut m, &HashMap::new(), 30, 40).unwrap();
         assert!(!c.lingering.contains_key("web"));
-        assert_eq!(m.backends[&index], switch_common::BackendState::Unused as u8);
-        assert!(c.history.iter().any(|e| e.what.contains("released: no flows left")));
+        assert_eq!(
+            m.backends[&index],
+            switch_common::BackendState::Unused as u8
+        );
+        assert!(
+            c.history
+                .iter()
+                .any(|e| e.what.contains("released: no flows left"))
+        );
     }
 
     #[test]
     fn a_lingering_backend_is_cut_when_down_or_past_its_limit_and_kept_when_readded() {
         let (mut c, mut m) = setup();
         let a: SocketAddr = "198.18.1.12:8080".parse().unwrap();
-        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
-            .unwrap();
+        c.handle(
+            &mut m,
+            &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false),
+            10,
+        )
+        .unwrap();
         let index = c.programmer.services["web"].lingering[&a];
         // Down while lingering: its flows go.
         for t in [20, 30] {
             c.record_health("web", a, Err("refused".into()), t);
         }
-        c.settle_lingering(&mut m, &[(index, 3)].into(), 35, 40).unwrap();
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 35, 40)
+            .unwrap();
         assert!(!c.lingering.contains_key("web"));
 
         // Limit: cut after it even with flows.
@@ -1540,25 +1629,39 @@ pools = [
         )
         .unwrap();
         let index = c.programmer.services["web"].lingering[&a];
-        c.settle_lingering(&mut m, &[(index, 3)].into(), 50, 60).unwrap();
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 50, 60)
+            .unwrap();
         assert!(c.lingering.contains_key("web"));
-        c.settle_lingering(&mut m, &[(index, 3)].into(), 105, 110).unwrap();
+        c.settle_lingering(&mut m, &[(index, 3)].into(), 105, 110)
+            .unwrap();
         assert!(!c.lingering.contains_key("web"));
 
         // Added back while lingering: same index, pins intact.
         let (mut c, mut m) = setup();
-        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false), 10)
-            .unwrap();
+        c.handle(
+            &mut m,
+            &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", false),
+            10,
+        )
+        .unwrap();
         let index = c.programmer.services["web"].lingering[&a];
-        c.handle(&mut m, &backend_cmd(BackendAction::Add, "198.18.1.12:8080", false), 20)
-            .unwrap();
+        c.handle(
+            &mut m,
+            &backend_cmd(BackendAction::Add, "198.18.1.12:8080", false),
+            20,
+        )
+        .unwrap();
         assert_eq!(c.programmer.services["web"].backends[&a], index);
         assert!(c.lingering.get("web").is_none_or(|l| l.is_empty()));
 
         // --now: cut at once.
         let (mut c, mut m) = setup();
-        c.handle(&mut m, &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true), 10)
-            .unwrap();
+        c.handle(
+            &mut m,
+            &backend_cmd(BackendAction::Remove, "198.18.1.12:8080", true),
+            10,
+        )
+        .unwrap();
         assert!(c.lingering.get("web").is_none_or(|l| l.is_empty()));
         assert!(c.programmer.services["web"].lingering.is_empty());
     }

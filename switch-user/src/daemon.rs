@@ -132,6 +132,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     } else {
         ctl.reapply(&mut dp)?;
     }
+    resolve_neighbours(backend_ips(&ctl));
     for ifname in &d.interfaces {
         let mode = dp.attach(ifname)?;
         tracing::info!("attached to {ifname} ({mode:?})");
@@ -169,42 +170,23 @@ fn seed(d: &DaemonConfig, restored: Option<&Controller>) -> Result<u32> {
 /// 2: with `schema`, lingering backends. A newer daemon reads older files.
 pub const STATE_SCHEMA: u32 = 2;
 
-#[derive(serde::Serialize)]
-struct StateOut<'a> {
-    schema: u32,
-    #[serde(flatten)]
-    controller: &'a Controller,
-}
-
-#[derive(serde::Deserialize)]
-struct StateIn {
-    #[serde(default = "schema_one")]
-    schema: u32,
-    #[serde(flatten)]
-    controller: Controller,
-}
-
-fn schema_one() -> u32 {
-    1
-}
-
 /// Reads a state file of this schema or an older one.
 pub fn read_state(bytes: &[u8]) -> Result<Controller> {
-    #[derive(serde::Deserialize)]
-    struct Version {
-        #[serde(default = "schema_one")]
-        schema: u32,
-    }
-    let v: Version = serde_json::from_slice(bytes).context("not a switch state file (bad JSON)")?;
-    if v.schema > STATE_SCHEMA {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(bytes).context("not a switch state file (bad JSON)")?;
+    // Schema 1 had no `schema` key.
+    let schema = match v.as_object_mut().and_then(|o| o.remove("schema")) {
+        None => 1,
+        Some(s) => s
+            .as_u64()
+            .ok_or_else(|| anyhow!("`schema` is not a number"))?,
+    };
+    if schema > STATE_SCHEMA as u64 {
         anyhow::bail!(
-            "written by a newer switch (schema {}; this daemon reads up to {STATE_SCHEMA}): upgrade the daemon or move the file away",
-            v.schema
+            "written by a newer switch (schema {schema}; this daemon reads up to {STATE_SCHEMA}): upgrade the daemon or move the file away"
         );
     }
-    let st: StateIn = serde_json::from_slice(bytes).context("state file is corrupt")?;
-    debug_assert!(st.schema <= STATE_SCHEMA);
-    Ok(st.controller)
+    serde_json::from_value(v).context("state file is corrupt")
 }
 
 /// Writes the state atomically and durably: a temporary file, fsync, rename
@@ -212,10 +194,11 @@ pub fn read_state(bytes: &[u8]) -> Result<Controller> {
 pub fn write_state(path: &Path, ctl: &Controller) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(&StateOut {
-        schema: STATE_SCHEMA,
-        controller: ctl,
-    })?;
+    let mut v = serde_json::to_value(ctl)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("schema".into(), STATE_SCHEMA.into());
+    }
+    let bytes = serde_json::to_vec_pretty(&v)?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
     f.sync_all()?;
@@ -405,30 +388,35 @@ async fn health_loop(shared: Arc<Mutex<Shared>>) {
 /// How often backend neighbours are checked (and put back when missing).
 const NEIGHBOURS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Keeps every backend's next hop resolved (see `neighbours`).
+/// The backend next hops kept resolved (see `neighbours`): by the loop
+/// below, at start, and right after every command, before it answers.
+static NEIGHBOURS: std::sync::LazyLock<Mutex<crate::neighbours::Neighbours>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+fn backend_ips(ctl: &Controller) -> BTreeSet<std::net::IpAddr> {
+    ctl.programmer
+        .services
+        .values()
+        .flat_map(|p| p.backends.keys().chain(p.lingering.keys()))
+        .map(|a| a.ip())
+        .collect()
+}
+
+fn resolve_neighbours(backends: BTreeSet<std::net::IpAddr>) {
+    if let Ok(mut n) = NEIGHBOURS.lock() {
+        n.reconcile(backends);
+    }
+}
+
 async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
-    let nb = Arc::new(Mutex::new(crate::neighbours::Neighbours::default()));
     let mut every = tokio::time::interval(NEIGHBOURS_EVERY);
     loop {
         every.tick().await;
-        let backends: BTreeSet<std::net::IpAddr> = match shared.lock() {
-            Ok(s) => s
-                .ctl
-                .programmer
-                .services
-                .values()
-                .flat_map(|p| p.backends.keys().chain(p.lingering.keys()))
-                .map(|a| a.ip())
-                .collect(),
+        let backends = match shared.lock() {
+            Ok(s) => backend_ips(&s.ctl),
             Err(_) => return,
         };
-        let nb = nb.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(mut n) = nb.lock() {
-                n.reconcile(backends);
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || resolve_neighbours(backends)).await;
     }
 }
 
@@ -603,7 +591,20 @@ async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
             )),
             Ok(req) => {
                 let shared = shared.clone();
-                tokio::task::spawn_blocking(move || handle(&shared, &req.cmd)).await?
+                tokio::task::spawn_blocking(move || {
+                    let resp = handle(&shared, &req.cmd);
+                    // New backends forward from their first packet.
+                    if resp.ok
+                        && !matches!(req.cmd, Command::Status { .. } | Command::History { .. })
+                    {
+                        let backends = shared.lock().map(|s| backend_ips(&s.ctl));
+                        if let Ok(b) = backends {
+                            resolve_neighbours(b);
+                        }
+                    }
+                    resp
+                })
+                .await?
             }
         };
         let mut out = serde_json::to_vec(&resp)?;
@@ -768,6 +769,15 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 
 /// Sends one request to the daemon and returns its response.
 pub fn call(api: &Path, cmd: Command) -> Result<Response> {
+    call_with_timeout(api, cmd, CALL_TIMEOUT)
+}
+
+/// The same, waiting at most `timeout` for the answer.
+pub fn call_with_timeout(
+    api: &Path,
+    cmd: Command,
+    timeout: std::time::Duration,
+) -> Result<Response> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(api).map_err(|e| {
         anyhow!("cannot reach the switch daemon at {} ({e}); is `switch daemon` running? (--api or SWITCH_API)", api.display())
@@ -778,14 +788,21 @@ pub fn call(api: &Path, cmd: Command) -> Result<Response> {
     })?;
     line.push(b'\n');
     // A daemon that hangs must not hang the operator's shell.
-    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
-    stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(&line)?;
     let mut reader = std::io::BufReader::new(stream);
     let mut buf = String::new();
     reader.read_line(&mut buf).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-            anyhow!("the switch daemon at {} did not answer within {}s", api.display(), CALL_TIMEOUT.as_secs())
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            anyhow!(
+                "the switch daemon at {} did not answer within {}s",
+                api.display(),
+                CALL_TIMEOUT.as_secs()
+            )
         } else {
             anyhow!("reading the daemon's answer: {e}")
         }

@@ -197,7 +197,9 @@ impl Dataplane {
         let mode = match self.program()?.attach(ifname, XdpMode::Driver) {
             Ok(id) => (id, XdpMode::Driver),
             Err(e) => {
-                tracing::warn!("{ifname}: driver-mode XDP failed ({e}); falling back to generic mode");
+                tracing::warn!(
+                    "{ifname}: driver-mode XDP failed ({e}); falling back to generic mode"
+                );
                 let id = self
                     .program()?
                     .attach(ifname, XdpMode::Skb)

@@ -595,8 +595,14 @@ fn print_status(st: &[ServiceStatus]) {
             "{}  {} {} {}  packets {}  new flows {}  dropped (no backend) {}",
             s.name,
             s.vip,
-            serde_json::to_value(s.protocol).unwrap_or_default().as_str().unwrap_or("?"),
-            serde_json::to_value(s.mode).unwrap_or_default().as_str().unwrap_or("?"),
+            serde_json::to_value(s.protocol)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
+            serde_json::to_value(s.mode)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
             s.packets,
             s.new_flows,
             s.no_backend

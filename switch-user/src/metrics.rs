@@ -64,7 +64,10 @@ struct Page(String);
 
 impl Page {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP switch_{name} {help}\n# TYPE switch_{name} {kind}");
+        let _ = writeln!(
+            self.0,
+            "# HELP switch_{name} {help}\n# TYPE switch_{name} {kind}"
+        );
     }
     fn sample(&mut self, name: &str, labels: Labels, value: impl std::fmt::Display) {
         let _ = writeln!(self.0, "switch_{name}{} {value}", labels.render());
@@ -357,7 +360,10 @@ mod tests {
         let reasons = [("forwarded".to_string(), 7)].into();
         let last = [("web".to_string(), 1_700_000_000_000)].into();
         let page = render(
-            &status("canary blue -> green: step 2/5 at 5%, running, next step in 12s", PhaseKind::Running),
+            &status(
+                "canary blue -> green: step 2/5 at 5%, running, next step in 12s",
+                PhaseKind::Running,
+            ),
             &reasons,
             &last,
         );
@@ -372,10 +378,21 @@ mod tests {
     #[test]
     fn labels_do_not_change_with_time_or_text() {
         let (r, l) = (BTreeMap::new(), BTreeMap::new());
-        let a = render(&status("step 1/5, next step in 12s", PhaseKind::Running), &r, &l);
-        let b = render(&status("step 1/5, next step in 3s", PhaseKind::Paused), &r, &l);
+        let a = render(
+            &status("step 1/5, next step in 12s", PhaseKind::Running),
+            &r,
+            &l,
+        );
+        let b = render(
+            &status("step 1/5, next step in 3s", PhaseKind::Paused),
+            &r,
+            &l,
+        );
         let c = render(
-            &status("rolled back: resets 0.4 above blue's", PhaseKind::RolledBack),
+            &status(
+                "rolled back: resets 0.4 above blue's",
+                PhaseKind::RolledBack,
+            ),
             &r,
             &l,
         );

@@ -33,6 +33,8 @@ pub struct Neighbours {
     routes_at: Option<Instant>,
     /// Entries (re)added since the start, for the log and tests.
     pub added: u64,
+    /// Next hops that did not resolve when last added.
+    slow: BTreeSet<Hop>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +52,8 @@ struct NeighJson {
     dst: IpAddr,
     #[serde(default)]
     dev: Option<String>,
+    #[serde(default)]
+    lladdr: Option<String>,
     #[serde(default)]
     state: Vec<String>,
 }
@@ -78,42 +82,101 @@ fn route(addr: IpAddr) -> Option<Hop> {
     })
 }
 
+/// What the kernel's neighbour table says of one entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Has a link-layer address: the data plane can use it.
+    Usable,
+    /// Being resolved (INCOMPLETE, or managed and waiting).
+    Pending,
+    Failed,
+}
+
+fn table() -> BTreeMap<(IpAddr, String), Entry> {
+    ip(&["-j", "neigh", "show"])
+        .and_then(|o| serde_json::from_slice::<Vec<NeighJson>>(&o).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let e = if n.state.iter().any(|s| s == "FAILED") {
+                Entry::Failed
+            } else if n.lladdr.is_some() && !n.state.iter().any(|s| s == "INCOMPLETE") {
+                Entry::Usable
+            } else {
+                Entry::Pending
+            };
+            n.dev.map(|d| ((n.dst, d), e))
+        })
+        .collect()
+}
+
 impl Neighbours {
-    /// One round: routes when due, then every next hop that has no usable
-    /// entry gets a managed one.
+    /// One round: routes of new backends (of all of them when due), then
+    /// every next hop without a usable entry gets a managed one. Returns
+    /// once new entries have resolved (at most ~100 ms), so a service can
+    /// forward from its first packet.
     pub fn reconcile(&mut self, backends: BTreeSet<IpAddr>) {
-        let due = self
-            .routes_at
-            .is_none_or(|t| t.elapsed() >= ROUTES_EVERY);
-        if due || backends != self.backends {
+        let due = self.routes_at.is_none_or(|t| t.elapsed() >= ROUTES_EVERY);
+        if due {
             self.hops = backends
                 .iter()
                 .filter_map(|b| route(*b).map(|h| (*b, h)))
                 .collect();
-            self.backends = backends;
             self.routes_at = Some(Instant::now());
+        } else if backends != self.backends {
+            self.hops.retain(|b, _| backends.contains(b));
+            for b in &backends {
+                if !self.hops.contains_key(b)
+                    && let Some(h) = route(*b)
+                {
+                    self.hops.insert(*b, h);
+                }
+            }
         }
+        self.backends = backends;
         if self.hops.is_empty() {
             return;
         }
-        let present: BTreeSet<(IpAddr, String)> = ip(&["-j", "neigh", "show"])
-            .and_then(|o| serde_json::from_slice::<Vec<NeighJson>>(&o).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| !n.state.iter().any(|s| s == "FAILED"))
-            .filter_map(|n| n.dev.map(|d| (n.dst, d)))
+        let wanted: BTreeSet<Hop> = self.hops.values().cloned().collect();
+        let now = table();
+        let state = |t: &BTreeMap<(IpAddr, String), Entry>, h: &Hop| {
+            t.get(&(h.via, h.dev.clone())).copied()
+        };
+        // Absent (never added, flushed, garbage-collected) or failed: (re)add.
+        let missing: Vec<Hop> = wanted
+            .iter()
+            .filter(|h| matches!(state(&now, h), None | Some(Entry::Failed)))
+            .cloned()
             .collect();
-        let wanted: BTreeSet<&Hop> = self.hops.values().collect();
-        for hop in wanted {
-            if present.contains(&(hop.via, hop.dev.clone())) {
-                continue;
-            }
+        for hop in &missing {
             let via = hop.via.to_string();
             if ip(&["neigh", "replace", &via, "dev", &hop.dev, "managed"]).is_some() {
                 self.added += 1;
                 tracing::debug!(via = %hop.via, dev = %hop.dev, "managed neighbour entry added");
             } else {
                 tracing::warn!(via = %hop.via, dev = %hop.dev, "cannot add a managed neighbour entry");
+            }
+        }
+        // Wait briefly for new entries to resolve, but not again for a next
+        // hop that did not answer last time (a backend that is not there
+        // must not slow every command down).
+        let waiting: Vec<&Hop> = missing.iter().filter(|h| !self.slow.contains(*h)).collect();
+        let mut t = now;
+        for _ in 0..10 {
+            if waiting.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            t = table();
+            if waiting.iter().all(|h| state(&t, h) == Some(Entry::Usable)) {
+                break;
+            }
+        }
+        for h in wanted {
+            if state(&t, &h) == Some(Entry::Usable) {
+                self.slow.remove(&h);
+            } else if missing.contains(&h) {
+                self.slow.insert(h);
             }
         }
     }

@@ -88,7 +88,10 @@ mod tests {
 
     /// A one-shot HTTP server on loopback that records the request and
     /// answers slowly or at once.
-    fn server(answer: &'static str, delay: Duration) -> (String, std::sync::mpsc::Receiver<String>) {
+    fn server(
+        answer: &'static str,
+        delay: Duration,
+    ) -> (String, std::sync::mpsc::Receiver<String>) {
         use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
@@ -112,11 +115,22 @@ mod tests {
     fn sends_the_query_and_the_token_and_honours_the_timeout() {
         let ok = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0.5"]}}"#;
         let (url, rx) = server(ok, Duration::ZERO);
-        let r = query(&url, "sum(rate(x[1m]))", Some("s3cret"), Duration::from_secs(5));
+        let r = query(
+            &url,
+            "sum(rate(x[1m]))",
+            Some("s3cret"),
+            Duration::from_secs(5),
+        );
         assert_eq!(r, Reading::Value(0.5));
         let req = rx.recv().unwrap();
-        assert!(req.starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))"), "{req}");
-        assert!(req.to_lowercase().contains("authorization: bearer s3cret"), "{req}");
+        assert!(
+            req.starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))"),
+            "{req}"
+        );
+        assert!(
+            req.to_lowercase().contains("authorization: bearer s3cret"),
+            "{req}"
+        );
 
         let (url, _rx) = server(ok, Duration::from_secs(3));
         let t = std::time::Instant::now();

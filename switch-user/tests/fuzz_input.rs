@@ -217,7 +217,8 @@ fn command() -> impl Strategy<Value = Command> {
                 max_unavailable: 1,
                 drain_timeout_ms: 10,
                 min_healthy_ms: 10,
-                progress_deadline_ms: 10
+                progress_deadline_ms: 10,
+                linger_limit_ms: None
             }
         ),
         svc.clone().prop_map(|service| Command::Pause { service }),
@@ -241,7 +242,9 @@ fn command() -> impl Strategy<Value = Command> {
                 pool,
                 addr,
                 action,
-                weight: None
+                weight: None,
+                now: false,
+                linger_limit_ms: None
             }),
     ]
 }

@@ -32,6 +32,8 @@ pub struct Daemon {
     pub pins: PathBuf,
     pub api: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the daemon process (set before `spawn`).
+    pub env: Vec<(String, String)>,
     sw: String,
     bin: PathBuf,
 }
@@ -82,6 +84,7 @@ impl Daemon {
             pins,
             api,
             config,
+            env: vec![],
             sw: lab.sw.name.clone(),
             bin: switch_bin()?,
         };
@@ -99,6 +102,7 @@ impl Daemon {
             .arg(&self.bin)
             .args(["daemon", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().cloned())
             .spawn()
             .context("starting switch daemon")?;
         self.child = Some(child);

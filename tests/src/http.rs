@@ -21,6 +21,11 @@ pub const BACKENDS: [&str; 4] = [
 
 /// nginx on every backend address, answering a short body.
 pub fn start_backends(lab: &Lab, dir: &Path) -> Result<()> {
+    start_backends_with(lab, dir, "")
+}
+
+/// The same with extra `http {}` directives (e.g. keep-alive settings).
+pub fn start_backends_with(lab: &Lab, dir: &Path, extra: &str) -> Result<()> {
     let mut servers = String::new();
     for a in BACKENDS {
         servers.push_str(&format!(
@@ -33,7 +38,9 @@ pub fn start_backends(lab: &Lab, dir: &Path) -> Result<()> {
         nginx_conf(
             dir,
             "backends",
-            &format!("http {{\n  access_log off;\n  default_type text/plain;\n{servers}}}\n"),
+            &format!(
+                "http {{\n  access_log off;\n  default_type text/plain;\n{extra}\n{servers}}}\n"
+            ),
         ),
     )?;
     lab.be

@@ -357,9 +357,18 @@ fn established_flows_keep_their_backend_across_a_flip() {
             assert_eq!(send(&mut dp, 1000, FIN | ACK), pinned[&1000]);
             assert_eq!(send(&mut dp, 1000, ACK), pinned[&1000]);
 
-            // Draining a blue backend keeps its flows; removing it re-chooses them.
-            spec.pools[0].backends.remove(0);
+            // Removing a healthy blue backend keeps its flows (it lingers);
+            // releasing it re-chooses them.
+            let gone = spec.pools[0].backends.remove(0).addr();
             p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            for (port, b) in pinned.iter().filter(|(_, b)| **b == blue[0]) {
+                assert_eq!(
+                    send(&mut dp, *port, ACK),
+                    *b,
+                    "a lingering backend lost a flow"
+                );
+            }
+            p.release(&mut dp, &spec.name, gone).unwrap();
             let moved = pinned
                 .iter()
                 .filter(|(_, b)| **b == blue[0])

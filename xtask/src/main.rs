@@ -1,6 +1,7 @@
 //! Developer entry points: `cargo xtask setup | test | demo | bench`.
 
 mod demo;
+mod dist;
 mod setup;
 
 use std::process::Command;
@@ -28,6 +29,9 @@ enum Cmd {
     },
     /// The self-contained demo in network namespaces.
     Demo(demo::Args),
+    /// The release binary with its man page, shell completions, systemd
+    /// unit, alert rules and dashboard in target/dist/.
+    Dist,
     /// The benchmark harness.
     Bench {
         #[arg(trailing_var_arg = true)]
@@ -53,6 +57,7 @@ fn run() -> Result<()> {
             setup::run()?;
             demo::run(args)
         }
+        Cmd::Dist => dist::run(),
         Cmd::Bench { args } => {
             setup::run()?;
             // The harness and generator live in the tests crate, beside the

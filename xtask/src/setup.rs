@@ -24,6 +24,8 @@ const APT: &[&str] = &[
     "haproxy",
     "fonts-dejavu-core",
     "tcpdump",
+    // A real Prometheus (and promtool) for the canary-gate and alert-rule tests.
+    "prometheus",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -134,9 +136,12 @@ fn apt() -> Result<()> {
     )?;
     // The demo and tests start their own nginx instances; the packaged
     // service must not hold port 80 on the host.
-    let _ = Command::new("systemctl")
-        .args(["disable", "--now", "nginx"])
-        .output();
+    // Same for Prometheus: the tests start their own.
+    for unit in ["nginx", "prometheus", "prometheus-node-exporter"] {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", unit])
+            .output();
+    }
     Ok(())
 }
 
