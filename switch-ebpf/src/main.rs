@@ -7,13 +7,9 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod bench;
-#[cfg(target_arch = "bpf")]
 mod choose;
 #[cfg(target_arch = "bpf")]
 mod forward;
-#[cfg(target_arch = "bpf")]
-mod generator;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -26,6 +26,13 @@ use switch_common::{
 /// The XDP object, built by build.rs from switch-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch"));
 
+/// The benchmark's reference programs and generator (a second object built
+/// from switch-ebpf); only with the `bench` feature, which the daemon's
+/// release build does not enable.
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch-bench"));
+
 /// Map capacities, fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -103,67 +110,6 @@ impl Dataplane {
             pin_dir: pin_dir.map(Path::to_path_buf),
             capacity,
         })
-    }
-
-    /// Loads one of the benchmark reference programs (`bench_floor`,
-    /// `bench_minimal`) that share this object's maps.
-    pub fn load_reference(&mut self, name: &str) -> Result<std::os::fd::OwnedFd> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from object"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load().map_err(verifier_error)?;
-        }
-        Ok(prog.fd()?.as_fd().try_clone_to_owned()?)
-    }
-
-    /// Attaches one of the object's other programs (`sink`,
-    /// `bench_redirect`) to `ifname` in driver mode; benchmarks only.
-    pub fn attach_reference(&mut self, name: &str, ifname: &str) -> Result<()> {
-        self.load_reference(name)?;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from object"))?
-            .try_into()?;
-        prog.attach(ifname, XdpMode::Driver)
-            .with_context(|| format!("attaching {name} to {ifname}"))?;
-        Ok(())
-    }
-
-    pub fn set_gen_config(&mut self, c: &switch_common::GenConfig) -> Result<()> {
-        let mut a: Array<&mut MapData, switch_common::GenConfig> =
-            Array::try_from(self.map("GEN_CONFIG")?)?;
-        a.set(0, c, 0)?;
-        Ok(())
-    }
-
-    pub fn set_gen_template(&mut self, headers: &[u8]) -> Result<()> {
-        let mut words = [0u64; 10];
-        for (i, chunk) in headers.chunks(8).take(10).enumerate() {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            words[i] = u64::from_ne_bytes(b);
-        }
-        let mut a: Array<&mut MapData, [u64; 10]> = Array::try_from(self.map("GEN_TEMPLATE")?)?;
-        a.set(0, words, 0)?;
-        Ok(())
-    }
-
-    pub fn set_redirect_target(&mut self, ifname: &str) -> Result<()> {
-        let i = ifindex(ifname)?;
-        self.add_device(ifname)?;
-        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map("REDIRECT_TARGET")?)?;
-        a.set(0, i, 0)?;
-        Ok(())
-    }
-
-    /// Frames counted by the `sink` program, all CPUs.
-    pub fn sink_count(&self) -> Result<u64> {
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref("SINK_COUNT")?)?;
-        Ok(a.get(&0, 0)?.iter().sum())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
@@ -536,7 +482,8 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
+/// Turns a load error into a message with the verifier's log.
+pub fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
     match e {
         aya::programs::ProgramError::LoadError {
             io_error,
@@ -545,5 +492,25 @@ fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
             "the kernel rejected the XDP program ({io_error}); are you root on Linux >= 5.18?\n{verifier_log}"
         ),
         e => anyhow!("loading the XDP program: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The daemon's object carries the switch alone: the benchmark's
+    /// reference programs and generator live in their own object.
+    #[test]
+    fn the_production_object_has_no_benchmark_programs() {
+        let has = |needle: &[u8]| super::OBJECT.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"switch"));
+        for name in [
+            &b"packet_gen"[..],
+            b"bench_floor",
+            b"bench_minimal",
+            b"sink_count",
+            b"GEN_CONFIG",
+        ] {
+            assert!(!has(name), "{}", String::from_utf8_lossy(name));
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 
 use crate::Netns;
 
@@ -84,20 +84,7 @@ pub fn vip(v6: bool, port: u16) -> SocketAddr {
 /// One run of the program on a fresh copy of `frame` as if it arrived on
 /// `ifindex`: the verdict and the frame as the program left it.
 pub fn run(prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let ctx = xdp_md(frame.len(), ifindex);
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    let r = prog.test_run(opts)?;
-    out.truncate(r.data_size_out as usize);
-    Ok((r.return_value, out))
-}
-
-/// `run` through a raw program fd, for threads that do not own the program.
-pub fn run_fd(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let r = test_run(fd, ifindex, frame)?;
+    let r = test_run(prog, ifindex, frame)?;
     Ok((r.verdict, r.out))
 }
 
@@ -108,28 +95,6 @@ pub struct RunResult {
     pub duration_ns: u32,
 }
 
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// `struct xdp_md` for a frame of `len` bytes arriving on `ifindex`.
 fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let mut ctx = [0u8; 24];
@@ -138,73 +103,56 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     ctx
 }
 
-fn bpf_test_run(attr: &mut TestAttr) -> Result<()> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// One `BPF_PROG_TEST_RUN` (repeat = 1) of the program behind `fd` on a
-/// fresh copy of `frame`, arriving on `ifindex`.
-pub fn test_run(fd: &std::os::fd::OwnedFd, ifindex: u32, frame: &[u8]) -> Result<RunResult> {
-    use std::os::fd::AsRawFd;
+/// One `BPF_PROG_TEST_RUN` (repeat = 1, through aya's `TestRun`) of `prog`
+/// on a fresh copy of `frame`, arriving on `ifindex`.
+pub fn test_run(prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<RunResult> {
     let mut out = vec![0u8; frame.len() + 256];
     let ctx = xdp_md(frame.len(), ifindex);
-    let mut attr = TestAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf_test_run(&mut attr)?;
-    out.truncate(attr.data_size_out as usize);
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    let r = prog.test_run(opts)?;
+    out.truncate(r.data_size_out as usize);
     Ok(RunResult {
-        verdict: attr.retval,
+        verdict: r.return_value,
         out,
-        duration_ns: attr.duration,
+        duration_ns: r.duration.as_nanos() as u32,
     })
 }
 
-/// Runs the generator program behind `fd` in live-frames mode: `packets`
-/// frames from the template `frame` go out of `ifindex` (XDP_TX), in batches
-/// of `batch`. Returns the wall time it took.
+/// A second handle on a loaded program, for another thread: pinned for a
+/// moment on bpffs and opened from there (the pin is removed at once).
+pub fn share(prog: &mut Xdp) -> Result<Xdp> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/switch-share-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    prog.pin(&path)?;
+    let shared = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface);
+    let _ = std::fs::remove_file(&path);
+    Ok(shared?)
+}
+
+/// Runs the generator program `prog` in live-frames mode: `packets` frames
+/// from the template `frame` go out of `ifindex` (XDP_TX), in batches of
+/// `batch`. Returns the wall time it took.
 pub fn live_frames(
-    fd: &std::os::fd::OwnedFd,
+    prog: &Xdp,
     ifindex: u32,
     frame: &[u8],
     packets: u32,
     batch: u32,
 ) -> Result<std::time::Duration> {
-    use std::os::fd::AsRawFd;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
     let ctx = xdp_md(frame.len(), ifindex);
-    let mut attr = TestAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: packets,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: batch,
-        ..Default::default()
-    };
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = packets;
+    opts.attrs = TestRunAttrs::new().xdp_live_frames(batch);
     let t = std::time::Instant::now();
-    bpf_test_run(&mut attr)?;
+    prog.test_run(opts)?;
     Ok(t.elapsed())
 }

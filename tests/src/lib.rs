@@ -17,6 +17,7 @@ pub mod fixture;
 pub mod http;
 pub mod lab;
 pub mod rate;
+pub mod reference;
 pub mod traffic;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -15,7 +15,7 @@ use switch_user::{
     programmer::Programmer,
 };
 
-use crate::{L4, Netns, fixture::live_frames, frame, sh};
+use crate::{L4, Netns, fixture::live_frames, frame, reference::Reference, sh};
 
 /// What forwards between s0 and s1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,11 +305,11 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
             })
         }
         Forwarder::Redirect => hold(&lab.sw, move || {
-            let mut dp = Dataplane::load(None, Capacity::small())?;
-            dp.set_redirect_target("s1")?;
-            dp.attach_reference("bench_redirect", "s0")?;
+            let mut r = Reference::load()?;
+            r.set_redirect_target("s1")?;
+            r.attach("bench_redirect", "s0")?;
             Ok(Box::new(move || {
-                drop(dp);
+                drop(r);
                 Ok(0)
             }))
         }),
@@ -353,10 +353,10 @@ pub fn generate(ns: &Netns, ifname: &str, dst_mac: [u8; 6], load: &Load) -> Resu
 pub fn generate_here(ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
     let (frame_t, cfg) = template(load, dst_mac);
     let ifindex = switch_user::dataplane::ifindex(ifname)?;
-    let mut dp = Dataplane::load(None, Capacity::small())?;
-    dp.set_gen_config(&cfg)?;
-    dp.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
-    let fd = dp.load_reference("packet_gen")?;
+    let mut r = Reference::load()?;
+    r.set_gen_config(&cfg)?;
+    r.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
+    let prog = r.program("packet_gen")?;
     // Offer in slices so a rate limit or a duration can be kept.
     let slice = match (load.pps, load.secs) {
         (0, 0) => load.packets,
@@ -375,7 +375,7 @@ pub fn generate_here(ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Dura
             break;
         }
         let n = (slice as u64).min(left) as u32;
-        live_frames(&fd, ifindex, &frame_t, n, 64)?;
+        live_frames(prog, ifindex, &frame_t, n, 64)?;
         sent += n as u64;
         if load.pps > 0 {
             let due = Duration::from_secs_f64(sent as f64 / load.pps as f64);
@@ -397,9 +397,9 @@ pub fn generate_here(ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Dura
 pub fn measure(lab: &RateLab, forwarder: Forwarder, load: &Load) -> Result<RateResult> {
     let s0_mac = crate::parse_mac(lab.sw.exec("cat /sys/class/net/s0/address")?.trim())?;
     let sink = hold(&lab.sink, || {
-        let mut dp = Dataplane::load(None, Capacity::small())?;
-        dp.attach_reference("sink", "k0")?;
-        Ok(Box::new(move || dp.sink_count()))
+        let mut r = Reference::load()?;
+        r.attach("sink", "k0")?;
+        Ok(Box::new(move || r.sink_count()))
     })?;
     let fwd = start_forwarder(lab, forwarder, load)?;
     let elapsed = generate(&lab.generator, "g0", s0_mac, load)?;

@@ -468,7 +468,7 @@ fn flips_under_a_packet_stream_never_leave_the_two_pools() {
         .run(move || {
             let spec = service(false, Protocol::Udp, ForwardMode::Nat, 100, 0);
             let (mut dp, mut p) = setup_standalone(&spec);
-            let fd = dp.program_fd().unwrap();
+            let prog = switch_tests::fixture::share(dp.program().unwrap()).unwrap();
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let stop2 = stop.clone();
             // A second thread runs the same program through its fd while
@@ -488,7 +488,7 @@ fn flips_under_a_packet_stream_never_leave_the_two_pools() {
                         L4::Udp,
                         b"",
                     );
-                    let (v, out) = switch_tests::fixture::run_fd(&fd, c0, &f).unwrap();
+                    let (v, out) = switch_tests::fixture::run(&prog, c0, &f).unwrap();
                     let dst = if v == XDP_REDIRECT {
                         u32::from(match check(&out).unwrap().dst {
                             IpAddr::V4(a) => a,

@@ -8,7 +8,7 @@
 //! the min–max over batches. Every run's verdict is checked, and every
 //! 1,000th output is parsed and checked by an independent parser.
 
-use std::{collections::BTreeSet, net::IpAddr, os::fd::OwnedFd, time::Instant};
+use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -192,7 +192,7 @@ fn set_src_low(f: &mut [u8], v6: bool, l4: usize, low: u16) {
 /// Times `runs` runs; `next(i)` gives run i's input; `want` its verdict.
 fn time(
     name: &str,
-    fd: &OwnedFd,
+    prog: &aya::programs::Xdp,
     ifindex: u32,
     runs: u32,
     want: u32,
@@ -205,7 +205,7 @@ fn time(
     let started = Instant::now();
     for i in 0..runs {
         let input = next(i);
-        let r = test_run(fd, ifindex, &input)?;
+        let r = test_run(prog, ifindex, &input)?;
         if r.verdict != want {
             bail!("{name}: run {i} gave verdict {} (want {want})", r.verdict);
         }
@@ -584,9 +584,15 @@ fn run(args: Args) -> Result<()> {
         p.init(&mut dp, &DaemonConfig::default())?;
         p.apply(&mut dp, &service(false), &BTreeSet::new())?;
         p.apply(&mut dp, &service(true), &BTreeSet::new())?;
-        let floor = dp.load_reference("bench_floor")?;
-        let minimal = dp.load_reference("bench_minimal")?;
-        let sw = dp.program_fd()?;
+        // The reference programs live in their own object; the minimal one
+        // looks up the same service entries as the switch.
+        let mut reference = switch_tests::reference::Reference::load()?;
+        for (k, v) in dp.services()? {
+            reference.set_service(&k, &v)?;
+        }
+        let floor = switch_tests::fixture::share(reference.program("bench_floor")?)?;
+        let minimal = switch_tests::fixture::share(reference.program("bench_minimal")?)?;
+        let sw = switch_tests::fixture::share(dp.program()?)?;
 
         let syn = |v6: bool| {
             frame(
