@@ -102,6 +102,46 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, for logs and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status { .. } => "status",
+            Command::Apply { .. } => "apply",
+            Command::Weights { .. } => "weights",
+            Command::Flip { .. } => "flip",
+            Command::Canary { .. } => "canary",
+            Command::Rolling { .. } => "rolling",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Promote { .. } => "promote",
+            Command::Abort { .. } => "abort",
+            Command::Rollback { .. } => "rollback",
+            Command::Backend { .. } => "backend",
+            Command::History { .. } => "history",
+        }
+    }
+
+    /// The service a command is about, if one.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Command::Status { service } => service.as_deref(),
+            Command::Apply { .. } => None,
+            Command::Weights { service, .. }
+            | Command::Flip { service, .. }
+            | Command::Canary { service, .. }
+            | Command::Rolling { service, .. }
+            | Command::Pause { service }
+            | Command::Resume { service }
+            | Command::Promote { service }
+            | Command::Abort { service }
+            | Command::Rollback { service }
+            | Command::Backend { service, .. }
+            | Command::History { service } => Some(service),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendAction {

@@ -592,7 +592,19 @@ async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
             Ok(req) => {
                 let shared = shared.clone();
                 tokio::task::spawn_blocking(move || {
+                    let span = tracing::info_span!(
+                        "request",
+                        cmd = req.cmd.name(),
+                        service = req.cmd.service().unwrap_or("-")
+                    );
+                    let _enter = span.enter();
                     let resp = handle(&shared, &req.cmd);
+                    if !matches!(req.cmd, Command::Status { .. } | Command::History { .. }) {
+                        match &resp.error {
+                            None => tracing::info!("done"),
+                            Some(e) => tracing::info!(error = %e, "refused"),
+                        }
+                    }
                     // New backends forward from their first packet.
                     if resp.ok
                         && !matches!(req.cmd, Command::Status { .. } | Command::History { .. })

@@ -359,9 +359,7 @@ impl Programmer {
         // goes live (extra flags only cost a lookup).
         self.write_config_with(maps, spec.mode)?;
 
-        // 3. The one write that makes it live: the commit point of every
-        // change to a service (a flip, a canary step, a weight).
-        // grep: COMMIT POINT
+        // 3. The one write that makes it live.
         let service = Service {
             id,
             table: table_slot,
@@ -379,7 +377,7 @@ impl Programmer {
             _pad: [0; 2],
             snat_addr: spec.source.map(addr_bytes).unwrap_or_default(),
         };
-        maps.set_service(&key, &service)?;
+        commit_point(maps, &key, &service)?;
 
         // 4. Clean up what the old state had and the new one does not. The
         // new state is live: a failure here is logged, not returned, so the
@@ -499,6 +497,14 @@ impl Programmer {
             })
             .collect()
     }
+}
+
+/// THE COMMIT POINT of every change to a service (a flip, a canary step, a
+/// weight, a backend change): one write of its `SERVICES` entry, which now
+/// points at the new table. Before it, no packet saw anything new; after
+/// it, every new flow does. Everything else is written before it.
+fn commit_point(maps: &mut dyn Maps, key: &ServiceKey, service: &Service) -> Result<()> {
+    maps.set_service(key, service)
 }
 
 fn mode_flag(mode: ForwardMode) -> u32 {
