@@ -8,15 +8,27 @@
 //!    method, so a 5% canary is 5% to 1/65,537. Moving weight between two
 //!    adjacent pools only moves the slots whose ranks cross the boundary:
 //!    a canary step 5% -> 25% moves blue flows to green and nothing else.
-//! 2. **Backends in a pool by weighted rendezvous hashing** (HRW) of
-//!    (slot, backend address). Removing, draining or failing one backend moves
-//!    exactly the slots it held; no other backend's slot changes.
+//! 2. **Backends in a pool by a weighted race.** Every (backend, slot) pair
+//!    has a fixed arrival time `E(b, s)`; a slot goes to the backend with the
+//!    smallest `E(b, s) / weight(b)`. Because the times are fixed, removing,
+//!    draining or failing one backend moves exactly the slots it held, and
+//!    changing its weight moves slots only to or from it.
+//!
+//!    Computing every pair would cost slots × backends (0.65 G for 10,000
+//!    backends). Instead each backend's arrivals are generated as a point
+//!    process over the slots, in value order, epoch by epoch (dyadic value
+//!    ranges, each with its own seeded generator, so any prefix is the same
+//!    whatever else is generated). Only arrivals below a race horizon
+//!    `T / W` are generated; `T` is chosen so that every slot almost surely
+//!    has one, and where one has none the horizon doubles. The smallest of
+//!    the generated arrivals is then the smallest of all. Cost: about
+//!    `TABLE_SIZE × T` arrivals per pool, whatever the number of backends.
 //!
 //! The result depends only on the seed and the configuration (backend
 //! addresses, weights, states), never on history or map indexes, so every
 //! switch host with the same configuration builds the same table.
 
-use crate::hash::{finish, mix};
+use crate::hash::finish;
 use crate::maps::{NO_BACKEND, TABLE_SIZE};
 
 /// One backend as the table builder sees it.
@@ -62,47 +74,150 @@ pub fn quotas(weights: &[u64], total: usize) -> Vec<usize> {
 
 /// Seeded permutation of the slots: `rank(s) = (a*s + b) mod M`, a bijection
 /// because M is prime and `a` is not a multiple of it.
-fn rank(seed: u32, slot: usize) -> usize {
+fn rank_coefficients(seed: u32) -> (u64, u64) {
     let m = TABLE_SIZE as u64;
     let a = 1 + finish(seed ^ 0x9e37_79b9) as u64 % (m - 1);
     let b = finish(seed ^ 0x7f4a_7c15) as u64 % m;
-    ((a * slot as u64 + b) % m) as usize
+    (a, b)
 }
 
-fn hrw_hash(seed: u32, ident: u32, slot: usize) -> u32 {
-    finish(mix(mix(seed, ident), slot as u32))
-}
+/// Expected arrivals per slot within the first horizon: a slot has none
+/// with probability e^-T (1e-6), so the horizon seldom has to grow.
+const HORIZON: f64 = 14.0;
+/// Epoch 0 holds arrival times in [0, 2^-FIRST_EPOCH); epoch k >= 1 holds
+/// [2^(k-1-FIRST_EPOCH), 2^(k-FIRST_EPOCH)).
+const FIRST_EPOCH: i32 = 12;
+/// Ranks are generated in blocks of 2^BLOCK_BITS, each (backend, epoch,
+/// block) with its own generator, so a pool only generates in its ranks.
+const BLOCK_BITS: u32 = 12;
 
-/// Chooses the backend of `slot` among `backends` (all eligible, weight > 0).
-fn pick(seed: u32, backends: &[BackendSpec], equal_weights: bool, slot: usize) -> u16 {
-    let mut best = NO_BACKEND;
-    if equal_weights {
-        let mut best_key = (0u32, 0u32);
-        for b in backends {
-            let key = (hrw_hash(seed, b.ident, slot), b.ident);
-            if best == NO_BACKEND || key > best_key {
-                best_key = key;
-                best = b.index;
-            }
-        }
-    } else {
-        // Weighted HRW: score = w / -ln(u), u uniform in (0, 1).
-        let mut best_score = f64::NEG_INFINITY;
-        let mut best_ident = 0;
-        for b in backends {
-            let u = (hrw_hash(seed, b.ident, slot) as f64 + 0.5) / 4_294_967_296.0;
-            let score = b.weight as f64 / -u.ln();
-            if best == NO_BACKEND
-                || score > best_score
-                || (score == best_score && b.ident > best_ident)
-            {
-                best_score = score;
-                best_ident = b.ident;
-                best = b.index;
-            }
-        }
+/// A small, fast, seeded generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u32, ident: u32, epoch: u32, block: u32) -> Rng {
+        let mut r = Rng(((seed as u64) << 32 | ident as u64)
+            ^ ((epoch as u64) << 8 | block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        r.next();
+        r
     }
-    best
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn epoch_range(k: u32) -> (f64, f64) {
+    let hi = 2f64.powi(k as i32 - FIRST_EPOCH);
+    let lo = if k == 0 { 0.0 } else { hi / 2.0 };
+    (lo, hi)
+}
+
+/// The ranks of block `j`.
+fn block(j: u32) -> (usize, usize) {
+    let start = (j as usize) << BLOCK_BITS;
+    (start, (start + (1 << BLOCK_BITS)).min(TABLE_SIZE))
+}
+
+/// Calls `f(rank, time)` for every arrival of backend `ident` in epoch `k`
+/// and rank block `j`: on average one per rank per unit of time.
+#[inline(always)]
+fn arrivals(seed: u32, ident: u32, k: u32, j: u32, mut f: impl FnMut(usize, f32)) {
+    let (lo, hi) = epoch_range(k);
+    let (start, end) = block(j);
+    let size = (end - start) as u64;
+    let mut rng = Rng::new(seed, ident, k, j);
+    let expected = (hi - lo) * size as f64;
+    // A whole number of arrivals with the right mean, decided by the
+    // generator of this epoch and block.
+    let n = (expected + (rng.next() >> 11) as f64 / (1u64 << 53) as f64) as u64;
+    let (lo, width) = (lo as f32, (hi - lo) as f32);
+    for _ in 0..n {
+        let x = rng.next();
+        let rank = start + ((x >> 32) * size >> 32) as usize;
+        let u = (x as u32 >> 8) as f32 / (1u32 << 24) as f32;
+        f(rank, lo + width * u);
+    }
+}
+
+/// The winner (backend index) of every rank in `start..end` among
+/// `backends` (eligible, weight > 0), by the weighted race.
+fn race(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Vec<u16> {
+    let total: f64 = backends.iter().map(|b| b.weight as f64).sum();
+    // Larger ident first: a backend's position is its tie-break rank.
+    let mut backends = backends.to_vec();
+    backends.sort_by(|a, b| b.ident.cmp(&a.ident).then(a.index.cmp(&b.index)));
+    // Per rank: (score bits << 32) | position; the smallest wins.
+    let mut best = vec![u64::MAX; end - start];
+    let mut done = vec![0u32; backends.len()];
+    let blocks = (start >> BLOCK_BITS) as u32..=((end - 1) >> BLOCK_BITS) as u32;
+    // The horizon decides only how much is generated, never who wins: a
+    // rank's winner is the smallest of all its arrivals, and every arrival
+    // below the horizon is generated.
+    let mut horizon = HORIZON / total;
+    loop {
+        for (i, b) in backends.iter().enumerate() {
+            let inv_w = 1.0 / b.weight as f32;
+            let tag = i as u64;
+            while epoch_range(done[i]).0 < horizon * b.weight as f64 {
+                for j in blocks.clone() {
+                    arrivals(seed, b.ident, done[i], j, |rank, t| {
+                        if rank < start || rank >= end {
+                            return;
+                        }
+                        let key = ((t * inv_w).to_bits() as u64) << 32 | tag;
+                        let e = &mut best[rank - start];
+                        if key < *e {
+                            *e = key;
+                        }
+                    });
+                }
+                done[i] += 1;
+            }
+        }
+        // A rank with no arrival yet: widen the horizon.
+        if best.iter().all(|&k| k != u64::MAX) {
+            break;
+        }
+        horizon *= 2.0;
+    }
+    best.iter()
+        .map(|key| backends[(*key as u32) as usize].index)
+        .collect()
+}
+
+/// `race` over `start..end` cut into block-aligned pieces run in parallel
+/// (the result does not depend on the cut).
+fn race_parallel(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Vec<u16> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let span = end - start;
+    if threads == 1 || span < 2 << BLOCK_BITS {
+        return race(seed, backends, (start, end));
+    }
+    let step = (span.div_ceil(threads) >> BLOCK_BITS).max(1) << BLOCK_BITS;
+    let mut cuts = vec![start];
+    let mut c = (start >> BLOCK_BITS << BLOCK_BITS) + step;
+    while c < end {
+        cuts.push(c);
+        c += step;
+    }
+    cuts.push(end);
+    std::thread::scope(|sc| {
+        let parts: Vec<_> = cuts
+            .windows(2)
+            .map(|w| {
+                let (a, b) = (w[0], w[1]);
+                sc.spawn(move || race(seed, backends, (a, b)))
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// Builds the table. Pools with weight 0 or no eligible backend get no
@@ -132,18 +247,25 @@ pub fn build(seed: u32, pools: &[PoolSpec]) -> Vec<u16> {
         bounds.push(start + n);
         start += n;
     }
-    let equal: Vec<bool> = eligible
-        .iter()
-        .map(|e| e.windows(2).all(|w| w[0].weight == w[1].weight))
-        .collect();
     let mut table = vec![NO_BACKEND; TABLE_SIZE];
     if start == 0 {
         return table;
     }
-    for (slot, entry) in table.iter_mut().enumerate() {
-        let r = rank(seed, slot);
-        let pool = bounds.partition_point(|&end| end <= r);
-        *entry = pick(seed, &eligible[pool], equal[pool], slot);
+    let mut slot_of_rank = vec![0u32; TABLE_SIZE];
+    let (a, b) = rank_coefficients(seed);
+    for slot in 0..TABLE_SIZE {
+        slot_of_rank[((a * slot as u64 + b) % TABLE_SIZE as u64) as usize] = slot as u32;
+    }
+    let mut from = 0;
+    for (p, backends) in eligible.iter().enumerate() {
+        let to = bounds[p];
+        if to > from {
+            let winners = race_parallel(seed, backends, (from, to));
+            for (r, w) in (from..to).zip(winners) {
+                table[slot_of_rank[r] as usize] = w;
+            }
+        }
+        from = to;
     }
     table
 }
@@ -154,7 +276,24 @@ mod tests {
     use crate::hash::backend_ident;
 
     fn backend(i: u16, weight: u32) -> BackendSpec {
-        let addr = [198, 18, 1, i as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let addr = [
+            198,
+            18,
+            (i >> 8) as u8,
+            i as u8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         BackendSpec {
             index: i,
             ident: backend_ident(7, &addr, 8080),
@@ -309,5 +448,100 @@ mod tests {
             }],
         );
         assert_eq!(a, b);
+    }
+
+    fn pool(weight: u32, ids: std::ops::Range<u16>, w: impl Fn(u16) -> u32) -> PoolSpec {
+        PoolSpec {
+            weight,
+            backends: ids.map(|i| backend(i, w(i))).collect(),
+        }
+    }
+
+    /// How long a build takes (never asserted: `cargo xtask bench` reports it).
+    #[test]
+    #[ignore]
+    fn build_time() {
+        for n in [10u16, 100, 1000, 10_000] {
+            let pools = [pool(95, 0..n / 2, |_| 1), pool(5, n / 2..n, |_| 1)];
+            let t = std::time::Instant::now();
+            let table = build(7, &pools);
+            eprintln!("{n} backends: {:?}", t.elapsed());
+            assert!(table.iter().all(|&b| b != NO_BACKEND));
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn weights() -> impl Strategy<Value = Vec<u32>> {
+            prop::collection::vec(1u32..5, 1..40)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            /// Pool shares are exact; every slot has an eligible backend.
+            #[test]
+            fn shares_are_exact(seed: u32, blue in 0u32..1000, green in 0u32..1000, ws in weights()) {
+                prop_assume!(blue + green > 0);
+                let n = ws.len() as u16;
+                let pools = [
+                    pool(blue, 0..n, |i| ws[i as usize]),
+                    pool(green, 100..100 + n, |i| ws[(i - 100) as usize]),
+                ];
+                let t = build(seed, &pools);
+                let q = quotas(&[blue as u64, green as u64], TABLE_SIZE);
+                let green_slots = t.iter().filter(|&&b| b >= 100).count();
+                prop_assert_eq!(green_slots, q[1]);
+                prop_assert!(t.iter().all(|&b| b != NO_BACKEND));
+            }
+
+            /// Removing (or draining) any one backend moves exactly its slots.
+            #[test]
+            fn removing_a_backend_moves_only_its_slots(seed: u32, ws in weights(), gone in 0usize..40) {
+                let n = ws.len() as u16;
+                let gone = (gone % ws.len()) as u16;
+                let all = pool(1, 0..n, |i| ws[i as usize]);
+                let before = build(seed, std::slice::from_ref(&all));
+                let mut fewer = all.clone();
+                fewer.backends[gone as usize].eligible = false;
+                let after = build(seed, &[fewer]);
+                for (b, a) in before.iter().zip(&after) {
+                    if *b == gone {
+                        prop_assert!(*a != gone);
+                    } else {
+                        prop_assert_eq!(b, a);
+                    }
+                }
+            }
+
+            /// A canary step moves slots only from the old pool to the new.
+            #[test]
+            fn a_canary_step_moves_only_between_the_pools(seed: u32, from in 0u32..100, by in 1u32..50, ws in weights()) {
+                let to = (from + by).min(100);
+                let n = ws.len() as u16;
+                let mk = |g: u32| build(seed, &[
+                    pool(100 - g, 0..n, |i| ws[i as usize]),
+                    pool(g, 100..100 + n, |i| ws[(i - 100) as usize]),
+                ]);
+                let (before, after) = (mk(from), mk(to));
+                for (b, a) in before.iter().zip(&after) {
+                    if b != a {
+                        prop_assert!(*b < 100 && *a >= 100, "slot moved {} -> {}", b, a);
+                    }
+                }
+            }
+
+            /// The same seed and configuration give the same table, in any order.
+            #[test]
+            fn same_seed_and_config_same_table(seed: u32, ws in weights()) {
+                let n = ws.len() as u16;
+                let p = pool(1, 0..n, |i| ws[i as usize]);
+                let mut rev = p.clone();
+                rev.backends.reverse();
+                prop_assert_eq!(build(seed, &[p]), build(seed, &[rev]));
+            }
+        }
     }
 }
