@@ -137,7 +137,7 @@ fn arrivals(seed: u32, ident: u32, k: u32, j: u32, mut f: impl FnMut(usize, f32)
     let (lo, width) = (lo as f32, (hi - lo) as f32);
     for _ in 0..n {
         let x = rng.next();
-        let rank = start + ((x >> 32) * size >> 32) as usize;
+        let rank = start + (((x >> 32) * size) >> 32) as usize;
         let u = (x as u32 >> 8) as f32 / (1u32 << 24) as f32;
         f(rank, lo + width * u);
     }
