@@ -60,6 +60,17 @@ pub fn slot_of(hash: u32) -> usize {
 
 /// Identity of a backend for hashing: its address and port, never its index
 /// in a map, so two hosts with the same configuration build the same table.
+/// Bits in the reply filter (`REPLY_FILTER`): one 8 KiB bitmap.
+pub const REPLY_FILTER_BITS: u32 = 1 << 16;
+pub const REPLY_FILTER_WORDS: usize = (REPLY_FILTER_BITS / 64) as usize;
+
+/// The reply-filter bit of a source address: a packet whose source's bit is
+/// clear comes from no backend, so it skips the reply lookups.
+#[inline(always)]
+pub fn source_bit(addr: &[u8; 16]) -> u32 {
+    finish(mix_addr(0x5bd1_e995, addr)) & (REPLY_FILTER_BITS - 1)
+}
+
 pub fn backend_ident(seed: u32, addr: &[u8; 16], port: u16) -> u32 {
     finish(mix(mix_addr(seed ^ 0x2545_f491, addr), port as u32))
 }

@@ -34,9 +34,13 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REASONS: &str = "REASONS";
+    pub const NEXTHOPS: &str = "NEXTHOPS";
+    pub const REPLY_FILTER: &str = "REPLY_FILTER";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 12] = [
+    pub const PINNED: [&str; 14] = [
         CONFIG,
+        NEXTHOPS,
+        REPLY_FILTER,
         SERVICES,
         TABLES,
         BACKENDS,
@@ -184,6 +188,30 @@ pub struct Backend {
 }
 
 /// Key of `REALS`: a backend's address as its replies show it (nat mode).
+/// How to reach a backend without a route lookup: egress device, both
+/// MACs and the device's MTU, kept fresh by the daemon from the kernel's
+/// routes and neighbour entries. Without `NEXTHOP_VALID` (or for a packet
+/// above `mtu`) the data plane asks the kernel (`bpf_fib_lookup`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    /// Largest IP packet the device sends.
+    pub mtu: u16,
+    pub flags: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+pub const NEXTHOP_VALID: u16 = 1;
+
+/// One bit per `hash::source_bit` of every nat/fullnat backend address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReplyFilter {
+    pub words: [u64; crate::hash::REPLY_FILTER_WORDS],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RealKey {
@@ -420,6 +448,8 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ReplyFilter {}
     unsafe impl aya::Pod for RealKey {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}

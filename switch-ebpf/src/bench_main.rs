@@ -6,7 +6,9 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+// Only part of the parser is used by these programs.
 #[cfg(target_arch = "bpf")]
+#[allow(dead_code)]
 #[path = "parse.rs"]
 mod parse;
 

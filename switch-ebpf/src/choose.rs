@@ -3,7 +3,7 @@
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
     PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
@@ -60,7 +60,9 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
         family: pkt.family,
         _pad: [0; 2],
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (last tick) is enough for timeouts of seconds and
+    // costs a fraction of a precise read.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 

@@ -7,12 +7,12 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use switch_common::{FAMILY_V4, Reason};
+use switch_common::{FAMILY_V4, NEXTHOP_VALID, NextHop, Reason};
 
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{DEVICES, FIB_SCRATCH},
+    maps::{DEVICES, FIB_SCRATCH, NEXTHOPS},
     parse,
     parse::Packet,
     rewrite,
@@ -26,6 +26,65 @@ const FIB_SUCCESS: i64 = 0;
 const FIB_NOT_FWDED: i64 = 4;
 const FIB_NO_NEIGH: i64 = 7;
 const FIB_FRAG_NEEDED: i64 = 8;
+
+/// Client -> backend (every mode): the backend's cached next hop when the
+/// daemon has one, else the kernel's route lookup. `routed`: nat and
+/// fullnat (the TTL goes down); dsr only changes the Ethernet header.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    index: u32,
+    backend: &[u8; 16],
+    routed_mode: bool,
+) -> (u32, Reason) {
+    if let Some(hop) = NEXTHOPS.get(index)
+        && hop.flags & NEXTHOP_VALID != 0
+        && pkt.ip_len <= hop.mtu
+    {
+        return via(ctx, pkt, hop, routed_mode);
+    }
+    // Slow path: not known yet, stale, or a packet above the cached MTU
+    // (the kernel's answer covers fragmentation-needed).
+    if routed_mode {
+        routed(ctx, pkt, Reason::Forwarded)
+    } else {
+        dsr(ctx, pkt, backend)
+    }
+}
+
+/// Sends through a cached next hop: two MACs, the TTL, one redirect.
+// Not inlined: to_vip's frame would grow by this path's locals, and
+// try_switch -> to_vip -> send (the slow path) must stay within 512 bytes.
+#[inline(never)]
+fn via(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, routed_mode: bool) -> (u32, Reason) {
+    if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
+        return (xdp_action::XDP_PASS, Reason::Malformed);
+    }
+    set_macs(pkt.eth as usize, &hop.dmac, &hop.smac);
+    if routed_mode {
+        rewrite::decrement_ttl(ctx, pkt);
+    }
+    // The daemon caches only next hops on devices in DEVICES.
+    match DEVICES.redirect(hop.ifindex, 0) {
+        Ok(v) => (v, Reason::Forwarded),
+        Err(_) => (xdp_action::XDP_DROP, Reason::FibFailed),
+    }
+}
+
+/// Writes both MACs as three 32-bit words: a `[u8; 6]` assignment becomes
+/// a byte-at-a-time memmove call on BPF.
+#[inline(always)]
+fn set_macs(eth: usize, dmac: &[u8; 6], smac: &[u8; 6]) {
+    let w0 = u32::from_ne_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]);
+    let w1 = u32::from_ne_bytes([dmac[4], dmac[5], smac[0], smac[1]]);
+    let w2 = u32::from_ne_bytes([smac[2], smac[3], smac[4], smac[5]]);
+    unsafe {
+        core::ptr::write_unaligned(eth as *mut u32, w0);
+        core::ptr::write_unaligned((eth + 4) as *mut u32, w1);
+        core::ptr::write_unaligned((eth + 8) as *mut u32, w2);
+    }
+}
 
 /// Route a packet whose L3 header now holds its final destination (nat mode
 /// and replies).
@@ -157,10 +216,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
         // The kernel can still route it, just more slowly.
         return pack(xdp_action::XDP_PASS, Reason::NotRedirectable);
     }
-    unsafe {
-        (*pkt.eth).dst_addr = p.dmac;
-        (*pkt.eth).src_addr = p.smac;
-    }
+    set_macs(pkt.eth as usize, &p.dmac, &p.smac);
     if route {
         rewrite::decrement_ttl(ctx, pkt);
     }

@@ -71,7 +71,24 @@ mod program {
         if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
             return unpack(to_vip(ctx, config, service, pkt));
         }
+        if !maybe_backend(&pkt.src) {
+            return (xdp_action::XDP_PASS, Reason::NotVip);
+        }
         unpack(from_backend(ctx, config, pkt))
+    }
+
+    /// One bit test instead of two hash lookups for traffic that does not
+    /// come from a backend (most of what is not for a VIP).
+    // Not inlined: its hashing locals would sit in try_switch's frame, which
+    // is part of every call chain (512 bytes in all).
+    #[inline(never)]
+    fn maybe_backend(src: &[u8; 16]) -> bool {
+        let bit = switch_common::hash::source_bit(src);
+        match maps::REPLY_FILTER.get(0) {
+            // `& 1023` keeps the index provably inside the array.
+            Some(f) => f.words[(bit >> 6) as usize & 1023] & (1 << (bit & 63)) != 0,
+            None => true,
+        }
     }
 
     /// Backend -> client: a fullnat or nat reply rewritten back to the VIP.
@@ -145,20 +162,20 @@ mod program {
         let backend = unsafe { chosen.assume_init_ref() };
         stats::backend_packet(backend.index, pkt.len, 0);
         let (verdict, reason) = match Mode::from_u8(service.mode) {
-            Some(Mode::Dsr) => forward::dsr(ctx, pkt, &backend.addr),
+            Some(Mode::Dsr) => forward::to_backend(ctx, pkt, backend.index, &backend.addr, false),
             Some(Mode::Fullnat) => {
                 if !rewrite::source(ctx, pkt, &service.snat_addr, backend.snat_port)
                     || !rewrite::destination(ctx, pkt, &backend.addr, backend.port)
                 {
                     return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
-                forward::routed(ctx, pkt, Reason::Forwarded)
+                forward::to_backend(ctx, pkt, backend.index, &backend.addr, true)
             }
             _ => {
                 if !rewrite::destination(ctx, pkt, &backend.addr, backend.port) {
                     return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
-                forward::routed(ctx, pkt, Reason::Forwarded)
+                forward::to_backend(ctx, pkt, backend.index, &backend.addr, true)
             }
         };
         // No neighbour yet. nat: the kernel resolves it and forwards the

@@ -23,11 +23,26 @@ pub static TABLES: Array<Table> = Array::with_max_entries(DEFAULT_MAX_SERVICES +
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Per backend index: the cached next hop (see `NextHop`).
+#[map]
+pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Which source addresses may be backends (a bitmap by
+/// `hash::source_bit`): everything else skips the reply lookups.
+#[map]
+pub static REPLY_FILTER: Array<ReplyFilter> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static REALS: HashMap<RealKey, Real> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Shared (not per-CPU) LRU: on veth and with RSS changes one flow can show
-/// up on several CPUs, and it must find its pin on every one.
+/// Shared (not per-CPU) hash: on veth and with RSS changes one flow can
+/// show up on several CPUs, and it must find its pin on every one.
+///
+/// One common LRU list, not one per CPU (BPF_F_NO_COMMON_LRU): per-CPU lists
+/// are each a fraction of the table, and under a SYN flood a CPU's list
+/// force-evicts entries that are still in use; the flood test lost an
+/// established connection that way. A new flow pays for the shared list's
+/// lock instead.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 

@@ -1101,6 +1101,12 @@ mod tests {
         fn set_real(&mut self, _: &RealKey, _: &Real) -> Result<()> {
             self.check()
         }
+        fn set_reply_filter(&mut self, _: &switch_common::ReplyFilter) -> Result<()> {
+            self.check()
+        }
+        fn set_nexthop(&mut self, _: u32, _: &switch_common::NextHop) -> Result<()> {
+            self.check()
+        }
         fn remove_real(&mut self, _: &RealKey) -> Result<()> {
             self.check()
         }

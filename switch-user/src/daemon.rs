@@ -41,6 +41,8 @@ struct Shared {
     flow_counts_ms: u64,
     /// The sample the rates were computed from.
     last_sample: Option<(std::time::Instant, Counters)>,
+    /// Next hops as written to NEXTHOPS, by backend index.
+    nexthops: HashMap<u32, switch_common::NextHop>,
 }
 
 /// Per backend index: (packets, new flows) as the counters stood.
@@ -132,11 +134,14 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     } else {
         ctl.reapply(&mut dp)?;
     }
-    resolve_neighbours(backend_ips(&ctl));
     for ifname in &d.interfaces {
         let mode = dp.attach(ifname)?;
         tracing::info!("attached to {ifname} ({mode:?})");
     }
+    // Next hops before the first packet: resolved and cached.
+    let mut nexthops = HashMap::new();
+    let resolved = resolve_neighbours(backend_ips(&ctl));
+    crate::dataplane::sync_nexthops(&mut dp, &ctl.programmer, &resolved, &mut nexthops)?;
     let shared = Arc::new(Mutex::new(Shared {
         dp,
         ctl,
@@ -146,6 +151,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         flow_counts: HashMap::new(),
         flow_counts_ms: 0,
         last_sample: None,
+        nexthops,
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
 
@@ -402,21 +408,119 @@ fn backend_ips(ctl: &Controller) -> BTreeSet<std::net::IpAddr> {
         .collect()
 }
 
-fn resolve_neighbours(backends: BTreeSet<std::net::IpAddr>) {
-    if let Ok(mut n) = NEIGHBOURS.lock() {
-        n.reconcile(backends);
+fn resolve_neighbours(
+    backends: BTreeSet<std::net::IpAddr>,
+) -> std::collections::BTreeMap<std::net::IpAddr, switch_common::NextHop> {
+    match NEIGHBOURS.lock() {
+        Ok(mut n) => {
+            n.reconcile(backends);
+            n.resolved()
+        }
+        Err(_) => Default::default(),
     }
 }
 
+/// One neighbour round and the next-hop cache brought up to date.
+fn refresh_neighbours(shared: &Mutex<Shared>) {
+    refresh_neighbours_with(shared, false)
+}
+
+fn refresh_neighbours_with(shared: &Mutex<Shared>, routes_changed: bool) {
+    if routes_changed && let Ok(mut n) = NEIGHBOURS.lock() {
+        n.invalidate_routes();
+    }
+    let Ok(backends) = shared.lock().map(|s| backend_ips(&s.ctl)) else {
+        return;
+    };
+    // Resolving runs iproute2 and may wait a little: not under the lock.
+    let resolved = resolve_neighbours(backends);
+    if let Ok(mut g) = shared.lock() {
+        let s = &mut *g;
+        match crate::dataplane::sync_nexthops(
+            &mut s.dp,
+            &s.ctl.programmer,
+            &resolved,
+            &mut s.nexthops,
+        ) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("{n} next hop(s) updated"),
+            Err(e) => tracing::warn!("next hops: {e:#}"),
+        }
+    }
+}
+
+/// A line of `ip -o monitor` about a neighbour entry (not a route or link).
+fn is_neighbour_event(line: &str) -> bool {
+    const STATES: [&str; 9] = [
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "INCOMPLETE",
+        "PERMANENT",
+        "NOARP",
+        "NONE",
+    ];
+    line.contains(" lladdr ")
+        || line
+            .split_whitespace()
+            .last()
+            .is_some_and(|w| STATES.contains(&w))
+}
+
+/// Every NEIGHBOURS_EVERY, and at once when the kernel reports a neighbour,
+/// route or link change (`ip monitor`), so a backend's new MAC is followed
+/// within milliseconds.
 async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = changed.clone();
+    let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let routes_dirty = dirty.clone();
+    tokio::spawn(async move {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["-o", "monitor", "neigh", "route", "link"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // It dies with the daemon, even with a kill -9.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let Ok(mut child) = cmd.spawn() else {
+            tracing::warn!(
+                "cannot run `ip monitor`: next hops follow changes every {NEIGHBOURS_EVERY:?}"
+            );
+            return;
+        };
+        let Some(out) = child.stdout.take() else {
+            return;
+        };
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Route and link events mean the routes are looked up again;
+            // neighbour events (most of them) only re-read the table.
+            if !is_neighbour_event(&line) {
+                routes_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            notify.notify_one();
+        }
+    });
     let mut every = tokio::time::interval(NEIGHBOURS_EVERY);
     loop {
-        every.tick().await;
-        let backends = match shared.lock() {
-            Ok(s) => backend_ips(&s.ctl),
-            Err(_) => return,
+        let event = tokio::select! {
+            _ = every.tick() => false,
+            _ = changed.notified() => {
+                // Let a burst of events settle into one round.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                true
+            }
         };
-        let _ = tokio::task::spawn_blocking(move || resolve_neighbours(backends)).await;
+        let routes = event && dirty.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || refresh_neighbours_with(&s, routes)).await;
     }
 }
 
@@ -609,10 +713,7 @@ async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
                     if resp.ok
                         && !matches!(req.cmd, Command::Status { .. } | Command::History { .. })
                     {
-                        let backends = shared.lock().map(|s| backend_ips(&s.ctl));
-                        if let Ok(b) = backends {
-                            resolve_neighbours(b);
-                        }
+                        refresh_neighbours(&shared);
                     }
                     resp
                 })

@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use switch_common::{
-    Backend, BackendStats, CohortKey, Config, Real, RealKey, Reason, Service, ServiceKey,
+    Backend, BackendStats, CohortKey, Config, NextHop, Real, RealKey, Reason, Service, ServiceKey,
     ServiceStats, Table, names,
 };
 
@@ -71,6 +71,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
     pub capacity: Capacity,
+    /// Interfaces in the DEVICES devmap (ifindexes): the only ones a
+    /// cached next hop may point at.
+    pub devices: std::collections::BTreeSet<u32>,
 }
 
 impl Dataplane {
@@ -84,6 +87,7 @@ impl Dataplane {
             .map_max_entries(names::SERVICE_STATS, capacity.services)
             .map_max_entries(names::TABLES, capacity.tables)
             .map_max_entries(names::BACKENDS, capacity.backends)
+            .map_max_entries(names::NEXTHOPS, capacity.backends)
             .map_max_entries(names::REALS, capacity.backends)
             .map_max_entries(names::BACKEND_STATS, capacity.backends)
             .map_max_entries(names::FLOWS, capacity.flows);
@@ -109,6 +113,7 @@ impl Dataplane {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
             capacity,
+            devices: Default::default(),
         })
     }
 
@@ -182,7 +187,20 @@ impl Dataplane {
         let mut devs: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map(names::DEVICES)?)?;
         devs.insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("adding {ifname} to the devmap"))?;
+        self.devices.insert(ifindex);
         Ok(())
+    }
+
+    /// Empties the flow table (benchmarks reset it between rows). Returns
+    /// how many flows were removed.
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let mut m: HashMap<&mut MapData, switch_common::FlowKey, switch_common::Flow> =
+            HashMap::try_from(self.map(names::FLOWS)?)?;
+        let keys: Vec<switch_common::FlowKey> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            let _ = m.remove(k);
+        }
+        Ok(keys.len())
     }
 
     pub fn read_table(&self, slot: u32) -> Result<Box<Table>> {
@@ -270,6 +288,18 @@ impl Maps for Dataplane {
         let mut a: Array<&mut MapData, Table> = Array::try_from(self.map(names::TABLES)?)?;
         a.set(slot, table, 0)
             .with_context(|| format!("writing selection table {slot}"))?;
+        Ok(())
+    }
+    fn set_reply_filter(&mut self, f: &switch_common::ReplyFilter) -> Result<()> {
+        let mut a: Array<&mut MapData, switch_common::ReplyFilter> =
+            Array::try_from(self.map(names::REPLY_FILTER)?)?;
+        a.set(0, f, 0).context("writing the reply filter")?;
+        Ok(())
+    }
+    fn set_nexthop(&mut self, index: u32, hop: &NextHop) -> Result<()> {
+        let mut a: Array<&mut MapData, NextHop> = Array::try_from(self.map(names::NEXTHOPS)?)?;
+        a.set(index, hop, 0)
+            .with_context(|| format!("writing the next hop of backend {index}"))?;
         Ok(())
     }
     fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
@@ -373,6 +403,35 @@ impl FlowScanner {
         }
         Ok(out)
     }
+}
+
+/// Writes the next hops of every placed backend from `resolved` (by backend
+/// address): valid where resolved on a device we redirect to, cleared
+/// elsewhere. `written` remembers what is in the map, so only changes are
+/// written. Returns how many entries changed.
+pub fn sync_nexthops(
+    dp: &mut Dataplane,
+    programmer: &crate::programmer::Programmer,
+    resolved: &std::collections::BTreeMap<std::net::IpAddr, NextHop>,
+    written: &mut std::collections::HashMap<u32, NextHop>,
+) -> Result<usize> {
+    use crate::programmer::Maps as _;
+    let mut changed = 0;
+    for p in programmer.services.values() {
+        for (addr, &index) in p.backends.iter().chain(&p.lingering) {
+            let want = resolved
+                .get(&addr.ip())
+                .filter(|h| dp.devices.contains(&h.ifindex))
+                .copied()
+                .unwrap_or_default();
+            if written.get(&index) != Some(&want) {
+                dp.set_nexthop(index, &want)?;
+                written.insert(index, want);
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// Removes every pinned link and map under `pin_dir`; forwarding stops.

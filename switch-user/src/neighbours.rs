@@ -7,6 +7,10 @@
 //! neighbour entry (`NTF_EXT_MANAGED`: the kernel resolves it and keeps it
 //! resolved without any traffic). A periodic reconcile puts back entries
 //! that were flushed or failed. iproute2 does the netlink talking.
+//!
+//! The same round yields each backend's resolved next hop (egress device,
+//! both MACs, MTU): the daemon caches it in the `NEXTHOPS` map so the data
+//! plane forwards without a route lookup.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +20,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use switch_common::{NEXTHOP_VALID, NextHop};
 
 /// Routes are looked up again this often (and whenever the backends change).
 const ROUTES_EVERY: Duration = Duration::from_secs(5);
@@ -35,6 +40,8 @@ pub struct Neighbours {
     pub added: u64,
     /// Next hops that did not resolve when last added.
     slow: BTreeSet<Hop>,
+    /// The neighbour table as last read.
+    table: BTreeMap<(IpAddr, String), Entry>,
 }
 
 #[derive(Deserialize)]
@@ -83,13 +90,57 @@ fn route(addr: IpAddr) -> Option<Hop> {
 }
 
 /// What the kernel's neighbour table says of one entry.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Entry {
     /// Has a link-layer address: the data plane can use it.
-    Usable,
+    Usable([u8; 6]),
     /// Being resolved (INCOMPLETE, or managed and waiting).
     Pending,
     Failed,
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+struct Link {
+    ifindex: u32,
+    mtu: u32,
+    mac: [u8; 6],
+}
+
+#[derive(Deserialize)]
+struct LinkJson {
+    ifindex: u32,
+    ifname: String,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    address: Option<String>,
+}
+
+fn links() -> BTreeMap<String, Link> {
+    ip(&["-j", "link", "show"])
+        .and_then(|o| serde_json::from_slice::<Vec<LinkJson>>(&o).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|l| {
+            let mac = l.address.as_deref().and_then(parse_mac)?;
+            Some((
+                l.ifname,
+                Link {
+                    ifindex: l.ifindex,
+                    mtu: l.mtu,
+                    mac,
+                },
+            ))
+        })
+        .collect()
 }
 
 fn table() -> BTreeMap<(IpAddr, String), Entry> {
@@ -98,10 +149,11 @@ fn table() -> BTreeMap<(IpAddr, String), Entry> {
         .unwrap_or_default()
         .into_iter()
         .filter_map(|n| {
+            let mac = n.lladdr.as_deref().and_then(parse_mac);
             let e = if n.state.iter().any(|s| s == "FAILED") {
                 Entry::Failed
-            } else if n.lladdr.is_some() && !n.state.iter().any(|s| s == "INCOMPLETE") {
-                Entry::Usable
+            } else if let Some(mac) = mac.filter(|_| !n.state.iter().any(|s| s == "INCOMPLETE")) {
+                Entry::Usable(mac)
             } else {
                 Entry::Pending
             };
@@ -139,6 +191,7 @@ impl Neighbours {
         }
         let wanted: BTreeSet<Hop> = self.hops.values().cloned().collect();
         let now = table();
+        self.table = now.clone();
         let state = |t: &BTreeMap<(IpAddr, String), Entry>, h: &Hop| {
             t.get(&(h.via, h.dev.clone())).copied()
         };
@@ -168,21 +221,72 @@ impl Neighbours {
             }
             std::thread::sleep(Duration::from_millis(10));
             t = table();
-            if waiting.iter().all(|h| state(&t, h) == Some(Entry::Usable)) {
+            if waiting
+                .iter()
+                .all(|h| matches!(state(&t, h), Some(Entry::Usable(_))))
+            {
                 break;
             }
         }
-        for h in wanted {
-            if state(&t, &h) == Some(Entry::Usable) {
-                self.slow.remove(&h);
-            } else if missing.contains(&h) {
-                self.slow.insert(h);
+        for h in &wanted {
+            if matches!(state(&t, h), Some(Entry::Usable(_))) {
+                self.slow.remove(h);
+            } else if missing.contains(h) {
+                self.slow.insert(h.clone());
             }
         }
+        self.table = t;
+    }
+
+    /// Every backend whose next hop is resolved: device, MACs, MTU.
+    pub fn resolved(&self) -> BTreeMap<IpAddr, NextHop> {
+        let links = links();
+        self.hops
+            .iter()
+            .filter_map(|(backend, hop)| {
+                let Some(Entry::Usable(dmac)) = self.table.get(&(hop.via, hop.dev.clone())) else {
+                    return None;
+                };
+                let link = links.get(&hop.dev)?;
+                Some((
+                    *backend,
+                    NextHop {
+                        ifindex: link.ifindex,
+                        mtu: link.mtu.min(u16::MAX as u32) as u16,
+                        flags: NEXTHOP_VALID,
+                        dmac: *dmac,
+                        smac: link.mac,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Looks every backend's route up again on the next round (the kernel
+    /// said a route or link changed).
+    pub fn invalidate_routes(&mut self) {
+        self.routes_at = None;
     }
 
     /// The next hops being kept, for status.
     pub fn hops(&self) -> &BTreeMap<IpAddr, Hop> {
         &self.hops
     }
+}
+
+/// One round for a data plane without a daemon (benchmarks, tests): resolve
+/// every placed backend in this network namespace and cache its next hop.
+pub fn cache_nexthops(
+    dp: &mut crate::dataplane::Dataplane,
+    programmer: &crate::programmer::Programmer,
+) -> anyhow::Result<usize> {
+    let backends: BTreeSet<IpAddr> = programmer
+        .services
+        .values()
+        .flat_map(|p| p.backends.keys().chain(p.lingering.keys()))
+        .map(|a| a.ip())
+        .collect();
+    let mut n = Neighbours::default();
+    n.reconcile(backends);
+    crate::dataplane::sync_nexthops(dp, programmer, &n.resolved(), &mut Default::default())
 }

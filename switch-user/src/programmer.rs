@@ -14,8 +14,8 @@ use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use switch_common::{
     Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4, FAMILY_V6,
-    Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP, Real, RealKey, SERVICE_CLIENT_AFFINITY, Service,
-    ServiceKey, TABLE_SIZE, Table,
+    Mode, NO_BACKEND, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey, ReplyFilter,
+    SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
     hash::backend_ident,
     table::{self, BackendSpec, PoolSpec},
 };
@@ -29,6 +29,11 @@ pub trait Maps {
     fn set_service(&mut self, k: &ServiceKey, s: &Service) -> Result<()>;
     fn remove_service(&mut self, k: &ServiceKey) -> Result<()>;
     fn set_backend(&mut self, index: u32, b: &Backend) -> Result<()>;
+    /// The cached next hop of a backend index (the daemon's neighbour
+    /// round fills it; the programmer clears it when an index changes hands).
+    fn set_nexthop(&mut self, index: u32, hop: &NextHop) -> Result<()>;
+    /// The bitmap of addresses that may send replies (nat/fullnat backends).
+    fn set_reply_filter(&mut self, f: &ReplyFilter) -> Result<()>;
     fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()>;
     fn remove_real(&mut self, k: &RealKey) -> Result<()>;
     fn set_cohort(
@@ -142,9 +147,48 @@ impl Programmer {
         self.write_config_flags(maps, 0)
     }
 
-    /// The global config with the reply lookups of `mode` switched on too.
-    fn write_config_with(&self, maps: &mut dyn Maps, mode: ForwardMode) -> Result<()> {
-        self.write_config_flags(maps, mode_flag(mode))
+    /// The global config and reply filter with `spec`'s reply lookups and
+    /// backends switched on too (before it goes live).
+    fn write_config_with(&self, maps: &mut dyn Maps, spec: &ServiceConfig) -> Result<()> {
+        self.write_reply_filter(maps, Some(spec))?;
+        let mut flags = CONFIG_READY | mode_flag(spec.mode);
+        for p in self.services.values() {
+            flags |= mode_flag(p.spec.mode);
+        }
+        maps.set_config(&Config {
+            seed: self.seed,
+            flags,
+            tcp_close_grace_ns: self.timeouts[0],
+            tcp_idle_ns: self.timeouts[1],
+            udp_idle_ns: self.timeouts[2],
+        })
+    }
+
+    /// One bit per backend address of every nat or fullnat service (and of
+    /// `also`): replies can only come from those.
+    fn write_reply_filter(&self, maps: &mut dyn Maps, also: Option<&ServiceConfig>) -> Result<()> {
+        let mut f = ReplyFilter {
+            words: [0; switch_common::hash::REPLY_FILTER_WORDS],
+        };
+        let mut set = |a: SocketAddr| {
+            let bit = switch_common::hash::source_bit(&addr_bytes(a.ip()));
+            f.words[(bit >> 6) as usize] |= 1 << (bit & 63);
+        };
+        for p in self.services.values() {
+            if p.spec.mode != ForwardMode::Dsr {
+                p.backends
+                    .keys()
+                    .chain(p.lingering.keys())
+                    .for_each(|a| set(*a));
+            }
+        }
+        if let Some(spec) = also.filter(|s| s.mode != ForwardMode::Dsr) {
+            spec.pools
+                .iter()
+                .flat_map(|p| &p.backends)
+                .for_each(|b| set(b.addr()));
+        }
+        maps.set_reply_filter(&f)
     }
 
     fn write_config_flags(&self, maps: &mut dyn Maps, extra: u32) -> Result<()> {
@@ -152,6 +196,7 @@ impl Programmer {
         for p in self.services.values() {
             flags |= mode_flag(p.spec.mode);
         }
+        self.write_reply_filter(maps, None)?;
         maps.set_config(&Config {
             seed: self.seed,
             flags,
@@ -278,6 +323,9 @@ impl Programmer {
                     used.insert(i);
                     let g = self.generations.entry(i).or_insert(0);
                     *g = g.wrapping_add(1);
+                    // Whatever the last occupant's next hop was, it is not
+                    // this backend's: the slow path until the daemon knows.
+                    maps.set_nexthop(i, &NextHop::default())?;
                     i
                 }
             };
@@ -357,7 +405,7 @@ impl Programmer {
         }
         // The reply lookups this service needs are switched on before it
         // goes live (extra flags only cost a lookup).
-        self.write_config_with(maps, spec.mode)?;
+        self.write_config_with(maps, spec)?;
 
         // 3. The one write that makes it live.
         let service = Service {

@@ -34,6 +34,14 @@ impl Maps for FakeMaps {
         self.writes.push(format!("service {k:?} {s:?}"));
         Ok(())
     }
+    fn set_reply_filter(&mut self, _: &switch_common::ReplyFilter) -> Result<()> {
+        self.writes.push("reply filter".into());
+        Ok(())
+    }
+    fn set_nexthop(&mut self, i: u32, h: &switch_common::NextHop) -> Result<()> {
+        self.writes.push(format!("nexthop {i} {h:?}"));
+        Ok(())
+    }
     fn remove_service(&mut self, k: &ServiceKey) -> Result<()> {
         self.writes.push(format!("rm service {k:?}"));
         Ok(())

@@ -189,6 +189,29 @@ fn set_src_low(f: &mut [u8], v6: bool, l4: usize, low: u16) {
     f[at..at + 2].copy_from_slice(&new);
 }
 
+/// New flows counted by every service so far.
+fn new_flows(dp: &Dataplane) -> Result<u64> {
+    let mut n = 0;
+    for (_, svc) in dp.services()? {
+        n += dp.service_stats(svc.id)?.new_flows;
+    }
+    Ok(n)
+}
+
+/// The timed established rows must have found every flow in the table: a
+/// miss would time the new-flow path under the wrong name.
+fn no_misses(dp: &Dataplane, before: u64, rows: &[Row]) -> Result<()> {
+    let after = new_flows(dp)?;
+    if after != before {
+        bail!(
+            "{}: {} flow-table misses during an established row",
+            rows.last().map(|r| r.path.as_str()).unwrap_or("?"),
+            after - before
+        );
+    }
+    Ok(())
+}
+
 /// Times `runs` runs; `next(i)` gives run i's input; `want` its verdict.
 fn time(
     name: &str,
@@ -584,6 +607,9 @@ fn run(args: Args) -> Result<()> {
         p.init(&mut dp, &DaemonConfig::default())?;
         p.apply(&mut dp, &service(false), &BTreeSet::new())?;
         p.apply(&mut dp, &service(true), &BTreeSet::new())?;
+        // Next hops cached as the daemon does it (the fast path).
+        let cached = switch_user::neighbours::cache_nexthops(&mut dp, &p)?;
+        eprintln!("  {cached} backend next hops cached");
         // The reference programs live in their own object; the minimal one
         // looks up the same service entries as the switch.
         let mut reference = switch_tests::reference::Reference::load()?;
@@ -690,6 +716,10 @@ fn run(args: Args) -> Result<()> {
                 to_backend,
             )?);
             let est = ack(v6);
+            // A clean table, the flow in it, then only hits.
+            dp.clear_flows()?;
+            test_run(&sw, c0, &est)?;
+            let misses = new_flows(&dp)?;
             rows.push(time(
                 &format!("switch: established flow, {fam}"),
                 &sw,
@@ -699,6 +729,8 @@ fn run(args: Args) -> Result<()> {
                 |_| est.clone(),
                 to_backend,
             )?);
+            no_misses(&dp, misses, &rows)?;
+            dp.clear_flows()?;
         }
         // Replies: from a backend that has seen a flow.
         let s = check(&test_run(&sw, c0, &ack(false))?.out)?;
@@ -744,6 +776,7 @@ fn run(args: Args) -> Result<()> {
                 b"",
             );
             let l4 = l4_off(false);
+            dp.clear_flows()?;
             let t = Instant::now();
             for k in 0..n {
                 let mut f = base.clone();
@@ -755,6 +788,7 @@ fn run(args: Args) -> Result<()> {
                 "  filled the flow table with {n} flows in {:.1}s",
                 t.elapsed().as_secs_f64()
             );
+            let misses = new_flows(&dp)?;
             rows.push(time(
                 &format!("switch: established flows, {n} in table"),
                 &sw,
@@ -770,6 +804,7 @@ fn run(args: Args) -> Result<()> {
                 },
                 to_backend,
             )?);
+            no_misses(&dp, misses, &rows)?;
         }
         Ok(rows)
     })??;
