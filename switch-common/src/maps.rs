@@ -36,11 +36,15 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const REPLY_FILTER: &str = "REPLY_FILTER";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const SERVICE_BY_ID: &str = "SERVICE_BY_ID";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 16] = [
         CONFIG,
         NEXTHOPS,
         REPLY_FILTER,
+        VIP_FILTER,
+        SERVICE_BY_ID,
         SERVICES,
         TABLES,
         BACKENDS,
@@ -205,10 +209,12 @@ pub struct NextHop {
 
 pub const NEXTHOP_VALID: u16 = 1;
 
-/// One bit per `hash::source_bit` of every nat/fullnat backend address.
+/// A set of addresses as a bitmap, one bit per `hash::source_bit`: every
+/// nat/fullnat backend address (`REPLY_FILTER`), every VIP (`VIP_FILTER`).
+/// A clear bit proves absence; a set bit asks for the exact lookup.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ReplyFilter {
+pub struct AddrFilter {
     pub words: [u64; crate::hash::REPLY_FILTER_WORDS],
 }
 
@@ -449,7 +455,7 @@ mod pod {
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NextHop {}
-    unsafe impl aya::Pod for ReplyFilter {}
+    unsafe impl aya::Pod for AddrFilter {}
     unsafe impl aya::Pod for RealKey {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}

@@ -28,16 +28,24 @@ pub struct Chosen {
     pub snat_port: u16,
 }
 
-// Not inlined: the flow key, flow and cohort key get a frame of their own
-// (the BPF stack is 512 bytes for the whole call chain).
-#[inline(never)]
-pub fn backend(
-    config: &Config,
-    service: &Service,
-    pkt: &Packet,
-    out: &mut MaybeUninit<Chosen>,
-) -> Result<(), Reason> {
-    let chosen = choose(config, service, pkt)?;
+/// `established` found no usable pin.
+pub const NO_SERVICE: u32 = u32::MAX;
+
+#[inline(always)]
+fn flow_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn write_out(out: &mut MaybeUninit<Chosen>, chosen: Chosen) {
     // Field by field into the caller's memory (see parse::parse for why).
     let o = out.as_mut_ptr();
     unsafe {
@@ -46,36 +54,60 @@ pub fn backend(
         addr_of_mut!((*o).port).write(chosen.port);
         addr_of_mut!((*o).snat_port).write(chosen.snat_port);
     }
-    Ok(())
 }
 
-#[inline(always)]
-fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
-    let key = FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
+/// An established flow: its pinned backend and its service's id, or
+/// `NO_SERVICE` when the packet has no usable pin (a new flow, an expired
+/// pin, a backend gone or down, a SYN with a new sequence number). One hash
+/// lookup for the common case; the service comes from an array by id.
+// Not inlined: the flow key gets a frame of its own (the BPF stack is 512
+// bytes for the whole call chain).
+#[inline(never)]
+pub fn established(config: &Config, pkt: &Packet, out: &mut MaybeUninit<Chosen>) -> u32 {
+    let key = flow_key(pkt);
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+        return NO_SERVICE;
     };
     // The coarse clock (last tick) is enough for timeouts of seconds and
     // costs a fraction of a precise read.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    if let Some(flow) = FLOWS.get_ptr_mut(&key)
-        && let Some(chosen) = pinned(config, pkt, unsafe { &mut *flow }, now, closing, syn)
-    {
-        return Ok(chosen);
+    let flow = unsafe { &mut *flow };
+    match pinned(config, pkt, flow, now, closing, syn) {
+        Some(chosen) => {
+            write_out(out, chosen);
+            flow.service
+        }
+        None => NO_SERVICE,
     }
+}
 
-    // New flow, or one whose pin expired or whose backend is gone: the
-    // current table decides. An established TCP flow with no entry (evicted,
-    // another switch host) lands where consistent hashing puts it, which is
-    // its old backend as long as the table has not changed.
+/// A new flow (or one whose pin could not be used): the service's current
+/// table decides, and the flow is pinned.
+// Not inlined, for the same stack reason as `established`.
+#[inline(never)]
+pub fn new_flow(
+    config: &Config,
+    service: &Service,
+    pkt: &Packet,
+    out: &mut MaybeUninit<Chosen>,
+) -> Result<(), Reason> {
+    let chosen = choose(config, service, pkt)?;
+    write_out(out, chosen);
+    Ok(())
+}
+
+#[inline(always)]
+fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
+    let key = flow_key(pkt);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+
+    // The current table decides. An established TCP flow with no entry
+    // (evicted, another switch host) lands where consistent hashing puts
+    // it, which is its old backend as long as the table has not changed.
     let index = table_lookup(config, service, pkt).ok_or(Reason::NoBackend)?;
     let b = BACKENDS.get(index).ok_or(Reason::NoBackend)?;
     let mut chosen = Chosen {

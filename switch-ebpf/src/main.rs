@@ -61,20 +61,50 @@ mod program {
         // SAFETY: parse wrote every field.
         let pkt = unsafe { pkt.assume_init_ref() };
 
-        let service_key = ServiceKey {
-            addr: pkt.dst,
-            port: pkt.dport,
-            proto: pkt.proto,
-            family: pkt.family,
-        };
-        // SAFETY: values of hash maps stay valid for the program's run (RCU).
-        if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
-            return unpack(to_vip(ctx, config, service, pkt));
+        if maybe_vip(&pkt.dst) {
+            // Established flows first: one hash lookup, and the service from
+            // an array by the id the flow carries.
+            let mut chosen = core::mem::MaybeUninit::uninit();
+            let id = choose::established(config, pkt, &mut chosen);
+            if id != choose::NO_SERVICE
+                && let Some(service) = maps::SERVICE_BY_ID.get(id)
+            {
+                // SAFETY: `established` wrote every field when it found one.
+                let backend = unsafe { chosen.assume_init_ref() };
+                stats::service_packet(service.id, pkt.len);
+                if parse::ttl_expires(pkt) {
+                    return (xdp_action::XDP_PASS, Reason::TtlExpired);
+                }
+                return unpack(deliver(ctx, service, pkt, backend));
+            }
+            let service_key = ServiceKey {
+                addr: pkt.dst,
+                port: pkt.dport,
+                proto: pkt.proto,
+                family: pkt.family,
+            };
+            // SAFETY: values of hash maps stay valid for the program's run (RCU).
+            if let Some(service) = unsafe { maps::SERVICES.get(&service_key) } {
+                return unpack(to_vip(ctx, config, service, pkt));
+            }
         }
         if !maybe_backend(&pkt.src) {
             return (xdp_action::XDP_PASS, Reason::NotVip);
         }
         unpack(from_backend(ctx, config, pkt))
+    }
+
+    /// One bit test instead of a hash lookup for most traffic that is not
+    /// for a VIP.
+    // Not inlined, like maybe_backend below.
+    #[inline(never)]
+    fn maybe_vip(dst: &[u8; 16]) -> bool {
+        let bit = switch_common::hash::source_bit(dst);
+        match maps::VIP_FILTER.get(0) {
+            // `& 1023` keeps the index provably inside the array.
+            Some(f) => f.words[(bit >> 6) as usize & 1023] & (1 << (bit & 63)) != 0,
+            None => true,
+        }
     }
 
     /// One bit test instead of two hash lookups for traffic that does not
@@ -143,8 +173,8 @@ mod program {
         pack(xdp_action::XDP_PASS, Reason::NotVip)
     }
 
-    /// Client -> VIP: choose the backend, rewrite by the service's mode,
-    /// forward.
+    /// Client -> VIP, a new flow: choose the backend from the table, then
+    /// deliver.
     // Not inlined, like from_backend: the 512-byte stack holds the frames of
     // a whole call chain, and try_switch's frame is in every one of them.
     #[inline(never)]
@@ -154,12 +184,19 @@ mod program {
             return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
         }
         let mut chosen = core::mem::MaybeUninit::uninit();
-        if let Err(reason) = choose::backend(config, service, pkt, &mut chosen) {
+        if let Err(reason) = choose::new_flow(config, service, pkt, &mut chosen) {
             stats::service_no_backend(service.id);
             return pack(xdp_action::XDP_DROP, reason);
         }
-        // SAFETY: choose::backend wrote every field.
-        let backend = unsafe { chosen.assume_init_ref() };
+        // SAFETY: choose::new_flow wrote every field.
+        deliver(ctx, service, pkt, unsafe { chosen.assume_init_ref() })
+    }
+
+    /// Rewrite by the service's mode and forward to the chosen backend.
+    // Not inlined: both the established and the new-flow path end here, and
+    // its frame must not add to try_switch's.
+    #[inline(never)]
+    fn deliver(ctx: &XdpContext, service: &Service, pkt: &Packet, backend: &choose::Chosen) -> u64 {
         stats::backend_packet(backend.index, pkt.len, 0);
         let (verdict, reason) = match Mode::from_u8(service.mode) {
             Some(Mode::Dsr) => forward::to_backend(ctx, pkt, backend.index, &backend.addr, false),

@@ -17,6 +17,16 @@ pub static SERVICES: HashMap<ServiceKey, Service> =
 /// Selection tables, allocated by userspace from a free list; a service
 /// points at its live one. One element is a whole table, so userspace writes
 /// a new table with one syscall into a slot no packet is reading.
+/// The same services by id, for established flows (which carry the id):
+/// an array lookup instead of a hash lookup per packet.
+#[map]
+pub static SERVICE_BY_ID: Array<Service> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Which destination addresses may be VIPs (a bitmap by
+/// `hash::source_bit`): everything else skips the flow and service lookups.
+#[map]
+pub static VIP_FILTER: Array<AddrFilter> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static TABLES: Array<Table> = Array::with_max_entries(DEFAULT_MAX_SERVICES + 64, 0);
 
@@ -30,7 +40,7 @@ pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 /// Which source addresses may be backends (a bitmap by
 /// `hash::source_bit`): everything else skips the reply lookups.
 #[map]
-pub static REPLY_FILTER: Array<ReplyFilter> = Array::with_max_entries(1, 0);
+pub static REPLY_FILTER: Array<AddrFilter> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static REALS: HashMap<RealKey, Real> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

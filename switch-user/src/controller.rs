@@ -1101,7 +1101,10 @@ mod tests {
         fn set_real(&mut self, _: &RealKey, _: &Real) -> Result<()> {
             self.check()
         }
-        fn set_reply_filter(&mut self, _: &switch_common::ReplyFilter) -> Result<()> {
+        fn set_vip_filter(&mut self, _: &switch_common::AddrFilter) -> Result<()> {
+            self.check()
+        }
+        fn set_reply_filter(&mut self, _: &switch_common::AddrFilter) -> Result<()> {
             self.check()
         }
         fn set_nexthop(&mut self, _: u32, _: &switch_common::NextHop) -> Result<()> {

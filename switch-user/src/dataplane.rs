@@ -85,6 +85,7 @@ impl Dataplane {
         loader
             .map_max_entries(names::SERVICES, capacity.services)
             .map_max_entries(names::SERVICE_STATS, capacity.services)
+            .map_max_entries(names::SERVICE_BY_ID, capacity.services)
             .map_max_entries(names::TABLES, capacity.tables)
             .map_max_entries(names::BACKENDS, capacity.backends)
             .map_max_entries(names::NEXTHOPS, capacity.backends)
@@ -290,8 +291,14 @@ impl Maps for Dataplane {
             .with_context(|| format!("writing selection table {slot}"))?;
         Ok(())
     }
-    fn set_reply_filter(&mut self, f: &switch_common::ReplyFilter) -> Result<()> {
-        let mut a: Array<&mut MapData, switch_common::ReplyFilter> =
+    fn set_vip_filter(&mut self, f: &switch_common::AddrFilter) -> Result<()> {
+        let mut a: Array<&mut MapData, switch_common::AddrFilter> =
+            Array::try_from(self.map(names::VIP_FILTER)?)?;
+        a.set(0, f, 0).context("writing the VIP filter")?;
+        Ok(())
+    }
+    fn set_reply_filter(&mut self, f: &switch_common::AddrFilter) -> Result<()> {
+        let mut a: Array<&mut MapData, switch_common::AddrFilter> =
             Array::try_from(self.map(names::REPLY_FILTER)?)?;
         a.set(0, f, 0).context("writing the reply filter")?;
         Ok(())
@@ -303,6 +310,9 @@ impl Maps for Dataplane {
         Ok(())
     }
     fn set_service(&mut self, key: &ServiceKey, s: &Service) -> Result<()> {
+        // By id first (established flows read it), then the VIP's entry.
+        let mut a: Array<&mut MapData, Service> = Array::try_from(self.map(names::SERVICE_BY_ID)?)?;
+        a.set(s.id, s, 0).context("writing service by id")?;
         let mut m: HashMap<&mut MapData, ServiceKey, Service> =
             HashMap::try_from(self.map(names::SERVICES)?)?;
         m.insert(key, s, 0).context("writing service")?;

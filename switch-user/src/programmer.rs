@@ -13,8 +13,8 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use switch_common::{
-    Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4, FAMILY_V6,
-    Mode, NO_BACKEND, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey, ReplyFilter,
+    AddrFilter, Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4,
+    FAMILY_V6, Mode, NO_BACKEND, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey,
     SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
     hash::backend_ident,
     table::{self, BackendSpec, PoolSpec},
@@ -33,7 +33,9 @@ pub trait Maps {
     /// round fills it; the programmer clears it when an index changes hands).
     fn set_nexthop(&mut self, index: u32, hop: &NextHop) -> Result<()>;
     /// The bitmap of addresses that may send replies (nat/fullnat backends).
-    fn set_reply_filter(&mut self, f: &ReplyFilter) -> Result<()>;
+    fn set_reply_filter(&mut self, f: &AddrFilter) -> Result<()>;
+    /// The bitmap of addresses that may be VIPs.
+    fn set_vip_filter(&mut self, f: &AddrFilter) -> Result<()>;
     fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()>;
     fn remove_real(&mut self, k: &RealKey) -> Result<()>;
     fn set_cohort(
@@ -167,7 +169,7 @@ impl Programmer {
     /// One bit per backend address of every nat or fullnat service (and of
     /// `also`): replies can only come from those.
     fn write_reply_filter(&self, maps: &mut dyn Maps, also: Option<&ServiceConfig>) -> Result<()> {
-        let mut f = ReplyFilter {
+        let mut f = AddrFilter {
             words: [0; switch_common::hash::REPLY_FILTER_WORDS],
         };
         let mut set = |a: SocketAddr| {
@@ -188,7 +190,21 @@ impl Programmer {
                 .flat_map(|p| &p.backends)
                 .for_each(|b| set(b.addr()));
         }
-        maps.set_reply_filter(&f)
+        maps.set_reply_filter(&f)?;
+        // The VIPs, likewise.
+        let mut v = AddrFilter {
+            words: [0; switch_common::hash::REPLY_FILTER_WORDS],
+        };
+        let vips = self
+            .services
+            .values()
+            .map(|p| p.spec.vip)
+            .chain(also.map(|s| s.vip));
+        for vip in vips {
+            let bit = switch_common::hash::source_bit(&addr_bytes(vip.ip()));
+            v.words[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        maps.set_vip_filter(&v)
     }
 
     fn write_config_flags(&self, maps: &mut dyn Maps, extra: u32) -> Result<()> {

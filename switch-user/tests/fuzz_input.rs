@@ -34,7 +34,11 @@ impl Maps for FakeMaps {
         self.writes.push(format!("service {k:?} {s:?}"));
         Ok(())
     }
-    fn set_reply_filter(&mut self, _: &switch_common::ReplyFilter) -> Result<()> {
+    fn set_vip_filter(&mut self, _: &switch_common::AddrFilter) -> Result<()> {
+        self.writes.push("vip filter".into());
+        Ok(())
+    }
+    fn set_reply_filter(&mut self, _: &switch_common::AddrFilter) -> Result<()> {
         self.writes.push("reply filter".into());
         Ok(())
     }

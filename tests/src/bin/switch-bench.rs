@@ -34,6 +34,9 @@ struct Args {
     /// Runs per path.
     #[arg(long, default_value_t = 1_000_000)]
     runs: u32,
+    /// Only the per-packet rows whose name contains this (profiling).
+    #[arg(long)]
+    only: Option<String>,
     /// Flow-table sizes for the established-flow rows (0 to skip).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1_000u32, 100_000, 1_000_000])]
     table_sizes: Vec<u32>,
@@ -140,6 +143,7 @@ fn main() {
         return;
     }
     let args = Args::parse();
+    let _ = ONLY.set(args.only.clone());
     if let Err(e) = run(args) {
         eprintln!("bench failed: {e:#}");
         std::process::exit(1);
@@ -212,6 +216,9 @@ fn no_misses(dp: &Dataplane, before: u64, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// `--only`, for `time`.
+static ONLY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 /// Times `runs` runs; `next(i)` gives run i's input; `want` its verdict.
 fn time(
     name: &str,
@@ -222,6 +229,19 @@ fn time(
     mut next: impl FnMut(u32) -> Vec<u8>,
     mut verify: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<Row> {
+    if ONLY
+        .get()
+        .and_then(|o| o.as_ref())
+        .is_some_and(|o| !name.contains(o.as_str()))
+    {
+        return Ok(Row {
+            path: name.to_string(),
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            verdict: "skipped",
+        });
+    }
     let batch = (runs / 100).max(100);
     let mut means = Vec::new();
     let (mut sum, mut n) = (0u64, 0u32);
