@@ -47,6 +47,8 @@ pub struct Neighbours {
 #[derive(Deserialize)]
 struct RouteJson {
     #[serde(default)]
+    dst: Option<IpAddr>,
+    #[serde(default)]
     gateway: Option<IpAddr>,
     #[serde(default)]
     dev: Option<String>,
@@ -70,23 +72,51 @@ fn ip(args: &[&str]) -> Option<Vec<u8>> {
     out.status.success().then_some(out.stdout)
 }
 
-/// The next hop towards `addr`, or None when it is local or unroutable.
-fn route(addr: IpAddr) -> Option<Hop> {
-    let a = addr.to_string();
-    let out = ip(&["-j", "route", "get", &a])?;
-    let routes: Vec<RouteJson> = serde_json::from_slice(&out).ok()?;
-    let r = routes.into_iter().next()?;
-    if r.kind.as_deref().is_some_and(|k| k == "local") {
-        return None;
+/// The next hop towards each of `addrs` (local and unroutable ones are left
+/// out), from one `ip -batch` run: a thousand backends cost one process.
+fn routes(addrs: impl IntoIterator<Item = IpAddr>) -> BTreeMap<IpAddr, Hop> {
+    use std::io::Write;
+    let script: String = addrs
+        .into_iter()
+        .map(|a| format!("route get {a}\n"))
+        .collect();
+    if script.is_empty() {
+        return BTreeMap::new();
     }
-    let dev = r.dev?;
-    if dev == "lo" {
-        return None;
+    let Ok(mut child) = Command::new("ip")
+        .args(["-j", "-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return BTreeMap::new();
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
     }
-    Some(Hop {
-        via: r.gateway.unwrap_or(addr),
-        dev,
-    })
+    let Ok(out) = child.wait_with_output() else {
+        return BTreeMap::new();
+    };
+    // One JSON array per command that succeeded, each naming its `dst`.
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Vec<RouteJson>>()
+        .filter_map(|r| r.ok()?.into_iter().next())
+        .filter_map(|r| {
+            let dst = r.dst?;
+            if r.kind.as_deref() == Some("local") {
+                return None;
+            }
+            let dev = r.dev.filter(|d| d != "lo")?;
+            Some((
+                dst,
+                Hop {
+                    via: r.gateway.unwrap_or(dst),
+                    dev,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// What the kernel's neighbour table says of one entry.
@@ -170,20 +200,16 @@ impl Neighbours {
     pub fn reconcile(&mut self, backends: BTreeSet<IpAddr>) {
         let due = self.routes_at.is_none_or(|t| t.elapsed() >= ROUTES_EVERY);
         if due {
-            self.hops = backends
-                .iter()
-                .filter_map(|b| route(*b).map(|h| (*b, h)))
-                .collect();
+            self.hops = routes(backends.iter().copied());
             self.routes_at = Some(Instant::now());
         } else if backends != self.backends {
             self.hops.retain(|b, _| backends.contains(b));
-            for b in &backends {
-                if !self.hops.contains_key(b)
-                    && let Some(h) = route(*b)
-                {
-                    self.hops.insert(*b, h);
-                }
-            }
+            let new: Vec<IpAddr> = backends
+                .iter()
+                .filter(|b| !self.hops.contains_key(b))
+                .copied()
+                .collect();
+            self.hops.extend(routes(new));
         }
         self.backends = backends;
         if self.hops.is_empty() {

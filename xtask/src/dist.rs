@@ -9,7 +9,10 @@ use anyhow::{Context, Result, bail};
 
 pub fn run() -> Result<()> {
     crate::cargo(&["build", "--release", "-p", "switch-user"], &[])?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .context("the workspace root")?;
     let bin = root.join("target/release/switch");
     let dist = root.join("target/dist");
     let _ = std::fs::remove_dir_all(&dist);

@@ -62,6 +62,8 @@ fn run() -> Result<()> {
             setup::run()?;
             // The harness and generator live in the tests crate, beside the
             // namespace lab they use.
+            // The control-plane part runs the real daemon binary.
+            cargo(&["build", "--release", "-q", "-p", "switch-user"], &[])?;
             let args = if args.is_empty() {
                 vec!["--write".into(), "docs/BENCHMARKS.md".into()]
             } else {
