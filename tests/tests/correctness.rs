@@ -268,3 +268,45 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A lingering backend's connection survives a kill -9 and restart of the
+/// daemon, and the restarted daemon lets the backend go once it ends.
+#[test]
+fn a_lingering_backend_survives_a_daemon_restart() {
+    let lab = Lab::new().unwrap();
+    let b: Vec<SocketAddr> = (1..=2).map(|i| Lab::backend(false, i, 8080)).collect();
+    line_servers(&lab, b.clone());
+    let mut d = Daemon::start(
+        &lab,
+        "lingerrestart",
+        &svc("web", Lab::vip(false, 80), "nat", "", &b),
+    )
+    .unwrap();
+    let vip = Lab::vip(false, 80);
+    let (mut stream, first) = lab
+        .cli
+        .run(move || {
+            let mut s = Stream::open(vip);
+            let a = s.ask();
+            (s, a)
+        })
+        .unwrap();
+    d.ok(&["backend", "remove", "web", "blue", &first]).unwrap();
+    d.kill9();
+    d.spawn().unwrap();
+    let st = d.status("web").unwrap();
+    assert_eq!(st["lingering"][0]["addr"], first.as_str(), "{st}");
+    let (s2, again) = lab
+        .cli
+        .run(move || {
+            let a = stream.ask();
+            (stream, a)
+        })
+        .unwrap();
+    assert_eq!(again, first, "the stream moved across the restart");
+    drop(s2);
+    d.wait_for("web", 10, |st| {
+        st["lingering"].as_array().is_some_and(|l| l.is_empty())
+    })
+    .unwrap();
+}
