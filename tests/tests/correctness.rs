@@ -84,49 +84,49 @@ fn direct_connections_to_a_backend_through_the_switch_keep_working() {
     assert_eq!(st["new_flows"], 20, "VIP connections counted: {st}");
 }
 
-/// Every mode, with and without health checks: the first connection right
-/// after the daemon applied the service succeeds at its first SYN, and after
-/// `ip neigh flush` on the switch host traffic is back within a second.
+/// Every mode and family, with and without health checks: the first
+/// connection right after the daemon applied the service succeeds at its
+/// first SYN, and after `ip neigh flush` on the switch host traffic is back
+/// within a second.
 #[test]
 fn every_mode_forwards_from_the_first_packet_and_after_a_neighbour_flush() {
     let health =
         r#"health = { kind = "tcp", interval = "200ms", timeout = "100ms", rise = 1, fall = 2 }"#;
-    for mode in ["nat", "fullnat", "dsr"] {
-        for with_health in [false, true] {
-            let what = format!("{mode}, health checks: {with_health}");
-            let lab = Lab::new().unwrap();
-            let b = Lab::backend(false, 1, if mode == "dsr" { 80 } else { 8080 });
-            let mut servers = vec![b];
-            if mode == "dsr" {
-                // dsr backends hold the VIP and answer from it.
-                servers.push(Lab::vip(false, 80));
-            }
-            line_servers(&lab, servers);
-            let extra = format!(
-                "{}{}",
-                if mode == "fullnat" {
-                    "source = \"198.18.1.1\"\n"
-                } else {
-                    ""
-                },
-                if with_health { health } else { "" }
-            );
-            let vip = Lab::vip(false, 80);
-            let d = Daemon::start(&lab, "first", &svc("web", vip, mode, &extra, &[b])).unwrap();
-            let first = lab.cli.run(move || ask_first_try(vip)).unwrap();
-            assert!(first.is_ok(), "{what}: first connection: {first:?}");
+    for v6 in [false, true] {
+        for mode in ["nat", "fullnat", "dsr"] {
+            for with_health in [false, true] {
+                let what = format!("{mode}, IPv6 {v6}, health checks: {with_health}");
+                let lab = Lab::new().unwrap();
+                let b = Lab::backend(v6, 1, if mode == "dsr" { 80 } else { 8080 });
+                let vip = Lab::vip(v6, 80);
+                let mut servers = vec![b];
+                if mode == "dsr" {
+                    // dsr backends hold the VIP and answer from it.
+                    servers.push(vip);
+                }
+                line_servers(&lab, servers);
+                let source = match (mode, v6) {
+                    ("fullnat", false) => "source = \"198.18.1.1\"\n",
+                    ("fullnat", true) => "source = \"2001:2:1::1\"\n",
+                    _ => "",
+                };
+                let extra = format!("{source}{}", if with_health { health } else { "" });
+                let d = Daemon::start(&lab, "first", &svc("web", vip, mode, &extra, &[b])).unwrap();
+                let first = lab.cli.run(move || ask_first_try(vip)).unwrap();
+                assert!(first.is_ok(), "{what}: first connection: {first:?}");
 
-            lab.sw.exec("ip neigh flush all").unwrap();
-            std::thread::sleep(Duration::from_millis(600));
-            let after = lab
-                .cli
-                .run(move || (0..5).map(|_| ask_first_try(vip)).collect::<Vec<_>>())
-                .unwrap();
-            assert!(
-                after.iter().all(|a| a.is_ok()),
-                "{what}: after a flush: {after:?}"
-            );
-            drop(d);
+                lab.sw.exec("ip neigh flush all").unwrap();
+                std::thread::sleep(Duration::from_millis(600));
+                let after = lab
+                    .cli
+                    .run(move || (0..5).map(|_| ask_first_try(vip)).collect::<Vec<_>>())
+                    .unwrap();
+                assert!(
+                    after.iter().all(|a| a.is_ok()),
+                    "{what}: after a flush: {after:?}"
+                );
+                drop(d);
+            }
         }
     }
 }
