@@ -38,8 +38,10 @@ pub mod names {
     pub const REPLY_FILTER: &str = "REPLY_FILTER";
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const SERVICE_BY_ID: &str = "SERVICE_BY_ID";
+    pub const SERVICE_MISSES: &str = "SERVICE_MISSES";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 16] = [
+    pub const PINNED: [&str; 17] = [
+        SERVICE_MISSES,
         CONFIG,
         NEXTHOPS,
         REPLY_FILTER,
@@ -113,6 +115,16 @@ impl Mode {
 /// `Service::flags`: hash the client address only, so one client always
 /// reaches the same backend (and so the same version).
 pub const SERVICE_CLIENT_AFFINITY: u8 = 1;
+pub const NO_PREV_TABLE: u16 = u16::MAX;
+
+/// Per service: TCP packets that were not a SYN and found no pin, and how
+/// many of those went to their slot's previous owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MissStats {
+    pub nonsyn_miss: u64,
+    pub nonsyn_miss_prev: u64,
+}
 
 /// Key of `SERVICES`: the VIP as a packet shows it.
 #[repr(C)]
@@ -138,7 +150,10 @@ pub struct Service {
     pub cohort_table: u32,
     pub mode: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// The table live before the last change (`NO_PREV_TABLE`: none): a TCP
+    /// packet that is not a SYN and has no pin goes to its slot's previous
+    /// owner when the slot changed hands and that backend still serves.
+    pub prev_table: u16,
     /// fullnat: the switch's own address that backends see as the source.
     pub snat_addr: [u8; 16],
 }
@@ -456,6 +471,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for AddrFilter {}
+    unsafe impl aya::Pod for MissStats {}
     unsafe impl aya::Pod for RealKey {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}

@@ -6,7 +6,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
-    PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
+    NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
     hash::{client_hash, connection_hash, slot_of},
 };
 
@@ -107,8 +107,25 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
 
     // The current table decides. An established TCP flow with no entry
     // (evicted, another switch host) lands where consistent hashing puts
-    // it, which is its old backend as long as the table has not changed.
-    let index = table_lookup(config, service, pkt).ok_or(Reason::NoBackend)?;
+    // it, which is its old backend as long as its slot has not changed;
+    // if it changed in the last change, the previous owner takes it back
+    // while it still serves.
+    let (slot, main, current) = table_lookup(config, service, pkt);
+    let mut index = current;
+    if pkt.proto == PROTO_TCP && !syn {
+        let prev = if main {
+            previous_owner(service, slot, current)
+        } else {
+            NO_BACKEND as u32
+        };
+        stats::service_miss(service.id, prev != NO_BACKEND as u32);
+        if prev != NO_BACKEND as u32 {
+            index = prev;
+        }
+    }
+    if index == NO_BACKEND as u32 {
+        return Err(Reason::NoBackend);
+    }
     let b = BACKENDS.get(index).ok_or(Reason::NoBackend)?;
     let mut chosen = Chosen {
         index,
@@ -208,25 +225,59 @@ pub fn is_our_reply(pkt: &Packet, real: &Real) -> bool {
     }
 }
 
+/// The slot of this packet, whether it is in the main table (not the
+/// cohort's), and its current owner (`NO_BACKEND` when none).
 #[inline(always)]
-fn table_lookup(config: &Config, service: &Service, pkt: &Packet) -> Option<u32> {
-    let table_index = if service.cohort_table != u32::MAX && in_cohort(service.id, &pkt.src) {
+fn table_lookup(config: &Config, service: &Service, pkt: &Packet) -> (usize, bool, u32) {
+    let cohort = service.cohort_table != u32::MAX && in_cohort(service.id, &pkt.src);
+    let table_index = if cohort {
         service.cohort_table
     } else {
         service.table
     };
-    let table = TABLES.get(table_index)?;
     let hash = if service.flags & SERVICE_CLIENT_AFFINITY != 0 {
         client_hash(config.seed, &pkt.src)
     } else {
         connection_hash(config.seed, &pkt.src, pkt.sport, pkt.proto)
     };
     // slot_of's multiply-and-shift keeps the index provably < TABLE_SIZE.
-    let entry = *table.slots.get(slot_of(hash))?;
-    if entry == NO_BACKEND {
-        return None;
+    let slot = slot_of(hash);
+    let owner = match TABLES.get(table_index).and_then(|t| t.slots.get(slot)) {
+        Some(&entry) => entry as u32,
+        None => NO_BACKEND as u32,
+    };
+    (slot, !cohort, owner)
+}
+
+/// The slot's owner in the table before the last change, if it differs
+/// from `current` and still serves this service (active or draining).
+#[inline(always)]
+fn previous_owner(service: &Service, slot: usize, current: u32) -> u32 {
+    if service.prev_table == NO_PREV_TABLE {
+        return NO_BACKEND as u32;
     }
-    Some(entry as u32)
+    let Some(&prev) = TABLES
+        .get(service.prev_table as u32)
+        .and_then(|t| t.slots.get(slot))
+    else {
+        return NO_BACKEND as u32;
+    };
+    let prev = prev as u32;
+    if prev == NO_BACKEND as u32 || prev == current {
+        return NO_BACKEND as u32;
+    }
+    match BACKENDS.get(prev) {
+        Some(b)
+            if b.service == service.id
+                && matches!(
+                    BackendState::from_u8(b.state),
+                    BackendState::Active | BackendState::Draining
+                ) =>
+        {
+            prev
+        }
+        _ => NO_BACKEND as u32,
+    }
 }
 
 #[inline(always)]

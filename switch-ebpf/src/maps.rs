@@ -85,4 +85,8 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
+pub static SERVICE_MISSES: PerCpuArray<MissStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

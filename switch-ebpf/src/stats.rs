@@ -3,7 +3,7 @@
 use switch_common::Reason;
 
 use crate::{
-    maps::{BACKEND_STATS, REASONS, SERVICE_STATS},
+    maps::{BACKEND_STATS, REASONS, SERVICE_MISSES, SERVICE_STATS},
     parse::{TCP_ACK, TCP_RST, TCP_SYN},
 };
 
@@ -60,5 +60,20 @@ pub fn backend_packet(index: u32, len: usize, reply_flags: u8) {
 pub fn backend_new_flow(index: u32) {
     if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
         unsafe { (*s).new_flows += 1 };
+    }
+}
+
+/// A TCP packet that was not a SYN found no pin; `prev`: it went to its
+/// slot's previous owner.
+#[inline(always)]
+pub fn service_miss(id: u32, prev: bool) {
+    if let Some(s) = SERVICE_MISSES.get_ptr_mut(id) {
+        unsafe {
+            if prev {
+                (*s).nonsyn_miss_prev += 1;
+            } else {
+                (*s).nonsyn_miss += 1;
+            }
+        }
     }
 }

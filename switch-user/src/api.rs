@@ -195,6 +195,13 @@ pub struct ServiceStatus {
     pub packets: u64,
     pub new_flows: u64,
     pub no_backend: u64,
+    /// TCP packets that were not a SYN and found no pin (evicted, or another
+    /// host's flow): those the current table placed, and those sent back to
+    /// their slot's previous owner (the slot changed in the last change).
+    #[serde(default)]
+    pub nonsyn_miss: u64,
+    #[serde(default)]
+    pub nonsyn_miss_prev: u64,
     pub pools: Vec<PoolStatus>,
     /// The running (or last) strategy, in one line for people.
     #[serde(default)]

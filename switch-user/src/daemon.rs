@@ -99,7 +99,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         flows: d.max_flows,
         // One live table per service, plus spares for changes in flight
         // and for cohort tables.
-        tables: d.max_services + 64,
+        tables: d.max_services + 64 + crate::programmer::HISTORY_TABLES,
     };
     let mut dp = Dataplane::load(Some(&d.pin_dir), capacity)?;
     let restored = match std::fs::read(&state_file) {
@@ -788,6 +788,7 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             .get(name)
             .ok_or_else(|| anyhow!("{name} not placed"))?;
         let st = s.dp.service_stats(placed.id)?;
+        let misses = s.dp.service_misses(placed.id)?;
         let weights: Vec<u64> = spec
             .pools
             .iter()
@@ -870,6 +871,8 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             packets: st.packets,
             new_flows: st.new_flows,
             no_backend: st.no_backend,
+            nonsyn_miss: misses.nonsyn_miss,
+            nonsyn_miss_prev: misses.nonsyn_miss_prev,
             pools,
             lingering,
         });

@@ -50,7 +50,7 @@ impl Default for Capacity {
             services: switch_common::DEFAULT_MAX_SERVICES,
             backends: switch_common::DEFAULT_MAX_BACKENDS,
             flows: switch_common::DEFAULT_MAX_FLOWS,
-            tables: switch_common::DEFAULT_MAX_SERVICES + 64,
+            tables: switch_common::DEFAULT_MAX_SERVICES + 64 + crate::programmer::HISTORY_TABLES,
         }
     }
 }
@@ -86,6 +86,7 @@ impl Dataplane {
             .map_max_entries(names::SERVICES, capacity.services)
             .map_max_entries(names::SERVICE_STATS, capacity.services)
             .map_max_entries(names::SERVICE_BY_ID, capacity.services)
+            .map_max_entries(names::SERVICE_MISSES, capacity.services)
             .map_max_entries(names::TABLES, capacity.tables)
             .map_max_entries(names::BACKENDS, capacity.backends)
             .map_max_entries(names::NEXTHOPS, capacity.backends)
@@ -268,6 +269,20 @@ impl Dataplane {
                 t.bytes += s.bytes;
                 t.new_flows += s.new_flows;
                 t.no_backend += s.no_backend;
+                t
+            }))
+    }
+
+    /// Non-SYN TCP packets without a pin, and those sent to their slot's
+    /// previous owner, for a service (all CPUs).
+    pub fn service_misses(&self, id: u32) -> Result<switch_common::MissStats> {
+        let a: PerCpuArray<&MapData, switch_common::MissStats> =
+            PerCpuArray::try_from(self.map_ref(names::SERVICE_MISSES)?)?;
+        Ok(a.get(&id, 0)?
+            .iter()
+            .fold(switch_common::MissStats::default(), |mut t, s| {
+                t.nonsyn_miss += s.nonsyn_miss;
+                t.nonsyn_miss_prev += s.nonsyn_miss_prev;
                 t
             }))
     }

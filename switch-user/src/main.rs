@@ -592,7 +592,7 @@ fn print_status(st: &[ServiceStatus]) {
     };
     for s in st {
         println!(
-            "{}  {} {} {}  packets {}  new flows {}  dropped (no backend) {}",
+            "{}  {} {} {}  packets {}  new flows {}  dropped (no backend) {}  unpinned non-SYN {} (to previous owner {})",
             s.name,
             s.vip,
             serde_json::to_value(s.protocol)
@@ -605,7 +605,9 @@ fn print_status(st: &[ServiceStatus]) {
                 .unwrap_or("?"),
             s.packets,
             s.new_flows,
-            s.no_backend
+            s.no_backend,
+            s.nonsyn_miss,
+            s.nonsyn_miss_prev
         );
         if let Some(st) = &s.strategy {
             let p = s.progress.unwrap_or(0.0).clamp(0.0, 1.0);

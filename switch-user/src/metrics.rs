@@ -107,7 +107,7 @@ pub fn render(
         o.sample("packets_total", Labels::Reason(r), n);
     }
     type ServiceField = fn(&ServiceStatus) -> u64;
-    let per_service: [(&str, &str, ServiceField); 3] = [
+    let per_service: [(&str, &str, ServiceField); 5] = [
         (
             "service_packets_total",
             "Packets to the service's VIP.",
@@ -122,6 +122,16 @@ pub fn render(
             "service_no_backend_total",
             "Packets dropped for want of an eligible backend.",
             |s| s.no_backend,
+        ),
+        (
+            "service_nonsyn_miss_total",
+            "TCP packets that were not a SYN, found no pin, and went by the current table.",
+            |s| s.nonsyn_miss,
+        ),
+        (
+            "service_nonsyn_miss_prev_total",
+            "TCP packets that were not a SYN, found no pin, and went to their slot's previous owner.",
+            |s| s.nonsyn_miss_prev,
         ),
     ];
     for (name, help, f) in per_service {
@@ -326,6 +336,8 @@ mod tests {
             packets: 100,
             new_flows: 20,
             no_backend: 0,
+            nonsyn_miss: 3,
+            nonsyn_miss_prev: 1,
             pools: vec![
                 PoolStatus {
                     name: "blue".into(),

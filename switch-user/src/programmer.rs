@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use switch_common::{
     AddrFilter, Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4,
-    FAMILY_V6, Mode, NO_BACKEND, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey,
+    FAMILY_V6, Mode, NO_BACKEND, NO_PREV_TABLE, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey,
     SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
     hash::backend_ident,
     table::{self, BackendSpec, PoolSpec},
@@ -99,6 +99,10 @@ pub struct Placed {
     /// flows) until the controller releases them.
     #[serde(default)]
     pub lingering: BTreeMap<SocketAddr, u32>,
+    /// The table live before the last change, kept so that a flow without a
+    /// pin whose slot changed hands goes back to its previous owner.
+    #[serde(default)]
+    pub prev_table: Option<u32>,
 }
 
 /// Allocation state; persisted by the daemon so a restart adopts the pinned
@@ -117,7 +121,23 @@ pub struct Programmer {
     timeouts: [u64; 3],
     #[serde(skip)]
     retired: Vec<(u32, Option<Instant>)>,
+    /// Services that keep a previous table, oldest change first (at most
+    /// `HISTORY_TABLES`).
+    #[serde(default)]
+    history: VecDeque<String>,
+    /// Keep previous tables at all (on by default; off only to show in a
+    /// test what they are for).
+    #[serde(default = "yes")]
+    pub slot_history: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// Previous tables kept at once: the services changed most recently. The
+/// daemon sizes `TABLES` for them.
+pub const HISTORY_TABLES: u32 = 64;
 
 impl Programmer {
     pub fn new(seed: u32, cap: crate::dataplane::Capacity) -> Self {
@@ -131,6 +151,8 @@ impl Programmer {
             free_tables: (0..cap.tables).collect(),
             timeouts: [10_000_000_000, 3_600_000_000_000, 30_000_000_000],
             retired: Vec::new(),
+            history: VecDeque::new(),
+            slot_history: true,
         }
     }
 
@@ -290,7 +312,8 @@ impl Programmer {
             bail!("backend capacity exhausted: {new} new backends, {free} free");
         }
         let tables = 1 + usize::from(!spec.cohorts.is_empty());
-        let spare = self.free_tables.len() + self.retired.len();
+        // Previous tables give way to a new service's tables.
+        let spare = self.free_tables.len() + self.retired.len() + self.history.len();
         if tables > spare {
             bail!("selection table capacity ({}) exhausted", self.max_tables);
         }
@@ -382,7 +405,13 @@ impl Programmer {
             }
         }
 
-        // 2. Tables into free slots.
+        // 2. Tables into free slots (previous tables give way when full).
+        let needed = 1 + usize::from(!spec.cohorts.is_empty());
+        while self.free_tables.len() + self.retired.len() < needed {
+            if !self.forget_oldest_history(maps)? {
+                break;
+            }
+        }
         let pools = self.pool_specs(spec, &backends, unhealthy, None);
         let table_slot = self.take_table()?;
         maps.write_table(table_slot, &to_table(&table::build(self.seed, &pools)))?;
@@ -423,31 +452,29 @@ impl Programmer {
         // goes live (extra flags only cost a lookup).
         self.write_config_with(maps, spec)?;
 
-        // 3. The one write that makes it live.
-        let service = Service {
-            id,
-            table: table_slot,
-            cohort_table: cohort_table.unwrap_or(u32::MAX),
-            mode: match spec.mode {
-                ForwardMode::Nat => Mode::Nat,
-                ForwardMode::Dsr => Mode::Dsr,
-                ForwardMode::Fullnat => Mode::Fullnat,
-            } as u8,
-            flags: if spec.affinity == Affinity::Client {
-                SERVICE_CLIENT_AFFINITY
-            } else {
-                0
-            },
-            _pad: [0; 2],
-            snat_addr: spec.source.map(addr_bytes).unwrap_or_default(),
-        };
+        // 3. The one write that makes it live. The table it replaces stays
+        // readable as the previous one.
+        let prev_table = old
+            .as_ref()
+            .map(|o| o.table)
+            .filter(|t| self.slot_history && *t < NO_PREV_TABLE as u32);
+        let service = service_entry(id, table_slot, cohort_table, prev_table, spec);
         commit_point(maps, &key, &service)?;
 
         // 4. Clean up what the old state had and the new one does not. The
         // new state is live: a failure here is logged, not returned, so the
         // caller commits what the data plane now does.
+        self.history.retain(|n| n != &spec.name);
+        if prev_table.is_some() {
+            self.history.push_back(spec.name.clone());
+        }
         if let Some(o) = old {
-            self.retire_table(o.table);
+            if prev_table.is_none() {
+                self.retire_table(o.table);
+            }
+            if let Some(t) = o.prev_table {
+                self.retire_table(t);
+            }
             if let Some(t) = o.cohort_table {
                 self.retire_table(t);
             }
@@ -473,12 +500,41 @@ impl Programmer {
                 spec: spec.clone(),
                 backends,
                 lingering,
+                prev_table,
             },
         );
+        while self.history.len() > HISTORY_TABLES as usize {
+            if let Err(e) = self.forget_oldest_history(maps) {
+                tracing::warn!("dropping a previous table: {e:#}");
+                break;
+            }
+        }
         if let Err(e) = self.write_config(maps) {
             tracing::warn!("rewriting the global config: {e:#}");
         }
         Ok(())
+    }
+
+    /// Drops the previous table of the service changed longest ago: its
+    /// service entry is rewritten without it, then the table is retired.
+    /// False when no service keeps one.
+    fn forget_oldest_history(&mut self, maps: &mut dyn Maps) -> Result<bool> {
+        let Some(name) = self.history.pop_front() else {
+            return Ok(false);
+        };
+        let Some(p) = self.services.get(&name) else {
+            return Ok(true);
+        };
+        let Some(prev) = p.prev_table else {
+            return Ok(true);
+        };
+        let entry = service_entry(p.id, p.table, p.cohort_table, None, &p.spec);
+        commit_point(maps, &service_key(&p.spec), &entry)?;
+        if let Some(p) = self.services.get_mut(&name) {
+            p.prev_table = None;
+        }
+        self.retire_table(prev);
+        Ok(true)
     }
 
     /// Lets go of a lingering backend: its pinned flows are re-chosen and
@@ -515,6 +571,10 @@ impl Programmer {
             .ok_or_else(|| anyhow!("no service named {name:?}"))?;
         maps.remove_service(&service_key(&p.spec))?;
         self.retire_table(p.table);
+        if let Some(t) = p.prev_table {
+            self.retire_table(t);
+        }
+        self.history.retain(|n| n != name);
         if let Some(t) = p.cohort_table {
             self.retire_table(t);
         }
@@ -560,6 +620,33 @@ impl Programmer {
                     .collect(),
             })
             .collect()
+    }
+}
+
+/// A service's `SERVICES` entry.
+fn service_entry(
+    id: u32,
+    table: u32,
+    cohort_table: Option<u32>,
+    prev_table: Option<u32>,
+    spec: &ServiceConfig,
+) -> Service {
+    Service {
+        id,
+        table,
+        cohort_table: cohort_table.unwrap_or(u32::MAX),
+        mode: match spec.mode {
+            ForwardMode::Nat => Mode::Nat,
+            ForwardMode::Dsr => Mode::Dsr,
+            ForwardMode::Fullnat => Mode::Fullnat,
+        } as u8,
+        flags: if spec.affinity == Affinity::Client {
+            SERVICE_CLIENT_AFFINITY
+        } else {
+            0
+        },
+        prev_table: prev_table.map_or(NO_PREV_TABLE, |t| t as u16),
+        snat_addr: spec.source.map(addr_bytes).unwrap_or_default(),
     }
 }
 

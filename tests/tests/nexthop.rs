@@ -328,3 +328,80 @@ fn traffic_follows_a_backend_whose_route_changes() {
     );
     drop(d);
 }
+
+/// Flows that lose their pin right after a canary step (evicted, or, in a
+/// fleet, arriving at a host that never saw them) keep their backend: a TCP
+/// packet that is not a SYN goes to its slot's previous owner. Without the
+/// previous table (`slot_history` off) the same packets land on the new
+/// owners; that is what the mechanism is for.
+#[test]
+fn unpinned_flows_return_to_their_previous_owner_after_a_canary_step() {
+    use switch_tests::{ACK, check};
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            for history in [true, false] {
+                let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat);
+                spec.pools.push(PoolConfig {
+                    name: "green".into(),
+                    weight: 5,
+                    backends: [13, 14]
+                        .iter()
+                        .map(|&i| BackendConfig::Addr(backend(false, i, 8080)))
+                        .collect(),
+                });
+                spec.pools[0].weight = 95;
+                let (mut dp, mut p) = load(&spec);
+                p.slot_history = history;
+                let send = |dp: &mut Dataplane, port: u16, flags: u8| {
+                    let f = frame(
+                        [2, 0, 0, 0, 0, 9],
+                        c0_mac,
+                        client(false),
+                        port,
+                        spec.vip.ip(),
+                        80,
+                        L4::Tcp { flags },
+                        b"",
+                    );
+                    let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                    assert_eq!(v, XDP_REDIRECT);
+                    check(&out).unwrap().dst
+                };
+                let ports = 1000..3000u16;
+                let began: Vec<_> = ports.clone().map(|port| send(&mut dp, port, SYN)).collect();
+                // A canary step 5% -> 25%, then every pin is lost.
+                spec.pools[0].weight = 75;
+                spec.pools[1].weight = 25;
+                p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+                dp.clear_flows().unwrap();
+                let moved = ports
+                    .clone()
+                    .zip(&began)
+                    .filter(|(port, b)| send(&mut dp, *port, ACK) != **b)
+                    .count();
+                let misses = dp.service_misses(p.services["web"].id).unwrap();
+                eprintln!("history {history}: {moved} of 2000 unpinned flows moved; {misses:?}");
+                if history {
+                    assert_eq!(moved, 0, "an unpinned flow changed backend");
+                    assert!(misses.nonsyn_miss_prev > 100, "{misses:?}");
+                } else {
+                    assert!(moved > 100, "without history some flows must move");
+                    assert_eq!(misses.nonsyn_miss_prev, 0);
+                }
+                // New connections follow the current table all the same.
+                let green = (5000..7000u16)
+                    .filter(|port| {
+                        let d = send(&mut dp, *port, SYN);
+                        d == backend(false, 13, 0).ip() || d == backend(false, 14, 0).ip()
+                    })
+                    .count();
+                assert!(
+                    (400..600).contains(&green),
+                    "{green} of 2000 new flows on green"
+                );
+            }
+        })
+        .unwrap();
+}
