@@ -39,8 +39,13 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const SERVICE_BY_ID: &str = "SERVICE_BY_ID";
     pub const SERVICE_MISSES: &str = "SERVICE_MISSES";
+    pub const SHADOWS: &str = "SHADOWS";
+    pub const SHADOW_RING: &str = "SHADOW_RING";
+    pub const SHADOW_LOST: &str = "SHADOW_LOST";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 17] = [
+    pub const PINNED: [&str; 19] = [
+        SHADOWS,
+        SHADOW_LOST,
         SERVICE_MISSES,
         CONFIG,
         NEXTHOPS,
@@ -267,6 +272,66 @@ pub struct FlowKey {
 
 /// `Flow::flags`: a FIN or RST was seen; the entry lives for the grace time.
 pub const FLOW_CLOSING: u32 = 1;
+/// The flow is sampled for a shadow: its client -> VIP packets are copied to
+/// the daemon.
+pub const FLOW_SHADOW: u32 = 2;
+
+/// A service's shadow, by service id: sample (out of 65,536 flows) the data
+/// plane copies to the daemon; 0: no shadow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowConfig {
+    pub sample: u32,
+    pub _pad: u32,
+}
+
+/// Payload bytes a shadow record carries: any segment on a 1500 MTU (a
+/// power of two: the verifier bounds the copy's length with a mask).
+pub const SHADOW_DATA: usize = 2048;
+/// Bytes of a live reply kept (enough for an HTTP/1.x status line).
+pub const SHADOW_HEAD: usize = 16;
+/// A client -> VIP packet of a sampled flow.
+pub const SHADOW_SEGMENT: u8 = 1;
+/// A live backend -> client packet of a sampled flow (nat replies).
+pub const SHADOW_REPLY: u8 = 2;
+
+/// What every shadow record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowHeader {
+    /// `bpf_ktime_get_ns` when the packet was seen.
+    pub ts_ns: u64,
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub client_port: u16,
+    pub vip_port: u16,
+    /// TCP sequence number (host order) of the first payload byte, or of
+    /// the SYN.
+    pub seq: u32,
+    pub service: u32,
+    /// Payload bytes in the packet, and how many of them follow.
+    pub len: u16,
+    pub copied: u16,
+    pub kind: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ShadowSegment {
+    pub h: ShadowHeader,
+    pub data: [u8; SHADOW_DATA],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ShadowReply {
+    pub h: ShadowHeader,
+    pub data: [u8; SHADOW_HEAD],
+}
 
 /// Value of `FLOWS`: the backend a flow is pinned to.
 #[repr(C)]
@@ -472,6 +537,7 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for AddrFilter {}
     unsafe impl aya::Pod for MissStats {}
+    unsafe impl aya::Pod for ShadowConfig {}
     unsafe impl aya::Pod for RealKey {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}

@@ -5,13 +5,13 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use switch_common::{
-    Backend, BackendState, CohortKey, Config, FLOW_CLOSING, Flow, FlowKey, Mode, NO_BACKEND,
-    NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
+    Backend, BackendState, CohortKey, Config, FLOW_CLOSING, FLOW_SHADOW, Flow, FlowKey, Mode,
+    NO_BACKEND, NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
     hash::{client_hash, connection_hash, slot_of},
 };
 
 use crate::{
-    maps::{BACKENDS, COHORTS, FLOWS, TABLES},
+    maps::{BACKENDS, COHORTS, FLOWS, SHADOWS, TABLES},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     snat, stats,
 };
@@ -26,6 +26,8 @@ pub struct Chosen {
     pub port: u16,
     /// fullnat: the flow's source port on the switch address.
     pub snat_port: u16,
+    /// Non-zero when the flow is sampled for a shadow.
+    pub shadow: u32,
 }
 
 /// `established` found no usable pin.
@@ -53,7 +55,25 @@ fn write_out(out: &mut MaybeUninit<Chosen>, chosen: Chosen) {
         addr_of_mut!((*o).addr).write(chosen.addr);
         addr_of_mut!((*o).port).write(chosen.port);
         addr_of_mut!((*o).snat_port).write(chosen.snat_port);
+        addr_of_mut!((*o).shadow).write(chosen.shadow);
     }
+}
+
+/// Whether a new flow is sampled for the service's shadow: deterministic
+/// per flow, and only from its start (a TCP SYN, any UDP datagram), so a
+/// sampled connection is replayed whole.
+// Not inlined (nor the two below): new_flow's frame is in the chain
+// switch -> to_vip -> new_flow -> snat::allocate, 512 bytes in all.
+#[inline(never)]
+fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool {
+    let Some(cfg) = SHADOWS.get(service.id) else {
+        return false;
+    };
+    if cfg.sample == 0 || (pkt.proto == PROTO_TCP && !syn) {
+        return false;
+    }
+    let h = connection_hash(config.seed ^ 0x5ad0_0f11, &pkt.src, pkt.sport, pkt.proto);
+    h & 0xffff < cfg.sample
 }
 
 /// An established flow: its pinned backend and its service's id, or
@@ -132,6 +152,11 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
         addr: b.addr,
         port: b.port,
         snat_port: 0,
+        shadow: if sampled(config, service, pkt, syn) {
+            FLOW_SHADOW
+        } else {
+            0
+        },
     };
     if service.mode == Mode::Fullnat as u8 {
         chosen.snat_port =
@@ -141,7 +166,7 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
         backend: index,
         generation: b.generation,
         service: service.id,
-        flags: if closing { FLOW_CLOSING } else { 0 },
+        flags: if closing { FLOW_CLOSING } else { 0 } | chosen.shadow,
         last_seen_ns: now,
         snat_port: chosen.snat_port,
         _pad: [0; 2],
@@ -202,13 +227,15 @@ fn pinned(
         addr: b.addr,
         port: b.port,
         snat_port: flow.snat_port,
+        shadow: flow.flags & FLOW_SHADOW,
     })
 }
 
 /// A nat reply (backend -> client) belongs to a flow this host pinned
-/// through the VIP to exactly that backend.
+/// through the VIP to exactly that backend: its flags (`FLOW_*`), or
+/// `NOT_OURS`.
 #[inline(always)]
-pub fn is_our_reply(pkt: &Packet, real: &Real) -> bool {
+pub fn our_reply(pkt: &Packet, real: &Real) -> u32 {
     let key = FlowKey {
         src: pkt.dst,
         dst: real.vip,
@@ -220,10 +247,12 @@ pub fn is_our_reply(pkt: &Packet, real: &Real) -> bool {
     };
     // SAFETY: hash map values stay valid for the program's run (RCU).
     match unsafe { FLOWS.get(&key) } {
-        Some(flow) => flow.backend == real.backend,
-        None => false,
+        Some(flow) if flow.backend == real.backend => flow.flags,
+        _ => NOT_OURS,
     }
 }
+
+pub const NOT_OURS: u32 = u32::MAX;
 
 /// The slot of this packet, whether it is in the main table (not the
 /// cohort's), and its current owner (`NO_BACKEND` when none).
@@ -251,7 +280,7 @@ fn table_lookup(config: &Config, service: &Service, pkt: &Packet) -> (usize, boo
 
 /// The slot's owner in the table before the last change, if it differs
 /// from `current` and still serves this service (active or draining).
-#[inline(always)]
+#[inline(never)]
 fn previous_owner(service: &Service, slot: usize, current: u32) -> u32 {
     if service.prev_table == NO_PREV_TABLE {
         return NO_BACKEND as u32;
@@ -280,7 +309,7 @@ fn previous_owner(service: &Service, slot: usize, current: u32) -> u32 {
     }
 }
 
-#[inline(always)]
+#[inline(never)]
 fn in_cohort(service: u32, src: &[u8; 16]) -> bool {
     let key = Key::new(
         128 + 32,

@@ -17,6 +17,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod rewrite;
 #[cfg(target_arch = "bpf")]
+mod shadow;
+#[cfg(target_arch = "bpf")]
 mod snat;
 #[cfg(target_arch = "bpf")]
 mod stats;
@@ -34,7 +36,7 @@ mod program {
     use crate::{
         choose, forward, maps, parse,
         parse::Packet,
-        rewrite, snat, stats,
+        rewrite, shadow, snat, stats,
         verdict::{pack, unpack},
     };
 
@@ -152,8 +154,12 @@ mod program {
                 // Only a connection that came through the VIP gets its
                 // replies rewritten: a client talking to the backend's own
                 // address (routed through this host) must see them as sent.
-                if !choose::is_our_reply(pkt, real) {
+                let flags = choose::our_reply(pkt, real);
+                if flags == choose::NOT_OURS {
                     return pack(xdp_action::XDP_PASS, Reason::ReplyNotOurs);
+                }
+                if flags & switch_common::FLOW_SHADOW != 0 {
+                    shadow::reply(ctx, pkt, &real.vip, real.vip_port);
                 }
                 if parse::ttl_expires(pkt) {
                     return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
@@ -198,6 +204,11 @@ mod program {
     #[inline(never)]
     fn deliver(ctx: &XdpContext, service: &Service, pkt: &Packet, backend: &choose::Chosen) -> u64 {
         stats::backend_packet(backend.index, pkt.len, 0);
+        if backend.shadow != 0 {
+            // A copy for the daemon's replay, of the packet as the client
+            // sent it.
+            shadow::segment(ctx, pkt, service.id);
+        }
         let (verdict, reason) = match Mode::from_u8(service.mode) {
             Some(Mode::Dsr) => forward::to_backend(ctx, pkt, backend.index, &backend.addr, false),
             Some(Mode::Fullnat) => {

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use switch_common::*;
 
@@ -90,3 +90,16 @@ pub static SERVICE_MISSES: PerCpuArray<MissStats> =
 
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Shadows by service id (how many flows in 65,536 are sampled).
+#[map]
+pub static SHADOWS: Array<ShadowConfig> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Copies of sampled flows' packets for the daemon's replay. Bounded: when
+/// it is full a copy is dropped and counted (`SHADOW_LOST`), the packet is
+/// forwarded as ever.
+#[map]
+pub static SHADOW_RING: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+pub static SHADOW_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

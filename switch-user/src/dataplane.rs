@@ -87,6 +87,7 @@ impl Dataplane {
             .map_max_entries(names::SERVICE_STATS, capacity.services)
             .map_max_entries(names::SERVICE_BY_ID, capacity.services)
             .map_max_entries(names::SERVICE_MISSES, capacity.services)
+            .map_max_entries(names::SHADOWS, capacity.services)
             .map_max_entries(names::TABLES, capacity.tables)
             .map_max_entries(names::BACKENDS, capacity.backends)
             .map_max_entries(names::NEXTHOPS, capacity.backends)
