@@ -100,6 +100,34 @@ pub enum Command {
     History {
         service: String,
     },
+    /// Start (or, with `stop`, end) a shadow: a sample of the service's new
+    /// connections is replayed to pool `to`; its answers are judged and
+    /// thrown away.
+    Shadow {
+        service: String,
+        #[serde(default)]
+        to: Option<String>,
+        /// Percent of new connections (flows) sampled, 0 < x <= 100.
+        #[serde(default)]
+        sample_percent: f64,
+        /// End by itself after this long.
+        #[serde(default)]
+        for_ms: Option<u64>,
+        #[serde(default = "default_max_sessions")]
+        max_sessions: usize,
+        #[serde(default = "default_max_buffer")]
+        max_buffer: usize,
+        #[serde(default)]
+        stop: bool,
+    },
+}
+
+fn default_max_sessions() -> usize {
+    1000
+}
+
+fn default_max_buffer() -> usize {
+    64 * 1024
 }
 
 impl Command {
@@ -119,6 +147,7 @@ impl Command {
             Command::Rollback { .. } => "rollback",
             Command::Backend { .. } => "backend",
             Command::History { .. } => "history",
+            Command::Shadow { .. } => "shadow",
         }
     }
 
@@ -137,7 +166,8 @@ impl Command {
             | Command::Abort { service }
             | Command::Rollback { service }
             | Command::Backend { service, .. }
-            | Command::History { service } => Some(service),
+            | Command::History { service }
+            | Command::Shadow { service, .. } => Some(service),
         }
     }
 }
@@ -216,6 +246,9 @@ pub struct ServiceStatus {
     /// Removed backends still carrying established flows.
     #[serde(default)]
     pub lingering: Vec<BackendStatus>,
+    /// The service's shadow and what it found, when one runs or ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowStatus>,
 }
 
 /// A backend's state as the data plane treats it.

@@ -22,6 +22,7 @@ use crate::{
     config::{AdminState, BackendConfig, CohortConfig, ConfigFile, HealthConfig, ServiceConfig},
     health::Health,
     programmer::{Maps, Programmer},
+    shadow::ShadowSpec,
     strategy::{BlueGreen, Canary, Change, Gates, Phase, Rolling, Signals, Strategy},
 };
 
@@ -46,6 +47,13 @@ pub struct Controller {
     /// Removed backends that still carry established flows, per service.
     #[serde(default)]
     pub lingering: BTreeMap<String, BTreeMap<SocketAddr, Lingering>>,
+    /// Each service's shadow (running or the last one).
+    #[serde(default)]
+    pub shadows: BTreeMap<String, ShadowSpec>,
+    /// What each shadow found so far (the daemon updates it before a
+    /// command; a canary's `--after-shadow` reads it).
+    #[serde(skip)]
+    pub shadow_reports: BTreeMap<String, crate::shadow::Report>,
 }
 
 /// A backend removed from its pool while healthy: it gets no new flows, but
@@ -102,6 +110,8 @@ impl Controller {
             health: BTreeMap::new(),
             undo: BTreeMap::new(),
             lingering: BTreeMap::new(),
+            shadows: BTreeMap::new(),
+            shadow_reports: BTreeMap::new(),
         }
     }
 
@@ -194,6 +204,31 @@ impl Controller {
             Command::Rolling { .. } => {
                 let plan = self.plan_rolling(cmd)?;
                 self.execute(maps, plan, now)
+            }
+            Command::Shadow {
+                service,
+                to,
+                sample_percent,
+                for_ms,
+                max_sessions,
+                max_buffer,
+                stop,
+            } => {
+                if *stop {
+                    self.stop_shadow(maps, service, "stopped", now)
+                } else {
+                    let spec = ShadowSpec {
+                        to: to.clone().unwrap_or_default(),
+                        sample_percent: *sample_percent,
+                        sample: 0,
+                        started_ms: now,
+                        until_ms: for_ms.map(|f| now + f),
+                        max_sessions: *max_sessions,
+                        max_buffer: *max_buffer,
+                        ended: None,
+                    };
+                    self.start_shadow(maps, service, spec, now)
+                }
             }
             Command::Pause { service } => self.pause(maps, service, true, now),
             Command::Resume { service } => self.pause(maps, service, false, now),
@@ -343,6 +378,9 @@ impl Controller {
             if g.query.trim().is_empty() || !g.max.is_finite() {
                 bail!("prometheus: a query and a finite --max are needed");
             }
+        }
+        if let Some(need) = gates.after_shadow_ms {
+            self.shadow_is_clean(service, to, need, gates.max_shadow_error_excess, now)?;
         }
         let from = Self::main_pool(&s, to)?;
         let (c, changes) = Canary::start(
@@ -581,6 +619,142 @@ impl Controller {
         }
         plan.spec = Some(s);
         Ok(plan)
+    }
+
+    fn start_shadow(
+        &mut self,
+        maps: &mut dyn Maps,
+        service: &str,
+        mut spec: ShadowSpec,
+        now: u64,
+    ) -> Result<()> {
+        let s = self.service(service)?;
+        let pool = s
+            .pool(&spec.to)
+            .ok_or_else(|| anyhow!("to: service {service:?} has no pool {:?}", spec.to))?;
+        if pool.backends.is_empty() {
+            bail!("to: pool {:?} has no backend to replay to", spec.to);
+        }
+        if s.mode == crate::config::ForwardMode::Dsr {
+            bail!(
+                "shadow: service {service:?} is in dsr mode; its replies bypass the switch, so there is no live answer to compare with (use nat or fullnat)"
+            );
+        }
+        if !(spec.sample_percent > 0.0 && spec.sample_percent <= 100.0) {
+            bail!(
+                "sample: {}% must be above 0 and at most 100",
+                spec.sample_percent
+            );
+        }
+        if spec.max_sessions == 0 || spec.max_buffer == 0 {
+            bail!("max-sessions and max-buffer must be above zero");
+        }
+        if self.shadows.get(service).is_some_and(|s| s.running()) {
+            bail!(
+                "service {service:?} already has a running shadow; stop it first (switch shadow {service} --stop)"
+            );
+        }
+        spec.sample = ((spec.sample_percent / 100.0 * 65_536.0).round() as u32).clamp(1, 65_536);
+        let id = self
+            .programmer
+            .services
+            .get(service)
+            .map(|p| p.id)
+            .ok_or_else(|| anyhow!("service {service:?} is not placed"))?;
+        // Write, then commit.
+        maps.set_shadow(id, spec.sample)?;
+        let what = format!(
+            "shadow to {} started: {}% of new connections{}",
+            spec.to,
+            spec.sample_percent,
+            spec.until_ms
+                .map(|u| format!(" for {}s", (u - now) / 1000))
+                .unwrap_or_default()
+        );
+        self.shadows.insert(service.to_string(), spec);
+        self.shadow_reports.remove(service);
+        self.record(now, service, what, true);
+        Ok(())
+    }
+
+    fn stop_shadow(
+        &mut self,
+        maps: &mut dyn Maps,
+        service: &str,
+        why: &str,
+        now: u64,
+    ) -> Result<()> {
+        self.service(service)?;
+        if !self.shadows.get(service).is_some_and(|s| s.running()) {
+            bail!("service {service:?} has no running shadow");
+        }
+        if let Some(id) = self.programmer.services.get(service).map(|p| p.id) {
+            maps.set_shadow(id, 0)?;
+        }
+        if let Some(s) = self.shadows.get_mut(service) {
+            s.ended = Some(why.to_string());
+        }
+        self.record(now, service, format!("shadow {why}"), true);
+        Ok(())
+    }
+
+    /// `--after-shadow`: a shadow to `to` has run `need` ms and its errors
+    /// exceed the live pool's by at most `excess`.
+    fn shadow_is_clean(
+        &self,
+        service: &str,
+        to: &str,
+        need: u64,
+        excess: f64,
+        now: u64,
+    ) -> Result<()> {
+        let Some(spec) = self.shadows.get(service).filter(|s| s.to == to) else {
+            bail!(
+                "after-shadow: no shadow of {service:?} to {to:?} has run; start one with `switch shadow {service} --to {to}`"
+            );
+        };
+        let ran = spec
+            .until_ms
+            .filter(|_| !spec.running())
+            .unwrap_or(now)
+            .min(now)
+            .saturating_sub(spec.started_ms);
+        if ran < need {
+            bail!(
+                "after-shadow: the shadow of {service:?} to {to:?} has run {}s of the {}s required",
+                ran / 1000,
+                need / 1000
+            );
+        }
+        let Some(r) = self.shadow_reports.get(service) else {
+            bail!("after-shadow: the shadow of {service:?} has no figures yet");
+        };
+        if r.replayed == 0 {
+            bail!("after-shadow: the shadow of {service:?} has replayed no connection yet");
+        }
+        if r.shadow_error_rate > r.live_error_rate + excess {
+            bail!(
+                "after-shadow: the shadow's error rate {:.1}% exceeds the live pool's {:.1}% by more than {:.1}%",
+                r.shadow_error_rate * 100.0,
+                r.live_error_rate * 100.0,
+                excess * 100.0
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends shadows whose `--for` has passed.
+    pub fn expire_shadows(&mut self, maps: &mut dyn Maps, now: u64) -> Result<()> {
+        let due: Vec<String> = self
+            .shadows
+            .iter()
+            .filter(|(_, s)| s.running() && s.until_ms.is_some_and(|u| now >= u))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.stop_shadow(maps, &name, "ended (its time is up)", now)?;
+        }
+        Ok(())
     }
 
     fn refuse_if_running(&self, service: &str) -> Result<()> {
@@ -1108,6 +1282,9 @@ mod tests {
             self.check()
         }
         fn set_nexthop(&mut self, _: u32, _: &switch_common::NextHop) -> Result<()> {
+            self.check()
+        }
+        fn set_shadow(&mut self, _: u32, _: u32) -> Result<()> {
             self.check()
         }
         fn remove_real(&mut self, _: &RealKey) -> Result<()> {

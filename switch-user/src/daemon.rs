@@ -43,6 +43,78 @@ struct Shared {
     last_sample: Option<(std::time::Instant, Counters)>,
     /// Next hops as written to NEXTHOPS, by backend index.
     nexthops: HashMap<u32, switch_common::NextHop>,
+    /// The shadows' replays, fed from the data plane's ring buffer.
+    shadow: Arc<crate::shadow::Engine>,
+    /// When each service's shadow (as the engine serves it) started.
+    shadow_started: HashMap<String, u64>,
+}
+
+/// Hands the controller's running shadows to the engine (targets, limits),
+/// and the engine's figures to the controller (for `--after-shadow`).
+fn sync_shadows(s: &mut Shared) {
+    let mut targets = HashMap::new();
+    for (name, spec) in &s.ctl.shadows {
+        if s.shadow_started.get(name) != Some(&spec.started_ms) {
+            s.shadow.reset(name);
+            s.shadow_started.insert(name.clone(), spec.started_ms);
+        }
+        if !spec.running() {
+            continue;
+        }
+        let (Some(svc), Some(placed)) = (
+            s.ctl.services.get(name),
+            s.ctl.programmer.services.get(name),
+        ) else {
+            continue;
+        };
+        let backends = svc
+            .pool(&spec.to)
+            .map(|p| p.backends.iter().map(|b| b.addr()).collect())
+            .unwrap_or_default();
+        targets.insert(
+            placed.id,
+            crate::shadow::Target {
+                service: name.clone(),
+                backends,
+                max_sessions: spec.max_sessions,
+                max_buffer: spec.max_buffer,
+            },
+        );
+    }
+    s.shadow.set_targets(targets);
+    let lost = s.dp.shadow_lost().unwrap_or(0);
+    let names: Vec<String> = s.ctl.shadows.keys().cloned().collect();
+    for name in names {
+        if let Some(r) = s.shadow.report(&name, lost) {
+            s.ctl.shadow_reports.insert(name, r);
+        }
+    }
+}
+
+/// Reads the data plane's shadow copies as they come and feeds the engine.
+async fn shadow_reader(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    engine: Arc<crate::shadow::Engine>,
+) {
+    // SAFETY: the ring buffer owns its map fd, which stays open (and the
+    // same) for as long as the AsyncFd holds it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
+        tracing::warn!("cannot poll the shadow ring buffer: shadows will not replay");
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            engine.record(&item);
+        }
+        guard.clear_ready();
+    }
 }
 
 /// Per backend index: (packets, new flows) as the counters stood.
@@ -152,6 +224,8 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         flow_counts_ms: 0,
         last_sample: None,
         nexthops,
+        shadow: Arc::new(crate::shadow::Engine::default()),
+        shadow_started: HashMap::new(),
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
 
@@ -235,6 +309,15 @@ fn tick(shared: &Mutex<Shared>) -> Result<()> {
     ask_prometheus(shared)?;
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
+    if s.ctl.shadows.values().any(|sh| sh.running()) {
+        let before = s.ctl.history.len();
+        s.ctl.expire_shadows(&mut s.dp, now_ms())?;
+        s.shadow.sweep();
+        sync_shadows(s);
+        if s.ctl.history.len() != before {
+            persist(s)?;
+        }
+    }
     if !s.ctl.lingering.is_empty() {
         let before = s.ctl.history.len();
         let (counts, at) = (s.flow_counts.clone(), s.flow_counts_ms);
@@ -596,6 +679,17 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     }
     tokio::spawn(health_loop(shared.clone()));
     tokio::spawn(neighbour_loop(shared.clone()));
+    {
+        let mut g = shared.lock().map_err(|_| anyhow!("lock"))?;
+        sync_shadows(&mut g);
+        let engine = g.shadow.clone();
+        match g.dp.take_shadow_ring() {
+            Ok(ring) => {
+                tokio::spawn(shadow_reader(ring, engine));
+            }
+            Err(e) => tracing::warn!("shadow ring buffer: {e:#}"),
+        }
+    }
     let sampler = shared.clone();
     let scanner = Arc::new(
         shared
@@ -760,7 +854,13 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
             },
             Err(e) => Response::err(e),
         },
-        _ => match s.ctl.handle(&mut s.dp, cmd, now_ms()) {
+        _ => match {
+            // Fresh shadow figures for `--after-shadow`.
+            sync_shadows(s);
+            let r = s.ctl.handle(&mut s.dp, cmd, now_ms());
+            sync_shadows(s);
+            r
+        } {
             Ok(()) => match persist(s) {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
@@ -875,6 +975,14 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             nonsyn_miss_prev: misses.nonsyn_miss_prev,
             pools,
             lingering,
+            shadow: s
+                .ctl
+                .shadows
+                .get(name)
+                .map(|spec| crate::shadow::ShadowStatus {
+                    spec: spec.clone(),
+                    report: s.ctl.shadow_reports.get(name).cloned().unwrap_or_default(),
+                }),
         });
     }
     Ok(out)

@@ -288,6 +288,23 @@ impl Dataplane {
             }))
     }
 
+    /// The ring buffer of shadow copies, for the daemon's reader (taken out
+    /// of the object: one reader).
+    pub fn take_shadow_ring(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::SHADOW_RING)
+            .ok_or_else(|| anyhow!("map SHADOW_RING missing from object"))?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
+    /// Shadow copies the data plane dropped because the ring was full.
+    pub fn shadow_lost(&self) -> Result<u64> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map_ref(names::SHADOW_LOST)?)?;
+        Ok(a.get(&0, 0)?.iter().sum())
+    }
+
     /// Raw fd of the program, for `BPF_PROG_TEST_RUN` callers.
     pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
         Ok(self.program()?.fd()?.as_fd().try_clone_to_owned()?)
@@ -305,6 +322,13 @@ impl Maps for Dataplane {
         let mut a: Array<&mut MapData, Table> = Array::try_from(self.map(names::TABLES)?)?;
         a.set(slot, table, 0)
             .with_context(|| format!("writing selection table {slot}"))?;
+        Ok(())
+    }
+    fn set_shadow(&mut self, id: u32, sample: u32) -> Result<()> {
+        let mut a: Array<&mut MapData, switch_common::ShadowConfig> =
+            Array::try_from(self.map(names::SHADOWS)?)?;
+        a.set(id, switch_common::ShadowConfig { sample, _pad: 0 }, 0)
+            .context("writing the shadow sample")?;
         Ok(())
     }
     fn set_vip_filter(&mut self, f: &switch_common::AddrFilter) -> Result<()> {

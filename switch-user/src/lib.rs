@@ -17,4 +17,5 @@ pub mod neighbours;
 pub mod privileges;
 pub mod programmer;
 pub mod prometheus;
+pub mod shadow;
 pub mod strategy;

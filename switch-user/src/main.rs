@@ -115,6 +115,14 @@ enum Cmd {
         /// Prometheus gate: a bearer token for the query API.
         #[arg(long, env = "SWITCH_PROMETHEUS_TOKEN", hide_env_values = true)]
         prometheus_token: Option<String>,
+        /// Start only after a shadow to the same pool has run this long
+        /// within --max-shadow-error-excess, e.g. 5m.
+        #[arg(long, value_parser = parse_duration)]
+        after_shadow: Option<Duration>,
+        /// With --after-shadow: how far the shadow's error rate may exceed
+        /// the live pool's (0..1).
+        #[arg(long, default_value_t = 0.01)]
+        max_shadow_error_excess: f64,
     },
     /// Replace backends of a pool N at a time: drain, remove, add, wait healthy.
     Rolling {
@@ -187,6 +195,29 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/switch")]
         pin_dir: PathBuf,
     },
+    /// Replay a sample of new connections to another pool and judge its
+    /// answers; clients never see them. `--stop` ends it.
+    Shadow {
+        service: String,
+        #[arg(long, required_unless_present = "stop")]
+        to: Option<String>,
+        /// Share of new connections, e.g. 10% (or 10).
+        #[arg(long, value_parser = parse_percent, default_value = "10%")]
+        sample: f64,
+        /// End by itself after this long, e.g. 10m.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Replays at once; past it, sampled connections are not replayed
+        /// (counted).
+        #[arg(long, default_value_t = 1000)]
+        max_sessions: usize,
+        /// Bytes a replay may hold back, e.g. 64KiB; past it the replay
+        /// ends (counted).
+        #[arg(long, value_parser = parse_size, default_value = "64KiB")]
+        max_buffer: usize,
+        #[arg(long, conflicts_with_all = ["to", "duration"])]
+        stop: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -258,6 +289,39 @@ fn simple(api: &std::path::Path, cmd: Command, service: &str, done: &str) -> Res
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("{s:?}: a sample is above 0% and at most 100%"));
+    }
+    Ok(v)
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mul) = [
+        ("KiB", 1024),
+        ("MiB", 1 << 20),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n, *m)))
+    .unwrap_or((t, 1));
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64KiB"))?;
+    match n.checked_mul(mul) {
+        Some(0) | None => Err(format!("{s:?}: a size above 0 is needed")),
+        Some(v) => Ok(v),
+    }
 }
 
 fn parse_pair(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
@@ -368,6 +432,8 @@ fn run(cli: Cli) -> Result<()> {
             max,
             on_no_data,
             prometheus_token,
+            after_shadow,
+            max_shadow_error_excess,
         } => {
             for (name, v) in [
                 ("--max-rst-excess", max_rst_excess),
@@ -400,6 +466,8 @@ fn run(cli: Cli) -> Result<()> {
                             },
                             token: prometheus_token,
                         }),
+                        after_shadow_ms: after_shadow.map(|d| d.as_millis() as u64),
+                        max_shadow_error_excess,
                     },
                 },
             )?;
@@ -552,6 +620,37 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Shadow {
+            service,
+            to,
+            sample,
+            duration,
+            max_sessions,
+            max_buffer,
+            stop,
+        } => {
+            send(
+                &api,
+                Command::Shadow {
+                    service: service.clone(),
+                    to: to.clone(),
+                    sample_percent: sample,
+                    for_ms: duration.map(|d| d.as_millis() as u64),
+                    max_sessions,
+                    max_buffer,
+                    stop,
+                },
+            )?;
+            if stop {
+                println!("{service}: shadow stopped");
+            } else {
+                println!(
+                    "{service}: {sample}% of new connections now also replayed to {}; clients only ever see the live pool",
+                    to.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "switch", &mut std::io::stdout());
@@ -627,6 +726,35 @@ fn print_status(st: &[ServiceStatus]) {
             for b in &p.backends {
                 line(b);
             }
+        }
+        if let Some(sh) = &s.shadow {
+            let r = &sh.report;
+            println!(
+                "  shadow to {} ({}% of new connections, {}): sampled {} replayed {} refused {} reset {} timed out {} overflow {} ring lost {}",
+                sh.spec.to,
+                sh.spec.sample_percent,
+                sh.spec.ended.as_deref().unwrap_or("running"),
+                r.sampled,
+                r.replayed,
+                r.refused,
+                r.reset,
+                r.timed_out,
+                r.overflow,
+                r.ring_lost
+            );
+            println!(
+                "    first byte p50/p99: shadow {:.2}/{:.2} ms, live {:.2}/{:.2} ms; errors: shadow {:.1}%, live {:.1}%; 5xx shadow {} live {}; bytes shadow {} live {}",
+                r.shadow_ttfb.p50_ms,
+                r.shadow_ttfb.p99_ms,
+                r.live_ttfb.p50_ms,
+                r.live_ttfb.p99_ms,
+                r.shadow_error_rate * 100.0,
+                r.live_error_rate * 100.0,
+                r.shadow_statuses.c5,
+                r.live_statuses.c5,
+                r.bytes_received,
+                r.live_bytes
+            );
         }
         if !s.lingering.is_empty() {
             println!("  lingering (removed, established flows kept until they end)");

@@ -23,6 +23,8 @@ enum Labels<'a> {
     Backend(&'a str, &'a str, SocketAddr),
     Strategy(&'a str, StrategyKind),
     Phase(&'a str, StrategyKind, PhaseKind),
+    /// A service and fixed (label, value) pairs from this module.
+    Fixed(&'a str, &'static [(&'static str, &'static str)]),
 }
 
 impl Labels<'_> {
@@ -44,6 +46,9 @@ impl Labels<'_> {
                 ("kind", k.name().to_string()),
                 ("phase", p.name().to_string()),
             ],
+            Labels::Fixed(s, pairs) => std::iter::once(("service", s.to_string()))
+                .chain(pairs.iter().map(|(k, v)| (*k, v.to_string())))
+                .collect(),
         };
         let inner: Vec<String> = pairs
             .into_iter()
@@ -82,6 +87,116 @@ const PHASES: [PhaseKind; 6] = [
     PhaseKind::RolledBack,
     PhaseKind::Aborted,
 ];
+
+/// The shadows' figures: bounded labels only (outcome, side, class).
+fn shadows(o: &mut Page, services: &[ServiceStatus]) {
+    let with: Vec<(&str, &crate::shadow::ShadowStatus)> = services
+        .iter()
+        .filter_map(|s| s.shadow.as_ref().map(|sh| (s.name.as_str(), sh)))
+        .collect();
+    o.family(
+        "shadow_running",
+        "gauge",
+        "1 while the service's shadow runs.",
+    );
+    for (svc, sh) in &with {
+        o.sample(
+            "shadow_running",
+            Labels::Service(svc),
+            sh.spec.running() as u8,
+        );
+    }
+    o.family(
+        "shadow_connections_total",
+        "counter",
+        "Sampled connections by what became of their replay.",
+    );
+    type Outcome = fn(&crate::shadow::Report) -> u64;
+    let outcomes: [(&'static [(&'static str, &'static str)], Outcome); 7] = [
+        (&[("outcome", "sampled")], |r| r.sampled),
+        (&[("outcome", "replayed")], |r| r.replayed),
+        (&[("outcome", "refused")], |r| r.refused),
+        (&[("outcome", "reset")], |r| r.reset),
+        (&[("outcome", "timed_out")], |r| r.timed_out),
+        (&[("outcome", "overflow")], |r| r.overflow),
+        (&[("outcome", "ring_lost")], |r| r.ring_lost),
+    ];
+    for (svc, sh) in &with {
+        for (labels, f) in &outcomes {
+            o.sample(
+                "shadow_connections_total",
+                Labels::Fixed(svc, labels),
+                f(&sh.report),
+            );
+        }
+    }
+    o.family(
+        "shadow_responses_total",
+        "counter",
+        "HTTP/1.x responses of the shadow and of the live pool for the sampled connections, by status class.",
+    );
+    type Class = fn(&crate::shadow::Statuses) -> u64;
+    let classes: [(&'static str, Class); 5] = [
+        ("1xx", |s| s.c1),
+        ("2xx", |s| s.c2),
+        ("3xx", |s| s.c3),
+        ("4xx", |s| s.c4),
+        ("5xx", |s| s.c5),
+    ];
+    const SIDES: [[(&str, &str); 2]; 10] = [
+        [("side", "shadow"), ("class", "1xx")],
+        [("side", "shadow"), ("class", "2xx")],
+        [("side", "shadow"), ("class", "3xx")],
+        [("side", "shadow"), ("class", "4xx")],
+        [("side", "shadow"), ("class", "5xx")],
+        [("side", "live"), ("class", "1xx")],
+        [("side", "live"), ("class", "2xx")],
+        [("side", "live"), ("class", "3xx")],
+        [("side", "live"), ("class", "4xx")],
+        [("side", "live"), ("class", "5xx")],
+    ];
+    for (svc, sh) in &with {
+        for (i, (_, f)) in classes.iter().enumerate() {
+            o.sample(
+                "shadow_responses_total",
+                Labels::Fixed(svc, &SIDES[i]),
+                f(&sh.report.shadow_statuses),
+            );
+            o.sample(
+                "shadow_responses_total",
+                Labels::Fixed(svc, &SIDES[i + 5]),
+                f(&sh.report.live_statuses),
+            );
+        }
+    }
+    o.family(
+        "shadow_first_byte_seconds",
+        "gauge",
+        "Time to the first answer byte, shadow and live, p50 and p99.",
+    );
+    const Q: [[(&str, &str); 2]; 4] = [
+        [("side", "shadow"), ("quantile", "0.5")],
+        [("side", "shadow"), ("quantile", "0.99")],
+        [("side", "live"), ("quantile", "0.5")],
+        [("side", "live"), ("quantile", "0.99")],
+    ];
+    for (svc, sh) in &with {
+        let r = &sh.report;
+        let v = [
+            r.shadow_ttfb.p50_ms,
+            r.shadow_ttfb.p99_ms,
+            r.live_ttfb.p50_ms,
+            r.live_ttfb.p99_ms,
+        ];
+        for (labels, ms) in Q.iter().zip(v) {
+            o.sample(
+                "shadow_first_byte_seconds",
+                Labels::Fixed(svc, labels),
+                ms / 1000.0,
+            );
+        }
+    }
+}
 
 /// Every backend of a service with the pool it is in (lingering ones with
 /// the pool they left).
@@ -245,6 +360,7 @@ pub fn render(
             }
         }
     }
+    shadows(&mut o, services);
     o.family(
         "last_change_timestamp_seconds",
         "gauge",
@@ -357,6 +473,23 @@ mod tests {
             phase: Some(phase),
             progress: Some(0.05),
             lingering: vec![backend("198.18.1.12:8080", "blue", BackendState::Lingering)],
+            shadow: Some(crate::shadow::ShadowStatus {
+                spec: crate::shadow::ShadowSpec {
+                    to: "green".into(),
+                    sample_percent: 10.0,
+                    sample: 6554,
+                    started_ms: 1_700_000_000_000,
+                    until_ms: None,
+                    max_sessions: 1000,
+                    max_buffer: 65536,
+                    ended: None,
+                },
+                report: crate::shadow::Report {
+                    sampled: 12,
+                    replayed: 11,
+                    ..Default::default()
+                },
+            }),
         }]
     }
 

@@ -36,6 +36,8 @@ pub trait Maps {
     fn set_reply_filter(&mut self, f: &AddrFilter) -> Result<()>;
     /// The bitmap of addresses that may be VIPs.
     fn set_vip_filter(&mut self, f: &AddrFilter) -> Result<()>;
+    /// A service's shadow sample (flows in 65,536; 0: none).
+    fn set_shadow(&mut self, id: u32, sample: u32) -> Result<()>;
     fn set_real(&mut self, k: &RealKey, r: &Real) -> Result<()>;
     fn remove_real(&mut self, k: &RealKey) -> Result<()>;
     fn set_cohort(

@@ -99,6 +99,17 @@ pub struct Gates {
     /// threshold (e.g. an error rate of the new version).
     #[serde(default)]
     pub prometheus: Option<PromGate>,
+    /// The canary starts only after a shadow to the same pool has run this
+    /// long with an error rate at most `max_shadow_error_excess` above the
+    /// live pool's.
+    #[serde(default)]
+    pub after_shadow_ms: Option<u64>,
+    #[serde(default = "default_shadow_excess")]
+    pub max_shadow_error_excess: f64,
+}
+
+fn default_shadow_excess() -> f64 {
+    0.01
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +158,8 @@ impl Default for Gates {
             max_unanswered_excess: default_unanswered(),
             min_flows: 20,
             prometheus: None,
+            after_shadow_ms: None,
+            max_shadow_error_excess: default_shadow_excess(),
         }
     }
 }

@@ -42,6 +42,10 @@ impl Maps for FakeMaps {
         self.writes.push("reply filter".into());
         Ok(())
     }
+    fn set_shadow(&mut self, id: u32, sample: u32) -> Result<()> {
+        self.writes.push(format!("shadow {id} {sample}"));
+        Ok(())
+    }
     fn set_nexthop(&mut self, i: u32, h: &switch_common::NextHop) -> Result<()> {
         self.writes.push(format!("nexthop {i} {h:?}"));
         Ok(())
