@@ -854,20 +854,21 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
             },
             Err(e) => Response::err(e),
         },
-        _ => match {
-            // Fresh shadow figures for `--after-shadow`.
+        _ => {
+            // Fresh shadow figures for `--after-shadow`; new shadows to the
+            // engine afterwards.
             sync_shadows(s);
             let r = s.ctl.handle(&mut s.dp, cmd, now_ms());
             sync_shadows(s);
-            r
-        } {
-            Ok(()) => match persist(s) {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
-            },
-            // A refused or failed command changed nothing: nothing to persist.
-            Err(e) => Response::err(format!("{e:#}")),
-        },
+            match r {
+                Ok(()) => match persist(s) {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
+                },
+                // A refused or failed command changed nothing: nothing to persist.
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
     }
 }
 

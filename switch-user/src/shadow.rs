@@ -127,6 +127,9 @@ pub struct Report {
     pub live_statuses: Statuses,
     /// Response bytes of the live pool for the sampled connections.
     pub live_bytes: u64,
+    /// (shadow bytes - live bytes) / live bytes over the sampled
+    /// connections: how much bigger (or smaller) the shadow's answers are.
+    pub response_size_difference: f64,
     /// Share of replays that failed (refused, reset, timed out, 5xx) and
     /// the live pool's share of 5xx answers.
     pub shadow_error_rate: f64,
@@ -182,7 +185,8 @@ struct Session {
 }
 
 struct UdpFlow {
-    socket: Arc<tokio::net::UdpSocket>,
+    /// Sends from here (non-blocking); a tokio twin of it reads the answers.
+    socket: std::net::UdpSocket,
     last_seen: Instant,
 }
 
@@ -293,6 +297,11 @@ impl Engine {
             0.0
         } else {
             failed as f64 / r.replayed as f64
+        };
+        r.response_size_difference = if r.live_bytes == 0 {
+            0.0
+        } else {
+            (r.bytes_received as f64 - r.live_bytes as f64) / r.live_bytes as f64
         };
         r.live_error_rate = if r.live_statuses.total() == 0 {
             0.0
@@ -482,13 +491,16 @@ impl Engine {
             if std_sock.connect(to).is_err() || std_sock.set_nonblocking(true).is_err() {
                 return;
             }
-            let Ok(socket) = tokio::net::UdpSocket::from_std(std_sock) else {
+            let Ok(reader) = std_sock
+                .try_clone()
+                .and_then(tokio::net::UdpSocket::from_std)
+            else {
                 return;
             };
-            let socket = Arc::new(socket);
+            let socket = std_sock;
             // The shadow's answers are read and dropped: they never reach a
             // client.
-            let (engine, reader, service) = (self.clone(), socket.clone(), target.service.clone());
+            let (engine, service) = (self.clone(), target.service.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65_536];
                 while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, reader.recv(&mut buf)).await {
@@ -509,7 +521,7 @@ impl Engine {
         }
         if let Some(f) = flows.get_mut(&key) {
             f.last_seen = Instant::now();
-            if f.socket.try_send(data).is_ok() {
+            if f.socket.send(data).is_ok() {
                 let n = data.len() as u64;
                 self.figures(&target.service, |fg| {
                     fg.report.datagrams += 1;

@@ -2,7 +2,8 @@
 //! the switch host running `switch daemon`, and pools of real nginx servers
 //! that answer with their version. Under continuous client load it runs a
 //! blue-green flip and a rollback, a rolling replacement of the blue pool,
-//! a canary 1→5→25→50→100 with gates, and a canary of a broken version
+//! a canary 1→5→25→50→100 with gates, a shadow of a broken version (found
+//! before any user sees it), and a canary of a broken version
 //! that the gates roll back. It shows the live view as it goes, ends with a
 //! summary table and writes a PNG chart of each version's share of traffic.
 //! Every namespace, process and pin it made is removed at the end, also on
@@ -329,6 +330,34 @@ fn run(args: Args) -> Result<()> {
         );
         hold(&d, 1.0, |d| strategy_done(d, "succeeded"))?;
         hold(&d, p / 2.0, |_| true)?;
+        phase("shadow of broken v3 (found broken, no user saw it)");
+        println!(
+            "$ switch shadow web --to broken --sample 20%\n{}",
+            d.ok(&["shadow", "web", "--to", "broken", "--sample", "20%"])?
+        );
+        hold(&d, p / 2.0, |_| true)?;
+        let st = d.status("web")?;
+        let r = &st["shadow"]["report"];
+        println!(
+            "shadow report: {} connections replayed to broken v3: {} reset, {} refused, {} timed out; error rate {:.0}% (live: {:.0}%)",
+            r["replayed"],
+            r["reset"],
+            r["refused"],
+            r["timed_out"],
+            r["shadow_error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            r["live_error_rate"].as_f64().unwrap_or(0.0) * 100.0
+        );
+        match d.cli(&["canary", "web", "--to", "broken", "--after-shadow", "1s"])? {
+            (false, why) => println!(
+                "$ switch canary web --to broken --after-shadow 1s\nrefused: {}",
+                why.trim()
+            ),
+            (true, _) => anyhow::bail!("a canary to a broken shadow started"),
+        }
+        println!(
+            "$ switch shadow web --stop\n{}",
+            d.ok(&["shadow", "web", "--stop"])?
+        );
         phase("canary of broken v3 (rolled back by its RST gate)");
         println!(
             "$ switch canary web --to broken --steps 5,25,100 --interval 3s --min-flows 20\n{}",
@@ -498,6 +527,7 @@ fn chart(
             "blue-green" => "flip",
             "rollback" => "rollback",
             "rolling" => "rolling",
+            "shadow" => "shadow",
             _ if name.contains("broken") => "broken canary",
             _ => "canary",
         };
