@@ -339,7 +339,90 @@ fn http_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
         .iter()
         .map(|(n, (r, _, _))| (n.to_string(), r.rps))
         .collect();
+    out.push_str(&shadow_cost(args)?);
     Ok((out, bars))
+}
+
+/// What a 10% shadow costs live traffic: the daemon with and without one,
+/// same lab, same run (wrk with fresh connections, so sampled flows are
+/// replayed all the time).
+fn shadow_cost(args: &Args) -> Result<String> {
+    use switch_tests::http::*;
+    let lab = Lab3::new()?;
+    let dir = std::env::temp_dir().join(format!("switch-bench-shadow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    start_backends(&lab, &dir)?;
+    let config = format!(
+        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [\n  {{ name = \"blue\", weight = 100, backends = [\"{}\", \"{}\"] }},\n  {{ name = \"green\", weight = 0, backends = [\"{}\", \"{}\"] }},\n]\n",
+        BACKENDS[0], BACKENDS[1], BACKENDS[2], BACKENDS[3]
+    );
+    let d = switch_tests::daemon::Daemon::start(&lab, "bench-shadow", &config)?;
+    let secs = args.http_secs;
+    let runs = args.http_runs.max(1);
+    let conns = 32;
+    // Connection: close: every request is a new connection, 10% of them
+    // sampled and replayed.
+    let run_wrk = |lab: &Lab3| -> Result<WrkResult> {
+        let out = lab.cli.exec(&format!(
+            "wrk -t2 -c{conns} -d{secs}s --latency -H 'Connection: close' http://198.18.10.10/"
+        ))?;
+        let mut r = WrkResult::default();
+        for line in out.lines() {
+            let l = line.trim();
+            let ms = |v: &str| {
+                let v = v.trim();
+                if let Some(x) = v.strip_suffix("us") {
+                    x.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
+                } else if let Some(x) = v.strip_suffix("ms") {
+                    x.parse::<f64>().unwrap_or(f64::NAN)
+                } else if let Some(x) = v.strip_suffix('s') {
+                    x.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
+                } else {
+                    f64::NAN
+                }
+            };
+            if let Some(v) = l.strip_prefix("Requests/sec:") {
+                r.rps = v.trim().parse().unwrap_or(0.0);
+            } else if let Some(v) = l.strip_prefix("50%") {
+                r.p50_ms = ms(v);
+            } else if let Some(v) = l.strip_prefix("99%") {
+                r.p99_ms = ms(v);
+            }
+        }
+        Ok(r)
+    };
+    let median = |lab: &Lab3| -> Result<WrkResult> {
+        let mut all = Vec::new();
+        for _ in 0..runs {
+            all.push(run_wrk(lab)?);
+        }
+        all.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+        Ok(all.swap_remove(all.len() / 2))
+    };
+    settle();
+    let without = median(&lab)?;
+    d.ok(&["shadow", "web", "--to", "green", "--sample", "10%"])?;
+    settle();
+    let with = median(&lab)?;
+    let st = d.status("web")?;
+    let replayed = st["shadow"]["report"]["replayed"].as_u64().unwrap_or(0);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "  shadow: p99 {:.2} -> {:.2} ms, {:.0} -> {:.0} req/s",
+        without.p99_ms, with.p99_ms, without.rps, with.rps
+    );
+    Ok(format!(
+        "\n### What a shadow costs live traffic\n\nThe daemon, wrk -t2 -c{conns} -d{secs}s with `Connection: close` (every request a new connection), {runs} runs each (median by p99), without a shadow and then with a 10% shadow to the other pool ({replayed} connections replayed during the runs).\n\n| live traffic | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|\n| no shadow | {:.0} | {:.2} | {:.2} |\n| 10% shadow | {:.0} ({:+.1}%) | {:.2} | {:.2} ({:+.1}%) |\n",
+        without.rps,
+        without.p50_ms,
+        without.p99_ms,
+        with.rps,
+        (with.rps / without.rps - 1.0) * 100.0,
+        with.p50_ms,
+        with.p99_ms,
+        (with.p99_ms / without.p99_ms - 1.0) * 100.0
+    ))
 }
 
 /// Part 4: how fast the control plane acts and what the daemon costs.
