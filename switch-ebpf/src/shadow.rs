@@ -19,7 +19,7 @@ use switch_common::{
 
 use crate::{
     maps::{SHADOW_LOST, SHADOW_RING},
-    parse::{self, Packet},
+    parse::{self, Packet, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// Offset (from the frame's start) and length of the packet's payload.
@@ -100,6 +100,11 @@ pub fn segment(ctx: &XdpContext, pkt: &Packet, service: u32) -> u32 {
     let Some((off, len)) = payload(ctx, pkt) else {
         return 0;
     };
+    // A bare ACK tells the replay nothing: only payload, SYN, FIN and RST
+    // are copied.
+    if len == 0 && pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return 0;
+    }
     let Some(mut entry) = SHADOW_RING.reserve::<ShadowSegment>(0) else {
         lost();
         return 0;

@@ -685,7 +685,22 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
         let engine = g.shadow.clone();
         match g.dp.take_shadow_ring() {
             Ok(ring) => {
-                tokio::spawn(shadow_reader(ring, engine));
+                // Replays run on a thread of their own at the lowest
+                // priority: on a busy switch host they get what is left
+                // over, and the live path (softirqs, the API, health
+                // checks) never waits for them.
+                std::thread::Builder::new()
+                    .name("shadow".into())
+                    .spawn(move || {
+                        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(shadow_reader(ring, engine)),
+                            Err(e) => tracing::warn!("shadow runtime: {e}"),
+                        }
+                    })?;
             }
             Err(e) => tracing::warn!("shadow ring buffer: {e:#}"),
         }

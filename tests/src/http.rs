@@ -24,6 +24,36 @@ pub fn start_backends(lab: &Lab, dir: &Path) -> Result<()> {
     start_backends_with(lab, dir, "")
 }
 
+/// One nginx (named `name`) on `addrs`, started through `prefix` (e.g.
+/// `nice -n 19`).
+pub fn start_nginx_on(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    addrs: &[&str],
+    prefix: &str,
+) -> Result<()> {
+    let mut servers = String::new();
+    for a in addrs {
+        servers.push_str(&format!(
+            "  server {{ listen {a}; location / {{ return 200 \"hello from {a}\\n\"; }} }}\n"
+        ));
+    }
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        nginx_conf(
+            dir,
+            name,
+            &format!("http {{\n  access_log off;\n  default_type text/plain;\n{servers}}}\n"),
+        ),
+    )?;
+    lab.be
+        .exec(&format!("{prefix} nginx -c {}", conf.display()))
+        .with_context(|| format!("starting nginx {name}"))?;
+    Ok(())
+}
+
 /// The same with extra `http {}` directives (e.g. keep-alive settings).
 pub fn start_backends_with(lab: &Lab, dir: &Path, extra: &str) -> Result<()> {
     let mut servers = String::new();
