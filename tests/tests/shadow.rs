@@ -385,3 +385,31 @@ fn a_slow_shadow_cannot_make_the_daemon_grow() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A shadow is a strategy like the others: persisted, and it goes on after
+/// the daemon is killed and started again.
+#[test]
+fn a_shadow_survives_a_daemon_restart() {
+    let lab = Lab::new().unwrap();
+    let dir = tempdir("restart");
+    nginx(&lab, &dir, "live", &LIVE, 200);
+    nginx(&lab, &dir, "shadow", &SHADOW, 200);
+    let mut d = Daemon::start(&lab, "shadowrestart", &config("")).unwrap();
+    d.ok(&[
+        "shadow", "web", "--to", "green", "--sample", "100%", "--for", "10m",
+    ])
+    .unwrap();
+    d.kill9();
+    d.spawn().unwrap();
+    let st = d.status("web").unwrap();
+    assert_eq!(st["shadow"]["spec"]["to"], "green", "{st}");
+    assert!(st["shadow"]["spec"]["ended"].is_null(), "{st}");
+    for n in 0..20 {
+        let b = curl(&lab, &[format!("http://198.18.10.10/after-restart/{n}")]);
+        assert!(b[0].starts_with("live "));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let shadow = log_lines(&dir, &SHADOW);
+    assert_eq!(shadow.len(), 20, "{shadow:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
