@@ -729,7 +729,7 @@ impl Controller {
         let Some(r) = self.shadow_reports.get(service) else {
             bail!("after-shadow: the shadow of {service:?} has no figures yet");
         };
-        if r.replayed == 0 {
+        if r.attempts == 0 {
             bail!("after-shadow: the shadow of {service:?} has replayed no connection yet");
         }
         if r.shadow_error_rate > r.live_error_rate + excess {

@@ -107,7 +107,11 @@ pub struct BackendReport {
 pub struct Report {
     /// Sampled connections (TCP) or flows (UDP) seen.
     pub sampled: u64,
+    /// Replays that connected and are over (their outcome counted below).
     pub replayed: u64,
+    /// Replays whose outcome is known: `replayed` plus those that never
+    /// connected (refused, or reset or timed out while connecting).
+    pub attempts: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub refused: u64,
@@ -293,10 +297,10 @@ impl Engine {
         r.shadow_ttfb = latency(&fig.shadow_ttfb);
         r.live_ttfb = latency(&fig.live_ttfb);
         let failed = r.refused + r.reset + r.timed_out + r.shadow_statuses.c5;
-        r.shadow_error_rate = if r.replayed == 0 {
+        r.shadow_error_rate = if r.attempts == 0 {
             0.0
         } else {
-            failed as f64 / r.replayed as f64
+            (failed as f64 / r.attempts as f64).min(1.0)
         };
         r.response_size_difference = if r.live_bytes == 0 {
             0.0
@@ -607,6 +611,7 @@ async fn replay(
     let outcome = |engine: &Engine, f: &dyn Fn(&mut Report, &mut BackendReport)| {
         engine.figures(&service, |fig| {
             let mut b = fig.report.backends.remove(&to).unwrap_or_default();
+            fig.report.attempts += 1;
             f(&mut fig.report, &mut b);
             fig.report.backends.insert(to, b);
         });
@@ -636,10 +641,6 @@ async fn replay(
                 return;
             }
         };
-    outcome(&engine, &|r, b| {
-        r.replayed += 1;
-        b.replayed += 1;
-    });
     let (mut rd, mut wr) = stream.into_split();
     let first_write = Arc::new(Mutex::new(None::<Instant>));
     let fw = first_write.clone();
@@ -685,9 +686,14 @@ async fn replay(
         _ => None,
     };
     let codes = response_codes(&answer);
+    // Counted once its outcome is known, so that a replay in flight never
+    // looks like a clean one.
     engine.figures(&service, |fig| {
         let r = &mut fig.report;
         let mut b = r.backends.remove(&to).unwrap_or_default();
+        r.replayed += 1;
+        r.attempts += 1;
+        b.replayed += 1;
         r.bytes_sent += sent;
         b.bytes_sent += sent;
         r.bytes_received += received;
