@@ -204,6 +204,9 @@ struct Figures {
 /// The replays of every service's shadow.
 #[derive(Default)]
 pub struct Engine {
+    /// Replays in flight (connected or connecting, reading the answer),
+    /// bounded by each shadow's `max_sessions`.
+    active: Arc<AtomicUsize>,
     targets: Mutex<HashMap<u32, Target>>,
     sessions: Mutex<HashMap<Key, Session>>,
     udp: Mutex<HashMap<Key, UdpFlow>>,
@@ -359,7 +362,10 @@ impl Engine {
                 return; // a retransmitted SYN
             }
             self.figures(&target.service, |f| f.report.sampled += 1);
-            if sessions.len() >= target.max_sessions || target.backends.is_empty() {
+            if sessions.len() >= target.max_sessions
+                || self.active.load(Ordering::Relaxed) >= target.max_sessions
+                || target.backends.is_empty()
+            {
                 self.figures(&target.service, |f| f.report.overflow += 1);
                 return;
             }
@@ -370,13 +376,13 @@ impl Engine {
             let to = target.backends[i];
             let (tx, rx) = mpsc::unbounded_channel();
             let pending = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(replay(
-                self.clone(),
-                target.service.clone(),
-                to,
-                rx,
-                pending.clone(),
-            ));
+            self.active.fetch_add(1, Ordering::Relaxed);
+            let (engine, service, max) = (self.clone(), target.service.clone(), target.max_buffer);
+            let p = pending.clone();
+            tokio::spawn(async move {
+                replay(engine.clone(), service, to, rx, p, max).await;
+                engine.active.fetch_sub(1, Ordering::Relaxed);
+            });
             sessions.insert(
                 key,
                 Session {
@@ -607,6 +613,7 @@ async fn replay(
     to: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     pending: Arc<AtomicUsize>,
+    max_buffer: usize,
 ) {
     let outcome = |engine: &Engine, f: &dyn Fn(&mut Report, &mut BackendReport)| {
         engine.figures(&service, |fig| {
@@ -660,20 +667,20 @@ async fn replay(
         (sent, false)
     };
     let reader = async move {
-        // The answer, up to a bound (status lines need only its heads).
+        // The answer, kept up to --max-buffer (for its status lines); the
+        // rest is only counted.
         let mut answer = Vec::new();
         let mut total = 0u64;
         let mut first: Option<Instant> = None;
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; 4096];
         loop {
             match tokio::time::timeout(ANSWER_IDLE, rd.read(&mut buf)).await {
                 Ok(Ok(0)) => return (answer, total, first, None),
                 Ok(Ok(n)) => {
                     first.get_or_insert_with(Instant::now);
                     total += n as u64;
-                    if answer.len() < 1 << 20 {
-                        answer.extend_from_slice(&buf[..n]);
-                    }
+                    let room = max_buffer.saturating_sub(answer.len()).min(n);
+                    answer.extend_from_slice(&buf[..room]);
                 }
                 Ok(Err(e)) => return (answer, total, first, Some(e.kind())),
                 Err(_) => return (answer, total, first, Some(std::io::ErrorKind::TimedOut)),
