@@ -52,7 +52,7 @@ fn nginx(lab: &Lab, dir: &Path, name: &str, addrs: &[&str], code: u16) {
         &conf,
         format!(
             "worker_processes 1;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n  client_body_temp_path {d}/body-{name};\n  proxy_temp_path {d}/proxy-{name};\n  fastcgi_temp_path {d}/fcgi-{name};\n  uwsgi_temp_path {d}/uwsgi-{name};\n  scgi_temp_path {d}/scgi-{name};\n  default_type text/plain;\n  keepalive_requests 1000;\n  log_format line '$request';\n{servers}}}\n"
+             http {{\n  client_body_temp_path {d}/body-{name};\n  proxy_temp_path {d}/proxy-{name};\n  fastcgi_temp_path {d}/fcgi-{name};\n  uwsgi_temp_path {d}/uwsgi-{name};\n  scgi_temp_path {d}/scgi-{name};\n  default_type text/plain;\n  keepalive_requests 1000;\n  log_format line '$request $request_length';\n{servers}}}\n"
         ),
     )
     .unwrap();
@@ -411,5 +411,75 @@ fn a_shadow_survives_a_daemon_restart() {
     std::thread::sleep(Duration::from_millis(1000));
     let shadow = log_lines(&dir, &SHADOW);
     assert_eq!(shadow.len(), 20, "{shadow:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Requests split over many packets (a 48 KiB POST body) are replayed
+/// whole: the shadow logs the same request, of the same length.
+#[test]
+fn requests_over_many_packets_are_replayed_byte_for_byte() {
+    let lab = Lab::new().unwrap();
+    let dir = tempdir("big");
+    nginx(&lab, &dir, "live", &LIVE, 200);
+    nginx(&lab, &dir, "shadow", &SHADOW, 200);
+    let d = Daemon::start(&lab, "shadowbig", &config("")).unwrap();
+    d.ok(&["shadow", "web", "--to", "green", "--sample", "100%"])
+        .unwrap();
+    let body = dir.join("body");
+    std::fs::write(&body, vec![b'x'; 48 * 1024]).unwrap();
+    for n in 0..10 {
+        let out = lab
+            .cli
+            .exec(&format!(
+                "curl -s --max-time 5 --data-binary @{} http://198.18.10.10/upload/{n}",
+                body.display()
+            ))
+            .unwrap();
+        assert!(out.starts_with("live "), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut live = log_lines(&dir, &LIVE);
+    let mut shadow = log_lines(&dir, &SHADOW);
+    live.sort();
+    shadow.sort();
+    assert_eq!(live.len(), 10);
+    assert_eq!(
+        shadow, live,
+        "the shadow got other requests than the live pool"
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A shadow pool nobody answers for (blackholed): replays time out, clients
+/// see nothing of it.
+#[test]
+fn a_blackholed_shadow_pool_changes_nothing_for_clients() {
+    let lab = Lab::new().unwrap();
+    let dir = tempdir("blackhole");
+    nginx(&lab, &dir, "live", &LIVE, 200);
+    // No host has these addresses: SYNs to them go unanswered.
+    let cfg = config("")
+        .replace(SHADOW[0], "198.18.1.41:8080")
+        .replace(SHADOW[1], "198.18.1.42:8080");
+    let d = Daemon::start(&lab, "shadowhole", &cfg).unwrap();
+    d.ok(&["shadow", "web", "--to", "green", "--sample", "100%"])
+        .unwrap();
+    let t = std::time::Instant::now();
+    for n in 0..20 {
+        let b = curl(&lab, &[format!("http://198.18.10.10/{n}")]);
+        assert_eq!(b.len(), 1, "request {n} failed");
+        assert!(b[0].starts_with("live "));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "clients were slowed down"
+    );
+    std::thread::sleep(Duration::from_millis(3000));
+    let r = report(&d);
+    assert!(
+        r["timed_out"].as_u64().unwrap() + r["reset"].as_u64().unwrap() >= 10,
+        "{r}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
