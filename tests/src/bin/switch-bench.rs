@@ -1018,8 +1018,13 @@ fn run(args: Args) -> Result<()> {
             )?;
             charts.push_str("![HTTP requests per second](bench-http.png)\n");
         }
+        // Hand-written notes (before/after, where the time goes) follow the
+        // figures, so a new run keeps them.
+        let notes = std::fs::read_to_string(dir.join("bench-notes.md"))
+            .map(|n| format!("\n{n}"))
+            .unwrap_or_default();
         let doc = format!(
-            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n\n## Forwarding rate\n\n{rate}\n## Real TCP/HTTP\n\n{http}\n## Control plane\n\n{control}\n## Charts\n{charts}"
+            "# Benchmarks\n\nProduced by `cargo xtask bench`; every figure below comes from one run, next to the baselines of the same run.\n\n## Per-packet cost\n\n{report}\nThe floor is the cost of the test harness itself (a program that only returns XDP_PASS). \"minimal\" parses Ethernet and the IP/L4 headers, does one hash lookup and returns XDP_TX: the least any L4 balancer does. Each path's verdict was checked on every run and its output bytes parsed and checksum-verified on every 1,000th run.\n\n## Forwarding rate\n\n{rate}\n## Real TCP/HTTP\n\n{http}\n## Control plane\n\n{control}\n## Charts\n{charts}{notes}"
         );
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
         std::fs::write(&path, doc)?;
