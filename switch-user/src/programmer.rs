@@ -196,10 +196,7 @@ impl Programmer {
         let mut f = AddrFilter {
             words: [0; switch_common::hash::REPLY_FILTER_WORDS],
         };
-        let mut set = |a: SocketAddr| {
-            let bit = switch_common::hash::source_bit(&addr_bytes(a.ip()));
-            f.words[(bit >> 6) as usize] |= 1 << (bit & 63);
-        };
+        let mut set = |a: SocketAddr| set_bit(&mut f, a.ip());
         for p in self.services.values() {
             if p.spec.mode != ForwardMode::Dsr {
                 p.backends
@@ -225,8 +222,7 @@ impl Programmer {
             .map(|p| p.spec.vip)
             .chain(also.map(|s| s.vip));
         for vip in vips {
-            let bit = switch_common::hash::source_bit(&addr_bytes(vip.ip()));
-            v.words[(bit >> 6) as usize] |= 1 << (bit & 63);
+            set_bit(&mut v, vip.ip());
         }
         maps.set_vip_filter(&v)
     }
@@ -623,6 +619,12 @@ impl Programmer {
             })
             .collect()
     }
+}
+
+/// Sets an address's bit in a filter (`hash::source_bit`).
+fn set_bit(f: &mut AddrFilter, ip: IpAddr) {
+    let bit = switch_common::hash::source_bit(&addr_bytes(ip));
+    f.words[(bit >> 6) as usize] |= 1 << (bit & 63);
 }
 
 /// A service's `SERVICES` entry.

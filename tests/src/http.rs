@@ -201,9 +201,14 @@ fn ms(s: &str) -> f64 {
 
 /// wrk from the client namespace against `url`.
 pub fn wrk(lab: &Lab, url: &str, secs: u64, conns: u32) -> Result<WrkResult> {
-    let out = lab
-        .cli
-        .exec(&format!("wrk -t2 -c{conns} -d{secs}s --latency {url}"))?;
+    wrk_with(lab, url, secs, conns, "")
+}
+
+/// The same with extra wrk arguments (e.g. `-H 'Connection: close'`).
+pub fn wrk_with(lab: &Lab, url: &str, secs: u64, conns: u32, extra: &str) -> Result<WrkResult> {
+    let out = lab.cli.exec(&format!(
+        "wrk -t2 -c{conns} -d{secs}s --latency {extra} {url}"
+    ))?;
     let mut r = WrkResult::default();
     for line in out.lines() {
         let l = line.trim();

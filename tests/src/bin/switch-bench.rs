@@ -366,34 +366,14 @@ fn shadow_cost(args: &Args) -> Result<String> {
     let conns = 32;
     // Connection: close: every request is a new connection, 10% of them
     // sampled and replayed.
-    let run_wrk = |lab: &Lab3| -> Result<WrkResult> {
-        let out = lab.cli.exec(&format!(
-            "wrk -t2 -c{conns} -d{secs}s --latency -H 'Connection: close' http://198.18.10.10/"
-        ))?;
-        let mut r = WrkResult::default();
-        for line in out.lines() {
-            let l = line.trim();
-            let ms = |v: &str| {
-                let v = v.trim();
-                if let Some(x) = v.strip_suffix("us") {
-                    x.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
-                } else if let Some(x) = v.strip_suffix("ms") {
-                    x.parse::<f64>().unwrap_or(f64::NAN)
-                } else if let Some(x) = v.strip_suffix('s') {
-                    x.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
-                } else {
-                    f64::NAN
-                }
-            };
-            if let Some(v) = l.strip_prefix("Requests/sec:") {
-                r.rps = v.trim().parse().unwrap_or(0.0);
-            } else if let Some(v) = l.strip_prefix("50%") {
-                r.p50_ms = ms(v);
-            } else if let Some(v) = l.strip_prefix("99%") {
-                r.p99_ms = ms(v);
-            }
-        }
-        Ok(r)
+    let run_wrk = |lab: &Lab3| {
+        wrk_with(
+            lab,
+            "http://198.18.10.10/",
+            secs,
+            conns,
+            "-H 'Connection: close'",
+        )
     };
     let median = |lab: &Lab3| -> Result<WrkResult> {
         let mut all = Vec::new();
