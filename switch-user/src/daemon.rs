@@ -475,7 +475,8 @@ async fn health_loop(shared: Arc<Mutex<Shared>>) {
 }
 
 /// How often backend neighbours are checked (and put back when missing).
-const NEIGHBOURS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+// A safety net: `ip monitor` events start a round at once.
+const NEIGHBOURS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The backend next hops kept resolved (see `neighbours`): by the loop
 /// below, at start, and right after every command, before it answers.

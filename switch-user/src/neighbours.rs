@@ -42,6 +42,8 @@ pub struct Neighbours {
     slow: BTreeSet<Hop>,
     /// The neighbour table as last read.
     table: BTreeMap<(IpAddr, String), Entry>,
+    /// Devices (index, MTU, MAC), read with the routes.
+    links: BTreeMap<String, Link>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +140,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+#[derive(Default)]
 struct Link {
     ifindex: u32,
     mtu: u32,
@@ -201,8 +204,10 @@ impl Neighbours {
         let due = self.routes_at.is_none_or(|t| t.elapsed() >= ROUTES_EVERY);
         if due {
             self.hops = routes(backends.iter().copied());
+            self.links = links();
             self.routes_at = Some(Instant::now());
         } else if backends != self.backends {
+            self.links = links();
             self.hops.retain(|b, _| backends.contains(b));
             let new: Vec<IpAddr> = backends
                 .iter()
@@ -266,7 +271,7 @@ impl Neighbours {
 
     /// Every backend whose next hop is resolved: device, MACs, MTU.
     pub fn resolved(&self) -> BTreeMap<IpAddr, NextHop> {
-        let links = links();
+        let links = &self.links;
         self.hops
             .iter()
             .filter_map(|(backend, hop)| {
