@@ -585,8 +585,21 @@ async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             // Route and link events mean the routes are looked up again;
-            // neighbour events (most of them) only re-read the table.
-            if !is_neighbour_event(&line) {
+            // a neighbour event matters only for one of our next hops (a
+            // busy host sees many about other addresses).
+            if is_neighbour_event(&line) {
+                let ip = line
+                    .split_whitespace()
+                    .find_map(|w| w.parse::<std::net::IpAddr>().ok());
+                let ours = ip.is_some_and(|ip| {
+                    NEIGHBOURS
+                        .lock()
+                        .is_ok_and(|n| n.hops().values().any(|h| h.via == ip))
+                });
+                if !ours {
+                    continue;
+                }
+            } else {
                 routes_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             notify.notify_one();
@@ -597,8 +610,9 @@ async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
         let event = tokio::select! {
             _ = every.tick() => false,
             _ = changed.notified() => {
-                // Let a burst of events settle into one round.
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                // Let a burst of events settle into one round (and at
+                // most ten rounds a second, whatever the kernel says).
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 true
             }
         };
