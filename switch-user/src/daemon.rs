@@ -684,6 +684,9 @@ fn socket_group(path: &Path, group: &str) -> Result<()> {
 }
 
 async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
+    // Before the API socket appears: whoever sees it may send SIGTERM at
+    // once, and it must mean a clean stop, not the default death.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     if let Some(addr) = d.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -785,7 +788,6 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     tracing::info!("API on {}", d.api.display());
     // systemd Type=notify: ready once the API serves.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             conn = listener.accept() => {
