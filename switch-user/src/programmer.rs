@@ -168,19 +168,22 @@ impl Programmer {
         self.write_config(maps)
     }
 
-    /// The global config; its flags say which reply lookups are needed.
+    /// The global config (its flags say which reply lookups are needed) and
+    /// the address filters, from the placed services.
     fn write_config(&self, maps: &mut dyn Maps) -> Result<()> {
-        self.write_config_flags(maps, 0)
+        self.write_config_with(maps, None)
     }
 
-    /// The global config and reply filter with `spec`'s reply lookups and
-    /// backends switched on too (before it goes live).
-    fn write_config_with(&self, maps: &mut dyn Maps, spec: &ServiceConfig) -> Result<()> {
-        self.write_reply_filter(maps, Some(spec))?;
-        let mut flags = CONFIG_READY | mode_flag(spec.mode);
-        for p in self.services.values() {
-            flags |= mode_flag(p.spec.mode);
-        }
+    /// The same with `also`'s reply lookups, backends and VIP switched on
+    /// too: written before it goes live (extras only cost a lookup).
+    fn write_config_with(&self, maps: &mut dyn Maps, also: Option<&ServiceConfig>) -> Result<()> {
+        self.write_filters(maps, also)?;
+        let flags = self
+            .services
+            .values()
+            .map(|p| p.spec.mode)
+            .chain(also.map(|s| s.mode))
+            .fold(CONFIG_READY, |f, m| f | mode_flag(m));
         maps.set_config(&Config {
             seed: self.seed,
             flags,
@@ -191,8 +194,8 @@ impl Programmer {
     }
 
     /// One bit per backend address of every nat or fullnat service (and of
-    /// `also`): replies can only come from those.
-    fn write_reply_filter(&self, maps: &mut dyn Maps, also: Option<&ServiceConfig>) -> Result<()> {
+    /// `also`): replies can only come from those; and one per VIP.
+    fn write_filters(&self, maps: &mut dyn Maps, also: Option<&ServiceConfig>) -> Result<()> {
         let mut f = AddrFilter {
             words: [0; switch_common::hash::REPLY_FILTER_WORDS],
         };
@@ -225,21 +228,6 @@ impl Programmer {
             set_bit(&mut v, vip.ip());
         }
         maps.set_vip_filter(&v)
-    }
-
-    fn write_config_flags(&self, maps: &mut dyn Maps, extra: u32) -> Result<()> {
-        let mut flags = CONFIG_READY | extra;
-        for p in self.services.values() {
-            flags |= mode_flag(p.spec.mode);
-        }
-        self.write_reply_filter(maps, None)?;
-        maps.set_config(&Config {
-            seed: self.seed,
-            flags,
-            tcp_close_grace_ns: self.timeouts[0],
-            tcp_idle_ns: self.timeouts[1],
-            udp_idle_ns: self.timeouts[2],
-        })
     }
 
     fn used_backends(&self) -> BTreeSet<u32> {
@@ -448,7 +436,7 @@ impl Programmer {
         }
         // The reply lookups this service needs are switched on before it
         // goes live (extra flags only cost a lookup).
-        self.write_config_with(maps, spec)?;
+        self.write_config_with(maps, Some(spec))?;
 
         // 3. The one write that makes it live. The table it replaces stays
         // readable as the previous one.
