@@ -249,6 +249,65 @@ pub struct ServiceStatus {
     /// The service's shadow and what it found, when one runs or ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowStatus>,
+    /// Fleet mode: the hosts, the leader, and fleet-wide figures (the
+    /// fields above are this host's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This host.
+    pub host: String,
+    /// The host that runs strategies (None: none right now).
+    pub leader: Option<String>,
+    pub etcd_reachable: bool,
+    /// The service's generation (its record's etcd revision) applied here.
+    pub revision: i64,
+    /// The etcd revision this host has applied.
+    pub applied_revision: i64,
+    /// Why this host does not take part, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    pub hosts: Vec<FleetHostStatus>,
+    /// Fleet-wide counters per pool (every host, restarts included).
+    pub pools: Vec<FleetPoolStatus>,
+    pub backends: Vec<FleetBackendStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetHostStatus {
+    pub name: String,
+    /// Its lease is alive (it reported within the lease).
+    pub alive: bool,
+    pub leader: bool,
+    /// The etcd revision it has applied, and its generation of this service.
+    pub applied_revision: i64,
+    pub revision: Option<i64>,
+    /// Its own new flows for this service (all pools).
+    pub new_flows: u64,
+    pub last_report_ms_ago: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetPoolStatus {
+    pub name: String,
+    pub new_flows: u64,
+    pub rsts: u64,
+    pub synacks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetBackendStatus {
+    pub addr: SocketAddr,
+    pub pool: String,
+    /// Live flows on every live host.
+    pub active_flows: u64,
+    /// The fleet's verdict (true without health checks).
+    pub healthy: bool,
+    /// Live hosts whose probes say it is down, out of `hosts`.
+    pub down_votes: u32,
+    pub hosts: u32,
 }
 
 /// A backend's state as the data plane treats it.

@@ -15,6 +15,71 @@ pub struct ConfigFile {
     pub daemon: DaemonConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Fleet mode: present turns it on (desired state in etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: this host is one of several that agree through etcd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This host's name, unique in the fleet.
+    pub host: String,
+    /// etcd endpoints, e.g. `["http://198.18.9.2:2379"]`.
+    pub etcd: Vec<String>,
+    /// Every key lives under it.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The leader's lease and this host's liveness: a dead host is noticed
+    /// (and a dead leader replaced) this long after its last word.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn default_prefix() -> String {
+    "/switch".into()
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl FleetConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.host.is_empty()
+            || !self
+                .host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "fleet.host: {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.host
+            );
+        }
+        if self.etcd.is_empty() {
+            bail!("fleet.etcd: give at least one etcd endpoint, e.g. \"http://198.18.9.2:2379\"");
+        }
+        for e in &self.etcd {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
+                bail!("fleet.etcd: {e:?} is not an endpoint like \"http://198.18.9.2:2379\"");
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 || self.prefix.ends_with('/') {
+            bail!(
+                "fleet.prefix: {:?} must start with '/' and not end with one, e.g. \"/switch\"",
+                self.prefix
+            );
+        }
+        if self.lease < Duration::from_secs(2) || self.lease > Duration::from_secs(600) {
+            bail!(
+                "fleet.lease: {} is not between 2s and 10m",
+                humantime::format_duration(self.lease)
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -275,6 +340,17 @@ impl ConfigFile {
         if d.max_flows < 1024 {
             bail!("daemon.max_flows: {} is below 1024", d.max_flows);
         }
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+            if d.seed.is_none() {
+                bail!(
+                    "daemon.seed: fleet mode needs the fleet's seed here, the same on every host (etcd keeps only a fingerprint to compare)"
+                );
+            }
+            if let Some(s) = self.services.iter().find(|s| s.mode == ForwardMode::Fullnat) {
+                bail!("service {:?}: {FULLNAT_IN_FLEET}", s.name);
+            }
+        }
         let mut names = BTreeSet::new();
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -294,6 +370,9 @@ impl ConfigFile {
         Ok(())
     }
 }
+
+/// Why a fleet refuses fullnat.
+pub const FULLNAT_IN_FLEET: &str = "mode fullnat is not supported in fleet mode: its source address and ports belong to one host, so a connection that moves to another host (ECMP) would be reset; use nat or dsr";
 
 impl ServiceConfig {
     pub fn validate(&self) -> Result<()> {

@@ -54,6 +54,9 @@ pub struct Controller {
     /// command; a canary's `--after-shadow` reads it).
     #[serde(skip)]
     pub shadow_reports: BTreeMap<String, crate::shadow::Report>,
+    /// Fleet mode: the fleet's health verdict overrules local probes.
+    #[serde(skip)]
+    pub fleet_health: Option<crate::replica::FleetHealth>,
 }
 
 /// A backend removed from its pool while healthy: it gets no new flows, but
@@ -112,6 +115,7 @@ impl Controller {
             lingering: BTreeMap::new(),
             shadows: BTreeMap::new(),
             shadow_reports: BTreeMap::new(),
+            fleet_health: None,
         }
     }
 
@@ -135,7 +139,11 @@ impl Controller {
 
     /// Backends that must get no new flows and lose their pins.
     pub fn unhealthy(&self) -> BTreeSet<SocketAddr> {
-        unhealthy_of(&self.health)
+        let local = unhealthy_of(&self.health);
+        match &self.fleet_health {
+            Some(f) => f.unhealthy(&local),
+            None => local,
+        }
     }
 
     fn running(&self, service: &str) -> Option<&Strategy> {
@@ -866,7 +874,12 @@ impl Controller {
         let mut programmer = self.programmer.clone();
         if let Some(spec) = &plan.spec {
             // 1. Write. Nothing is committed before this succeeds.
-            programmer.apply(maps, spec, &unhealthy_of(&health))?;
+            let local = unhealthy_of(&health);
+            let unhealthy = match &self.fleet_health {
+                Some(f) => f.unhealthy(&local),
+                None => local,
+            };
+            programmer.apply(maps, spec, &unhealthy)?;
             for addr in &cut {
                 programmer.release(maps, &plan.service, *addr)?;
             }
@@ -1018,6 +1031,7 @@ impl Controller {
         now: u64,
     ) -> Result<()> {
         let mut done = Vec::new();
+        let unhealthy = self.unhealthy();
         for (service, backends) in &self.lingering {
             let Some(placed) = self.programmer.services.get(service) else {
                 continue;
@@ -1027,7 +1041,7 @@ impl Controller {
                     done.push((service.clone(), *addr, "released"));
                     continue;
                 };
-                let why = if self.health.get(addr).is_some_and(|h| !h.healthy) {
+                let why = if unhealthy.contains(addr) {
                     Some("down: its remaining flows are cut")
                 } else if l.until_ms.is_some_and(|u| now >= u) {
                     Some("linger limit reached: its remaining flows are cut")

@@ -27,18 +27,18 @@ use crate::{
     strategy::{BackendSignals, Phase, PoolSignals, PromGate, Reading, Signals, Strategy},
 };
 
-struct Shared {
-    dp: Dataplane,
-    ctl: Controller,
+pub(crate) struct Shared {
+    pub(crate) dp: Dataplane,
+    pub(crate) ctl: Controller,
     state_file: PathBuf,
     /// When each canary's Prometheus gate was last asked (ms).
     prom_asked: HashMap<String, u64>,
     /// Per backend index: (packets/s, new flows/s) over the last second.
     rates: HashMap<u32, (f64, f64)>,
     /// Live flows per backend index, counted by the sampler once a second.
-    flow_counts: HashMap<u32, u64>,
+    pub(crate) flow_counts: HashMap<u32, u64>,
     /// When the count began (ms): a drain trusts only later counts.
-    flow_counts_ms: u64,
+    pub(crate) flow_counts_ms: u64,
     /// The sample the rates were computed from.
     last_sample: Option<(std::time::Instant, Counters)>,
     /// Next hops as written to NEXTHOPS, by backend index.
@@ -47,11 +47,13 @@ struct Shared {
     shadow: Arc<crate::shadow::Engine>,
     /// When each service's shadow (as the engine serves it) started.
     shadow_started: HashMap<String, u64>,
+    /// Fleet mode: what this host knows of the fleet (None: single host).
+    pub(crate) fleet: Option<crate::fleet::agent::FleetState>,
 }
 
 /// Hands the controller's running shadows to the engine (targets, limits),
 /// and the engine's figures to the controller (for `--after-shadow`).
-fn sync_shadows(s: &mut Shared) {
+pub(crate) fn sync_shadows(s: &mut Shared) {
     let mut targets = HashMap::new();
     for (name, spec) in &s.ctl.shadows {
         if s.shadow_started.get(name) != Some(&spec.started_ms) {
@@ -195,7 +197,44 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         None => Controller::new(Programmer::new(seed, capacity)),
     };
     ctl.programmer.init(&mut dp, &d)?;
-    if ctl.services.is_empty() && !file.services.is_empty() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fleet = match &file.fleet {
+        Some(f) => {
+            let fp = crate::fleet::fingerprint(seed);
+            // A host with another seed must not forward with its own table:
+            // refuse at once when etcd answers (later, if it does not now).
+            rt.block_on(async {
+                if let Ok(Ok(store)) = tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    crate::fleet::store::Store::connect(f),
+                )
+                .await
+                {
+                    store.check_seed(&fp).await.or_else(|e| {
+                        if e.to_string().contains("refuses to join") {
+                            Err(e)
+                        } else {
+                            Ok(())
+                        }
+                    })?;
+                }
+                Ok::<(), anyhow::Error>(())
+            })?;
+            ctl.fleet_health = Some(Default::default());
+            Some(crate::fleet::agent::FleetState::new(
+                f.clone(),
+                fp,
+                epoch(&d.pin_dir),
+            ))
+        }
+        None => None,
+    };
+    if fleet.is_some() {
+        // etcd is the source of truth; the cache forwards until it answers.
+        ctl.reapply(&mut dp)?;
+    } else if ctl.services.is_empty() && !file.services.is_empty() {
         ctl.handle(
             &mut dp,
             &Command::Apply {
@@ -226,13 +265,28 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         nexthops,
         shadow: Arc::new(crate::shadow::Engine::default()),
         shadow_started: HashMap::new(),
+        fleet,
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
+    let seed_services = if file.fleet.is_some() {
+        file.services.clone()
+    } else {
+        vec![]
+    };
+    rt.block_on(serve(shared, d, seed_services))
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(shared, d))
+/// Changes when the data plane's counters start from zero: the boot and
+/// the pinned statistics map's inode (new when the maps are made anew).
+fn epoch(pin_dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ino = switch_common::names::PINNED
+        .iter()
+        .find_map(|n| std::fs::metadata(pin_dir.join(n)).ok())
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    format!("{}-{ino}", boot.trim())
 }
 
 fn seed(d: &DaemonConfig, restored: Option<&Controller>) -> Result<u32> {
@@ -290,7 +344,7 @@ pub fn write_state(path: &Path, ctl: &Controller) -> Result<()> {
     Ok(())
 }
 
-fn persist(s: &Shared) -> Result<()> {
+pub(crate) fn persist(s: &Shared) -> Result<()> {
     write_state(&s.state_file, &s.ctl)
 }
 
@@ -306,7 +360,18 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Advances strategies with fresh signals from the data plane.
 fn tick(shared: &Mutex<Shared>) -> Result<()> {
-    ask_prometheus(shared)?;
+    let fleet = match shared.lock().map_err(|_| anyhow!("state lock poisoned"))?.fleet.as_ref() {
+        Some(f) => Some(f.leading.is_some()),
+        None => None,
+    };
+    // In a fleet only the leader asks Prometheus, and it moves strategies
+    // in its own round (fleet::agent), on fleet-wide figures.
+    if fleet != Some(false) {
+        ask_prometheus(shared)?;
+    }
+    if fleet.is_some() {
+        return Ok(());
+    }
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
     if s.ctl.shadows.values().any(|sh| sh.running()) {
@@ -683,7 +748,11 @@ fn socket_group(path: &Path, group: &str) -> Result<()> {
     Ok(())
 }
 
-async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
+async fn serve(
+    shared: Arc<Mutex<Shared>>,
+    d: DaemonConfig,
+    seed_services: Vec<crate::config::ServiceConfig>,
+) -> Result<()> {
     // Before the API socket appears: whoever sees it may send SIGTERM at
     // once, and it must mean a clean stop, not the default death.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -697,6 +766,9 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
     }
     tokio::spawn(health_loop(shared.clone()));
     tokio::spawn(neighbour_loop(shared.clone()));
+    if shared.lock().map_err(|_| anyhow!("lock"))?.fleet.is_some() {
+        crate::fleet::agent::start(shared.clone(), seed_services);
+    }
     {
         let mut g = shared.lock().map_err(|_| anyhow!("lock"))?;
         sync_shadows(&mut g);
@@ -804,6 +876,7 @@ async fn serve(shared: Arc<Mutex<Shared>>, d: DaemonConfig) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&d.api);
+    crate::fleet::agent::resign(&shared).await;
     tracing::info!("stopping; the data plane keeps forwarding");
     Ok(())
 }
@@ -819,6 +892,32 @@ async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
                 req.v,
                 api::VERSION
             )),
+            Ok(req)
+                if !matches!(req.cmd, Command::Status { .. })
+                    && shared.lock().is_ok_and(|s| s.fleet.is_some()) =>
+            {
+                let span = tracing::info_span!(
+                    "request",
+                    cmd = req.cmd.name(),
+                    service = req.cmd.service().unwrap_or("-")
+                );
+                let resp = tracing::Instrument::instrument(
+                    crate::fleet::agent::command(&shared, req.cmd.clone()),
+                    span,
+                )
+                .await;
+                if !matches!(req.cmd, Command::History { .. }) {
+                    match &resp.error {
+                        None => tracing::info!(cmd = req.cmd.name(), "done"),
+                        Some(e) => tracing::info!(cmd = req.cmd.name(), error = %e, "refused"),
+                    }
+                    if resp.ok {
+                        let s = shared.clone();
+                        let _ = tokio::task::spawn_blocking(move || refresh_neighbours(&s)).await;
+                    }
+                }
+                resp
+            }
             Ok(req) => {
                 let shared = shared.clone();
                 tokio::task::spawn_blocking(move || {
@@ -1016,6 +1115,10 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
                     spec: spec.clone(),
                     report: s.ctl.shadow_reports.get(name).cloned().unwrap_or_default(),
                 }),
+            fleet: s
+                .fleet
+                .as_ref()
+                .map(|f| crate::fleet::agent::status(f, name, spec)),
         });
     }
     Ok(out)

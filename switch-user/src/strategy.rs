@@ -16,6 +16,9 @@ pub struct PoolSignals {
     /// SYN-ACKs from the pool's backends (nat/fullnat TCP only).
     pub synacks: u64,
     pub backends: BTreeMap<SocketAddr, BackendSignals>,
+    /// Fleet mode: the oldest last report among live hosts (ms, host). A
+    /// step is not judged on figures that miss part of it.
+    pub as_of: Option<(u64, String)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -393,6 +396,15 @@ impl Canary {
 
     /// Why the gates cannot judge this step yet, if they cannot.
     fn inconclusive(&self, s: &Signals) -> Option<String> {
+        for pool in [&self.to, &self.from] {
+            if let Some((at, host)) = s.get(pool).and_then(|p| p.as_of.as_ref())
+                && *at < self.step_started_ms + self.interval_ms
+            {
+                return Some(format!(
+                    "waiting for host {host} to report this step's figures"
+                ));
+            }
+        }
         let flows = counters(s, &self.to).0.saturating_sub(self.baseline[0].0);
         if flows < self.gates.min_flows {
             return Some(format!(

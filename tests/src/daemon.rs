@@ -58,7 +58,32 @@ impl Daemon {
         daemon: &str,
         services: &str,
     ) -> Result<Daemon> {
-        let id = format!("{tag}-{}-{}", std::process::id(), lab.sw.name);
+        Self::start_in(&lab.sw, tag, interfaces, daemon, services)
+    }
+
+    /// A daemon in namespace `ns`; `rest` follows the `[daemon]` table
+    /// (`[[service]]` tables, then e.g. `[fleet]`).
+    pub fn start_in(
+        ns: &crate::Netns,
+        tag: &str,
+        interfaces: &[&str],
+        daemon: &str,
+        rest: &str,
+    ) -> Result<Daemon> {
+        let mut d = Self::prepare(ns, tag, interfaces, daemon, rest)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The same, without starting it.
+    pub fn prepare(
+        ns: &crate::Netns,
+        tag: &str,
+        interfaces: &[&str],
+        daemon: &str,
+        services: &str,
+    ) -> Result<Daemon> {
+        let id = format!("{tag}-{}-{}", std::process::id(), ns.name);
         let dir = std::env::temp_dir().join(format!("switch-{id}"));
         std::fs::create_dir_all(&dir)?;
         let pins = PathBuf::from(format!("/sys/fs/bpf/switch-{id}"));
@@ -78,18 +103,16 @@ impl Daemon {
                 dir.join("state").display()
             ),
         )?;
-        let mut d = Daemon {
+        Ok(Daemon {
             child: None,
             dir,
             pins,
             api,
             config,
             env: vec![],
-            sw: lab.sw.name.clone(),
+            sw: ns.name.clone(),
             bin: switch_bin()?,
-        };
-        d.spawn()?;
-        Ok(d)
+        })
     }
 
     /// Starts (or restarts) the process and waits for its API.
@@ -183,6 +206,17 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok((out.status.success(), text))
+    }
+
+    /// Starts the CLI without waiting (stdout and stderr piped).
+    pub fn cli_spawn(&self, args: &[&str]) -> Result<Child> {
+        Ok(Command::new(&self.bin)
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
     }
 
     /// `status --json` of one service, parsed.

@@ -33,6 +33,17 @@ pub fn start_nginx_on(
     addrs: &[&str],
     prefix: &str,
 ) -> Result<()> {
+    start_nginx_in(&lab.be, dir, name, addrs, prefix)
+}
+
+/// The same in any namespace.
+pub fn start_nginx_in(
+    ns: &crate::Netns,
+    dir: &Path,
+    name: &str,
+    addrs: &[&str],
+    prefix: &str,
+) -> Result<()> {
     let mut servers = String::new();
     for a in addrs {
         servers.push_str(&format!(
@@ -48,8 +59,7 @@ pub fn start_nginx_on(
             &format!("http {{\n  access_log off;\n  default_type text/plain;\n{servers}}}\n"),
         ),
     )?;
-    lab.be
-        .exec(&format!("{prefix} nginx -c {}", conf.display()))
+    ns.exec(&format!("{prefix} nginx -c {}", conf.display()))
         .with_context(|| format!("starting nginx {name}"))?;
     Ok(())
 }
@@ -206,7 +216,18 @@ pub fn wrk(lab: &Lab, url: &str, secs: u64, conns: u32) -> Result<WrkResult> {
 
 /// The same with extra wrk arguments (e.g. `-H 'Connection: close'`).
 pub fn wrk_with(lab: &Lab, url: &str, secs: u64, conns: u32, extra: &str) -> Result<WrkResult> {
-    let out = lab.cli.exec(&format!(
+    wrk_in(&lab.cli, url, secs, conns, extra)
+}
+
+/// wrk from any namespace.
+pub fn wrk_in(
+    ns: &crate::Netns,
+    url: &str,
+    secs: u64,
+    conns: u32,
+    extra: &str,
+) -> Result<WrkResult> {
+    let out = ns.exec(&format!(
         "wrk -t2 -c{conns} -d{secs}s --latency {extra} {url}"
     ))?;
     let mut r = WrkResult::default();

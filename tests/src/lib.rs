@@ -14,6 +14,7 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 pub mod chart;
 pub mod daemon;
 pub mod fixture;
+pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod rate;

@@ -26,6 +26,12 @@ const APT: &[&str] = &[
     "tcpdump",
     // A real Prometheus (and promtool) for the canary-gate and alert-rule tests.
     "prometheus",
+    // Fleet mode: a real etcd for the tests (and etcdctl), and protoc with
+    // the well-known types for the etcd client's generated gRPC code.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -136,8 +142,8 @@ fn apt() -> Result<()> {
     )?;
     // The demo and tests start their own nginx instances; the packaged
     // service must not hold port 80 on the host.
-    // Same for Prometheus: the tests start their own.
-    for unit in ["nginx", "prometheus", "prometheus-node-exporter"] {
+    // Same for Prometheus and etcd: the tests start their own.
+    for unit in ["nginx", "prometheus", "prometheus-node-exporter", "etcd"] {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", unit])
             .output();

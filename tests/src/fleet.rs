@@ -1,0 +1,193 @@
+//! A fleet lab: three switch hosts, each with its own client, sharing one
+//! backend segment with etcd and the backends.
+//!
+//! ```text
+//!  cli1 198.18.21.2 ── up0 sw1 down0 198.18.30.1 ─┐
+//!  cli2 198.18.22.2 ── up0 sw2 down0 198.18.30.2 ─┼─ br0 (fab) ── be   198.18.30.11-14
+//!  cli3 198.18.23.2 ── up0 sw3 down0 198.18.30.3 ─┘             └─ etcd 198.18.30.9:2379
+//! ```
+//! Each client reaches the VIP (198.18.40.10) through its own switch host;
+//! the backends answer each client net through that net's host (nat).
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Netns, daemon::Daemon, sh};
+
+pub const VIP: &str = "198.18.40.10";
+pub const ETCD: &str = "http://198.18.30.9:2379";
+pub const SEED: &str = "5eed5eed";
+
+pub struct FleetLab {
+    pub fab: Netns,
+    pub etcd_ns: Netns,
+    pub be: Netns,
+    pub sws: Vec<Netns>,
+    pub clis: Vec<Netns>,
+    etcd: Option<Child>,
+    pub dir: PathBuf,
+}
+
+/// Backend `i` (1..=4).
+pub fn backend(i: u8) -> String {
+    format!("198.18.30.{}:80", 10 + i)
+}
+
+impl FleetLab {
+    pub fn new(hosts: usize) -> Result<FleetLab> {
+        let fab = Netns::new("fab")?;
+        let etcd_ns = Netns::new("etcd")?;
+        let be = Netns::new("fbe")?;
+        let dir = std::env::temp_dir().join(format!("switch-fleet-{}", fab.name));
+        std::fs::create_dir_all(&dir)?;
+        fab.exec("ip link add br0 type bridge && ip link set br0 up")?;
+        let port = |ns: &Netns, dev: &str, fabdev: &str| -> Result<()> {
+            sh(&format!(
+                "ip link add {dev} netns {n} type veth peer name {fabdev} netns {f}",
+                n = ns.name,
+                f = fab.name
+            ))?;
+            // GRO on the fab side: frames an XDP program redirects into the
+            // veth are delivered to the bridge.
+            fab.exec(&format!(
+                "ip link set {fabdev} master br0 && ip link set {fabdev} up && ethtool -K {fabdev} gro on tx off >/dev/null"
+            ))?;
+            Ok(())
+        };
+        port(&etcd_ns, "e0", "f-etcd")?;
+        etcd_ns.exec("ip link set e0 up && ip addr add 198.18.30.9/24 dev e0")?;
+        port(&be, "b0", "f-be")?;
+        be.exec(
+            "ip link set b0 up && ethtool -K b0 tx off gro on >/dev/null && \
+             for i in 11 12 13 14; do ip addr add 198.18.30.$i/24 dev b0; done && \
+             sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.b0.rp_filter=0",
+        )?;
+        let mut sws = Vec::new();
+        let mut clis = Vec::new();
+        for i in 1..=hosts {
+            let sw = Netns::new(&format!("fsw{i}"))?;
+            let cli = Netns::new(&format!("fcli{i}"))?;
+            port(&sw, "down0", &format!("f-sw{i}"))?;
+            sh(&format!(
+                "ip link add c0 netns {c} type veth peer name up0 netns {s}",
+                c = cli.name,
+                s = sw.name
+            ))?;
+            sw.exec(&format!(
+                "ip link set up0 up && ip link set down0 up && \
+                 ip addr add 198.18.2{i}.1/24 dev up0 && ip addr add 198.18.30.{i}/24 dev down0 && \
+                 sysctl -qw net.ipv4.conf.all.forwarding=1 && \
+                 ethtool -K up0 tx off gro on >/dev/null && ethtool -K down0 tx off gro on >/dev/null"
+            ))?;
+            cli.exec(&format!(
+                "ip link set c0 up && ip addr add 198.18.2{i}.2/24 dev c0 && \
+                 ip route add default via 198.18.2{i}.1 && ethtool -K c0 tx off gro on >/dev/null"
+            ))?;
+            be.exec(&format!("ip route add 198.18.2{i}.0/24 via 198.18.30.{i}"))?;
+            sws.push(sw);
+            clis.push(cli);
+        }
+        let mut lab = FleetLab {
+            fab,
+            etcd_ns,
+            be,
+            sws,
+            clis,
+            etcd: None,
+            dir,
+        };
+        lab.start_etcd()?;
+        Ok(lab)
+    }
+
+    /// etcd (one member, data on tmpfs), waiting until it answers.
+    pub fn start_etcd(&mut self) -> Result<()> {
+        let data = PathBuf::from(format!("/dev/shm/{}-etcd", self.fab.name));
+        let log = std::fs::File::create(self.dir.join("etcd.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.etcd_ns.name, "etcd"])
+            .args(["--name", "e1", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                ETCD,
+                "--advertise-client-urls",
+                ETCD,
+                "--listen-peer-urls",
+                "http://198.18.30.9:2380",
+                "--initial-advertise-peer-urls",
+                "http://198.18.30.9:2380",
+                "--initial-cluster",
+                "e1=http://198.18.30.9:2380",
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (cargo xtask setup installs etcd-server)")?;
+        self.etcd = Some(child);
+        let t = Instant::now();
+        while self.etcdctl("endpoint health").is_err() {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("etcd did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops etcd (SIGKILL: like a crash or a partition); the data stays.
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// etcdctl (API v3) against the lab's etcd.
+    pub fn etcdctl(&self, args: &str) -> Result<String> {
+        self.etcd_ns.exec(&format!(
+            "ETCDCTL_API=3 etcdctl --endpoints={ETCD} --dial-timeout=1s --command-timeout=2s {args}"
+        ))
+    }
+
+    /// The daemon of host `i` (1-based) with `services`, `extra` TOML in
+    /// `[fleet]` and `seed`.
+    pub fn daemon(&self, i: usize, services: &str, extra: &str, seed: &str) -> Result<Daemon> {
+        let d = Daemon::prepare(
+            &self.sws[i - 1],
+            &format!("fleet{i}"),
+            &["up0", "down0"],
+            &format!("seed = \"{seed}\""),
+            &format!(
+                "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nprefix = \"/switch\"\n{extra}\n"
+            ),
+        )?;
+        let mut d = d;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// nginx on backends `which` (1..=4).
+    pub fn start_backends(&self, which: &[u8]) -> Result<()> {
+        let addrs: Vec<String> = which.iter().map(|i| backend(*i)).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        crate::http::start_nginx_in(&self.be, &self.dir, "fleet", &refs, "")
+    }
+}
+
+impl Drop for FleetLab {
+    fn drop(&mut self) {
+        self.stop_etcd();
+        let _ = sh(&format!(
+            "pkill -f 'nginx -c {}' ; rm -rf /dev/shm/{}-etcd",
+            self.dir.display(),
+            self.fab.name
+        ));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
