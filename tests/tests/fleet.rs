@@ -203,3 +203,209 @@ fn a_host_with_another_seed_is_refused() -> Result<()> {
     assert!(!hosts.contains("sw-2"), "{hosts}");
     Ok(())
 }
+
+fn leader_of(d: &Daemon) -> Result<Option<String>> {
+    Ok(fleet(&d.status("web")?)["leader"].as_str().map(String::from))
+}
+
+fn phase(st: &serde_json::Value) -> String {
+    st["phase"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_the_canary_goes_on_at_its_step() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let mut ds = start(&lab, &services(false))?;
+    let leader = leader_of(&ds[0])?.expect("a leader");
+    let li: usize = leader.trim_start_matches("sw-").parse()?;
+    let other = if li == 1 { 1 } else { 0 };
+    ds[other].ok(&[
+        "canary", "web", "--to", "green", "--steps", "10,20,30,40", "--interval", "2s",
+        "--min-flows", "0",
+    ])?;
+    ds[other].wait_for("web", 10, |st| weight(st, "green") == 20)?;
+    // kill -9 of the leader mid-canary.
+    let t = Instant::now();
+    ds[li - 1].kill9();
+    let survivor = &ds[other];
+    let new = loop {
+        if let Some(l) = leader_of(survivor)?
+            && l != leader
+        {
+            break l;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("no new leader");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let failover = t.elapsed();
+    // Lease (2 s) + 1 s.
+    assert!(failover < Duration::from_secs(3), "new leader {new} after {failover:?}");
+    // The dead host still forwards (its program and maps stay).
+    let by = requests(&lab, li, 10)?;
+    assert!(!by.contains_key("FAILED"), "dead host's clients: {by:?}");
+    // The canary goes on from its step, never from the start.
+    let t = Instant::now();
+    loop {
+        let st = survivor.status("web")?;
+        let w = weight(&st, "green");
+        assert!(w >= 20, "canary went back to {w}%: {st}");
+        if phase(&st) == "succeeded" && w == 40 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("canary did not complete: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in ds.iter().filter(|d| d.child.is_some()) {
+        d.wait_for("web", 3, |st| weight(st, "green") == 40)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_frozen_leader_cannot_write_when_it_wakes() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let ds = start(&lab, &services(false))?;
+    let leader = leader_of(&ds[0])?.expect("a leader");
+    let li: usize = leader.trim_start_matches("sw-").parse()?;
+    let other = if li == 1 { 1 } else { 0 };
+    // A step due while the leader is frozen: when it wakes, its stale view
+    // wants to move the canary on.
+    ds[other].ok(&[
+        "canary", "web", "--to", "green", "--steps", "10,20,30,40,50,60", "--interval", "1500ms",
+        "--min-flows", "0",
+    ])?;
+    let pid = ds[li - 1].child.as_ref().expect("running").id();
+    switch_tests::sh(&format!("kill -STOP {pid}"))?;
+    let t = Instant::now();
+    let new = loop {
+        if let Some(l) = leader_of(&ds[other])?
+            && l != leader
+        {
+            break l;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            switch_tests::sh(&format!("kill -CONT {pid}"))?;
+            bail!("no new leader while the old one was frozen");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let woke_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    switch_tests::sh(&format!("kill -CONT {pid}"))?;
+    std::thread::sleep(Duration::from_secs(3));
+    // Every event key carries its time and writer: none from the old leader
+    // after it woke, while the new one went on writing.
+    let keys = lab.etcdctl("get --prefix --keys-only /switch/history/web/")?;
+    let after: Vec<(u64, &str)> = keys
+        .lines()
+        .filter_map(|k| k.rsplit('/').next())
+        .filter_map(|k| {
+            let (t, rest) = k.split_once('-')?;
+            Some((t.parse().ok()?, rest))
+        })
+        .filter(|(t, _)| *t >= woke_ms)
+        .collect();
+    assert!(
+        !after.iter().any(|(_, w)| w.starts_with(&format!("{leader}-"))),
+        "the old leader wrote after waking: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(_, w)| w.starts_with(&format!("{new}-"))),
+        "the new leader did not go on: {keys}"
+    );
+    assert_eq!(leader_of(&ds[other])?.as_deref(), Some(new.as_str()));
+    // It knows it does not lead, and follows the fleet.
+    ds[li - 1].wait_for("web", 5, |st| {
+        fleet(st)["leader"].as_str() == Some(new.as_str())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn resets_spread_over_hosts_roll_the_canary_back_fleet_wide() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    // Green (3, 4) has nothing listening: every connection to it is reset.
+    lab.start_backends(&[1, 2])?;
+    let ds = start(&lab, &services(false))?;
+    ds[0].ok(&[
+        "canary", "web", "--to", "green", "--steps", "50", "--interval", "1h", "--min-flows",
+        "30",
+    ])?;
+    for d in &ds {
+        d.wait_for("web", 5, |st| weight(st, "green") == 50)?;
+    }
+    // About 12 green connections per host: no host alone sees 30.
+    for i in 1..=3 {
+        requests(&lab, i, 24)?;
+    }
+    for d in &ds {
+        let st = d.wait_for("web", 10, |st| phase(st) == "rolled_back")?;
+        assert_eq!(weight(&st, "green"), 0, "{st}");
+        let own: u64 = st["pools"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "green"))
+            .and_then(|p| p["backends"].as_array())
+            .map(|b| b.iter().filter_map(|b| b["new_flows"].as_u64()).sum())
+            .unwrap_or(0);
+        assert!(own < 30, "one host saw {own} green flows on its own");
+    }
+    let fleet_green = fleet(&ds[0].status("web")?)["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "green"))
+        .and_then(|p| p["new_flows"].as_u64())
+        .unwrap_or(0);
+    assert!(fleet_green >= 30, "fleet counted {fleet_green}");
+    Ok(())
+}
+
+#[test]
+fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() -> Result<()> {
+    let mut lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let ds = start(&lab, &services(false))?;
+    ds[0].ok(&[
+        "canary", "web", "--to", "green", "--steps", "10,20,30", "--interval", "2s",
+        "--min-flows", "0",
+    ])?;
+    let url = format!("http://{VIP}/");
+    let load = {
+        let cli = switch_tests::Netns {
+            name: lab.clis[1].name.clone(),
+        };
+        std::thread::spawn(move || {
+            let r = switch_tests::http::wrk_in(&cli, &url, 8, 20, "");
+            std::mem::forget(cli); // the lab owns the namespace
+            r
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop_etcd();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = weight(&ds[0].status("web")?, "green");
+    let (ok, msg) = ds[1].cli(&["weights", "web", "green=77"])?;
+    assert!(!ok, "a change went through without etcd");
+    assert!(msg.contains("etcd is unreachable"), "{msg}");
+    // The canary holds at its step for as long as etcd is away.
+    std::thread::sleep(Duration::from_secs(4));
+    for d in &ds {
+        let st = d.status("web")?;
+        assert_eq!(weight(&st, "green"), held, "{st}");
+        assert_eq!(fleet(&st)["etcd_reachable"], false);
+    }
+    lab.start_etcd()?;
+    let r = load.join().expect("wrk thread")?;
+    assert_eq!(r.errors, 0, "failed requests: {r:?}");
+    // Back: it resumes and completes.
+    for d in &ds {
+        d.wait_for("web", 15, |st| phase(st) == "succeeded" && weight(st, "green") == 30)?;
+    }
+    Ok(())
+}

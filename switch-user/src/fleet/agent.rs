@@ -51,6 +51,8 @@ pub struct FleetState {
     /// Set when this host may not join (another seed).
     pub refused: Option<String>,
     pub leader: Option<String>,
+    /// The leader key's create revision (its holder's fencing token).
+    pub leader_token: Option<i64>,
     /// Our leader key's create revision while we lead (the fencing token).
     pub leading: Option<i64>,
     /// Live hosts' latest reports (their keys die with their leases).
@@ -71,6 +73,7 @@ impl FleetState {
             reachable: false,
             refused: None,
             leader: None,
+            leader_token: None,
             leading: None,
             hosts: BTreeMap::new(),
             verdict: BTreeMap::new(),
@@ -231,6 +234,7 @@ fn adopt_snapshot(s: &mut Shared, snap: Snapshot, store: Store) {
         f.hosts = snap.hosts;
         f.verdict = snap.health;
         f.leader = snap.leader.as_ref().map(|(h, _)| h.clone());
+        f.leader_token = snap.leader.as_ref().map(|(_, t)| *t);
         if f.leading.is_some() && snap.leader.as_ref().map(|l| l.1) != f.leading {
             f.leading = None;
         }
@@ -319,6 +323,8 @@ fn apply_events(s: &mut Shared, events: Vec<(bool, String, Vec<u8>, i64)>, rev: 
             "leader" => {
                 let f = s.fleet.as_mut().expect("fleet mode");
                 f.leader = put.then(|| String::from_utf8_lossy(&value).into_owned());
+                // The key is only ever created, never updated.
+                f.leader_token = put.then_some(mod_rev);
                 if !put && f.leading.take().is_some() {
                     tracing::warn!("fleet: our leader key is gone; no longer leading");
                 }
@@ -463,6 +469,7 @@ async fn heartbeat(
             id
         }
     };
+    let mut answered = false;
     if last_keepalive.is_none_or(|t| t.elapsed() >= ttl / 3) {
         if !store.keep_alive(id).await? {
             // Expired (this host was frozen or cut off): a new lease, a new
@@ -476,21 +483,36 @@ async fn heartbeat(
             return Ok(());
         }
         *last_keepalive = Some(Instant::now());
+        answered = true;
     }
     if last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
         let r = blocking(shared, |s| report(s)).await?;
         if let Some(r) = r {
             store.publish(&r, id).await?;
             *last_report = Some(Instant::now());
+            answered = true;
         }
     }
-    with(shared, |s| set_reachable(s, true))?;
-    let (leader, leading) = with(shared, |s| {
+    if answered {
+        with(shared, |s| set_reachable(s, true))?;
+    }
+    let (leader, leading, token, me) = with(shared, |s| {
         let f = s.fleet.as_ref().expect("fleet mode");
-        (f.leader.clone(), f.leading)
+        (f.leader.clone(), f.leading, f.leader_token, f.cfg.host.clone())
     })?;
     let leading = match (leader, leading) {
         (_, Some(t)) => Some(t),
+        // Our key outlived a spell without etcd (its lease is the one we
+        // just renewed): lead again, fenced on the same key.
+        (Some(l), None) if l == me && token.is_some() => {
+            tracing::info!("fleet: this host leads the fleet again");
+            with(shared, |s| {
+                if let Some(f) = s.fleet.as_mut() {
+                    f.leading = token;
+                }
+            })?;
+            token
+        }
         (None, None) => {
             let won = store.campaign(id).await?;
             if let Some(t) = won {
@@ -569,6 +591,12 @@ async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
     })
     .await?;
     let (change, ledger) = prepared;
+    tracing::trace!(
+        services = change.services.len(),
+        health = change.health.is_some(),
+        ledger = change.ledger.is_some(),
+        "fleet: leader round"
+    );
     if change.is_empty() {
         return Ok(());
     }
@@ -594,7 +622,10 @@ async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
                 Ok(())
             }
             // A command came first: the next round sees it.
-            Some(Refused::Conflict(_)) => Ok(()),
+            Some(Refused::Conflict(name)) => {
+                tracing::debug!("fleet: leader round met a concurrent change of {name}");
+                Ok(())
+            }
             None => Err(e),
         },
     }
