@@ -264,6 +264,9 @@ pub struct FleetStatus {
     pub etcd_reachable: bool,
     /// The service's generation (its record's etcd revision) applied here.
     pub revision: i64,
+    /// The revision of the fleet's health verdict applied here. Hosts with
+    /// the same `revision` and `health_revision` forward with the same table.
+    pub health_revision: i64,
     /// The etcd revision this host has applied.
     pub applied_revision: i64,
     /// Why this host does not take part, when it does not.
@@ -284,6 +287,7 @@ pub struct FleetHostStatus {
     /// The etcd revision it has applied, and its generation of this service.
     pub applied_revision: i64,
     pub revision: Option<i64>,
+    pub health_revision: i64,
     /// Its own new flows for this service (all pools).
     pub new_flows: u64,
     pub last_report_ms_ago: Option<u64>,

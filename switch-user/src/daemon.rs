@@ -1033,11 +1033,13 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             })
             .collect();
         let total: u64 = weights.iter().sum();
+        let unhealthy = s.ctl.unhealthy();
         let backend = |addr: SocketAddr, pool: &str, weight: u32, state, index: u32| {
             let bs = s.dp.backend_stats(index)?;
             let health = s.ctl.health.get(&addr);
             Ok::<_, anyhow::Error>(BackendStatus {
-                healthy: health.is_none_or(|h| h.healthy),
+                // As the table treats it (in a fleet: the fleet's verdict).
+                healthy: !unhealthy.contains(&addr),
                 health_error: health.and_then(|h| h.last_error.clone()),
                 addr,
                 pool: pool.to_string(),

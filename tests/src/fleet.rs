@@ -180,6 +180,29 @@ impl FleetLab {
     }
 }
 
+impl FleetLab {
+    /// One nginx per backend (so one can be stopped alone).
+    pub fn start_backend_each(&self, which: &[u8]) -> Result<()> {
+        for i in which {
+            let a = backend(*i);
+            crate::http::start_nginx_in(&self.be, &self.dir, &format!("fleet-b{i}"), &[&a], "")?;
+        }
+        Ok(())
+    }
+
+    /// Stops backend `i`'s own nginx (see `start_backend_each`).
+    pub fn stop_backend(&self, i: u8) -> Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join(format!("fleet-b{i}.pid")))?;
+        // TERM: nginx's fast shutdown takes its workers along (a KILL of
+        // the master would leave them serving).
+        sh(&format!(
+            "kill -TERM {p}; for k in $(seq 50); do kill -0 {p} 2>/dev/null || exit 0; sleep 0.1; done; exit 1",
+            p = pid.trim()
+        ))?;
+        Ok(())
+    }
+}
+
 impl Drop for FleetLab {
     fn drop(&mut self) {
         self.stop_etcd();

@@ -409,3 +409,71 @@ fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() ->
     }
     Ok(())
 }
+
+fn backend_healthy(st: &serde_json::Value, addr: &str) -> Option<bool> {
+    st["pools"]
+        .as_array()?
+        .iter()
+        .flat_map(|p| p["backends"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["addr"] == addr)
+        .and_then(|b| b["healthy"].as_bool())
+}
+
+#[test]
+fn health_is_the_fleets_verdict_one_host_alone_cannot_take_a_backend_out() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backend_each(&[1, 2, 3, 4])?;
+    let ds = start(&lab, &services(true))?;
+    ds[0].ok(&["weights", "web", "blue=50", "green=50"])?;
+    // Host 1 alone cannot reach backend 3 (its probes are dropped; the
+    // data path, which never leaves through the host's stack, is not).
+    lab.sws[0].exec(&format!(
+        "nft add table inet t && nft add chain inet t out '{{ type filter hook output priority 0; }}' && \
+         nft add rule inet t out ip daddr {} tcp dport 80 drop",
+        backend(3).trim_end_matches(":80")
+    ))?;
+    let b3 = backend(3);
+    ds[0].wait_for("web", 10, |st| {
+        fleet(st)["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["addr"] == b3.as_str()))
+            .is_some_and(|b| b["down_votes"] == 1)
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    for d in &ds {
+        let st = d.status("web")?;
+        assert_eq!(backend_healthy(&st, &b3), Some(true), "{st}");
+    }
+    let by = requests(&lab, 1, 60)?;
+    assert!(by.contains_key(&b3), "host 1 stopped sending to {b3}: {by:?}");
+    // Backend 2 stops: every host says so, every host takes it out, and
+    // all build their tables from the same revisions.
+    lab.stop_backend(2)?;
+    let b2 = backend(2);
+    let mut gens = Vec::new();
+    for d in &ds {
+        let st = d.wait_for("web", 10, |st| backend_healthy(st, &b2) == Some(false))?;
+        gens.push((
+            fleet(&st)["revision"].as_i64(),
+            fleet(&st)["health_revision"].as_i64(),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let gens: Vec<_> = ds
+        .iter()
+        .map(|d| {
+            d.status("web").map(|st| {
+                (
+                    fleet(&st)["revision"].as_i64(),
+                    fleet(&st)["health_revision"].as_i64(),
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    assert!(gens.iter().all(|g| *g == gens[0]), "{gens:?}");
+    for i in 1..=3 {
+        let by = requests(&lab, i, 40)?;
+        assert!(!by.contains_key("FAILED") && !by.contains_key(&b2), "host {i}: {by:?}");
+    }
+    Ok(())
+}

@@ -58,6 +58,9 @@ pub struct FleetState {
     /// Live hosts' latest reports (their keys die with their leases).
     pub hosts: BTreeMap<String, HostReport>,
     pub verdict: BTreeMap<SocketAddr, Verdict>,
+    /// The revision of the verdict applied here: with the services'
+    /// revisions, what this host's tables are built from.
+    pub health_revision: i64,
     pub ledger: Ledger,
 }
 
@@ -77,6 +80,7 @@ impl FleetState {
             leading: None,
             hosts: BTreeMap::new(),
             verdict: BTreeMap::new(),
+            health_revision: 0,
             ledger: Ledger::default(),
         }
     }
@@ -233,6 +237,7 @@ fn adopt_snapshot(s: &mut Shared, snap: Snapshot, store: Store) {
         f.store = Some(store);
         f.hosts = snap.hosts;
         f.verdict = snap.health;
+        f.health_revision = snap.health_revision;
         f.leader = snap.leader.as_ref().map(|(h, _)| h.clone());
         f.leader_token = snap.leader.as_ref().map(|(_, t)| *t);
         if f.leading.is_some() && snap.leader.as_ref().map(|l| l.1) != f.leading {
@@ -337,6 +342,7 @@ fn apply_events(s: &mut Shared, events: Vec<(bool, String, Vec<u8>, i64)>, rev: 
                 };
                 let f = s.fleet.as_mut().expect("fleet mode");
                 f.verdict = verdict;
+                f.health_revision = if put { mod_rev } else { 0 };
                 let fh = f.fleet_health();
                 if let Err(e) = s.ctl.set_fleet_health(&mut s.dp, fh) {
                     tracing::warn!("fleet: health: {e:#}");
@@ -371,6 +377,7 @@ fn report(s: &Shared) -> Option<HostReport> {
         at_ms: now_ms(),
         applied: f.applied,
         revisions: f.revisions.clone(),
+        health_revision: f.health_revision,
         flows_counted_ms: s.flow_counts_ms,
         ..Default::default()
     };
@@ -744,6 +751,7 @@ pub fn status(f: &FleetState, name: &str, spec: &ServiceConfig) -> crate::api::F
                 leader: f.leader.as_ref() == Some(h),
                 applied_revision: r.map(|r| r.applied).unwrap_or(0),
                 revision: r.and_then(|r| r.revisions.get(name).copied()),
+                health_revision: r.map(|r| r.health_revision).unwrap_or(0),
                 new_flows: r
                     .and_then(|r| r.pools.get(name))
                     .map(|p| p.values().map(|c| c[0]).sum())
@@ -797,6 +805,7 @@ pub fn status(f: &FleetState, name: &str, spec: &ServiceConfig) -> crate::api::F
         leader: f.leader.clone(),
         etcd_reachable: f.reachable,
         revision: f.revisions.get(name).copied().unwrap_or(0),
+        health_revision: f.health_revision,
         applied_revision: f.applied,
         refused: f.refused.clone(),
         hosts,

@@ -125,6 +125,9 @@ pub struct HostReport {
     /// Per service, the record revision (generation) it forwards with.
     #[serde(default)]
     pub revisions: BTreeMap<String, i64>,
+    /// The revision of the fleet's health verdict it builds tables with.
+    #[serde(default)]
+    pub health_revision: i64,
     #[serde(default)]
     pub pools: PoolCounters,
     /// Live flows per service and backend, counted at `flows_counted_ms`.

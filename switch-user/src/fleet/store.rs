@@ -30,6 +30,7 @@ pub struct Snapshot {
     /// The leader's name and its key's create revision (its fencing token).
     pub leader: Option<(String, i64)>,
     pub health: BTreeMap<SocketAddr, Verdict>,
+    pub health_revision: i64,
     pub ledger: Option<Ledger>,
 }
 
@@ -186,7 +187,10 @@ impl Store {
                         kv.create_revision(),
                     ))
                 }
-                Some(("health", _)) => s.health = serde_json::from_slice(kv.value()).unwrap_or_default(),
+                Some(("health", _)) => {
+                    s.health = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    s.health_revision = kv.mod_revision();
+                }
                 Some(("ledger", _)) => s.ledger = serde_json::from_slice(kv.value()).ok(),
                 _ => {}
             }
