@@ -347,7 +347,11 @@ impl ConfigFile {
                     "daemon.seed: fleet mode needs the fleet's seed here, the same on every host (etcd keeps only a fingerprint to compare)"
                 );
             }
-            if let Some(s) = self.services.iter().find(|s| s.mode == ForwardMode::Fullnat) {
+            if let Some(s) = self
+                .services
+                .iter()
+                .find(|s| s.mode == ForwardMode::Fullnat)
+            {
                 bail!("service {:?}: {FULLNAT_IN_FLEET}", s.name);
             }
         }

@@ -360,10 +360,12 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Advances strategies with fresh signals from the data plane.
 fn tick(shared: &Mutex<Shared>) -> Result<()> {
-    let fleet = match shared.lock().map_err(|_| anyhow!("state lock poisoned"))?.fleet.as_ref() {
-        Some(f) => Some(f.leading.is_some()),
-        None => None,
-    };
+    let fleet = shared
+        .lock()
+        .map_err(|_| anyhow!("state lock poisoned"))?
+        .fleet
+        .as_ref()
+        .map(|f| f.leading.is_some());
     // In a fleet only the leader asks Prometheus, and it moves strategies
     // in its own round (fleet::agent), on fleet-wide figures.
     if fleet != Some(false) {

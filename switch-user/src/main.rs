@@ -674,6 +674,55 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The fleet block of `switch status`: hosts, leader, fleet-wide figures.
+fn print_fleet(f: &switch_user::api::FleetStatus) {
+    println!(
+        "  fleet: this host {}, leader {}, etcd {}, generation {} (health {}), applied revision {}",
+        f.host,
+        f.leader.as_deref().unwrap_or("none"),
+        if f.etcd_reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        },
+        f.revision,
+        f.health_revision,
+        f.applied_revision
+    );
+    if let Some(why) = &f.refused {
+        println!("  fleet: NOT JOINED: {why}");
+    }
+    for h in &f.hosts {
+        println!(
+            "    host {:<16} {:<5} {:<7} generation {:<8} applied {:<8} new flows {}",
+            h.name,
+            if h.alive { "alive" } else { "DEAD" },
+            if h.leader { "leader" } else { "" },
+            h.revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
+            h.applied_revision,
+            h.new_flows
+        );
+    }
+    for p in &f.pools {
+        println!(
+            "    fleet pool {:<10} new flows {:<10} rst {:<8} syn-ack {}",
+            p.name, p.new_flows, p.rsts, p.synacks
+        );
+    }
+    for b in &f.backends {
+        println!(
+            "    fleet backend {:<40} {:<9} flows {:<8} down votes {}/{}",
+            b.addr,
+            if b.healthy { "healthy" } else { "DOWN" },
+            b.active_flows,
+            b.down_votes,
+            b.hosts
+        );
+    }
+}
+
 fn print_status(st: &[ServiceStatus]) {
     let line = |b: &switch_user::api::BackendStatus| {
         println!(
@@ -718,6 +767,9 @@ fn print_status(st: &[ServiceStatus]) {
                 "-".repeat(30 - filled),
                 p * 100.0
             );
+        }
+        if let Some(f) = &s.fleet {
+            print_fleet(f);
         }
         for p in &s.pools {
             println!(

@@ -25,6 +25,9 @@ enum Labels<'a> {
     Phase(&'a str, StrategyKind, PhaseKind),
     /// A service and fixed (label, value) pairs from this module.
     Fixed(&'a str, &'static [(&'static str, &'static str)]),
+    /// A switch host of the fleet (names from the fleet's config).
+    Host(&'a str),
+    None,
 }
 
 impl Labels<'_> {
@@ -49,6 +52,8 @@ impl Labels<'_> {
             Labels::Fixed(s, pairs) => std::iter::once(("service", s.to_string()))
                 .chain(pairs.iter().map(|(k, v)| (*k, v.to_string())))
                 .collect(),
+            Labels::Host(h) => vec![("host", h.to_string())],
+            Labels::None => return String::new(),
         };
         let inner: Vec<String> = pairs
             .into_iter()
@@ -361,6 +366,7 @@ pub fn render(
         }
     }
     shadows(&mut o, services);
+    fleet(&mut o, services);
     o.family(
         "last_change_timestamp_seconds",
         "gauge",
@@ -374,6 +380,121 @@ pub fn render(
         );
     }
     o.0
+}
+
+/// Fleet mode only: this host's view of the fleet, and fleet-wide figures.
+fn fleet(o: &mut Page, services: &[ServiceStatus]) {
+    let Some(f) = services.iter().find_map(|s| s.fleet.as_ref()) else {
+        return;
+    };
+    o.family(
+        "fleet_etcd_reachable",
+        "gauge",
+        "1 while this host reaches etcd.",
+    );
+    o.sample("fleet_etcd_reachable", Labels::None, f.etcd_reachable as u8);
+    o.family(
+        "fleet_is_leader",
+        "gauge",
+        "1 while this host leads the fleet (runs its strategies).",
+    );
+    o.sample(
+        "fleet_is_leader",
+        Labels::None,
+        (f.leader.as_deref() == Some(f.host.as_str())) as u8,
+    );
+    o.family(
+        "fleet_applied_revision",
+        "gauge",
+        "The etcd revision this host has applied.",
+    );
+    o.sample("fleet_applied_revision", Labels::None, f.applied_revision);
+    type HostField = fn(&crate::api::FleetHostStatus) -> i64;
+    let per_host: [(&str, &str, HostField); 3] = [
+        ("fleet_host_alive", "1 while the host's lease lives.", |h| {
+            h.alive as i64
+        }),
+        (
+            "fleet_host_leader",
+            "1 for the host that leads the fleet.",
+            |h| h.leader as i64,
+        ),
+        (
+            "fleet_host_applied_revision",
+            "The etcd revision each host reports it has applied.",
+            |h| h.applied_revision,
+        ),
+    ];
+    for (name, help, field) in per_host {
+        o.family(name, "gauge", help);
+        for h in &f.hosts {
+            o.sample(name, Labels::Host(&h.name), field(h));
+        }
+    }
+    let fleets: Vec<(&str, &crate::api::FleetStatus)> = services
+        .iter()
+        .filter_map(|s| s.fleet.as_ref().map(|f| (s.name.as_str(), f)))
+        .collect();
+    o.family(
+        "fleet_service_revision",
+        "gauge",
+        "The service's generation (etcd revision) this host forwards with.",
+    );
+    for (svc, f) in &fleets {
+        o.sample("fleet_service_revision", Labels::Service(svc), f.revision);
+    }
+    type PoolField = fn(&crate::api::FleetPoolStatus) -> u64;
+    let per_pool: [(&str, &str, PoolField); 3] = [
+        (
+            "fleet_pool_new_flows_total",
+            "New flows to the pool on every host of the fleet.",
+            |p| p.new_flows,
+        ),
+        (
+            "fleet_pool_rsts_total",
+            "TCP RSTs from the pool's backends on every host.",
+            |p| p.rsts,
+        ),
+        (
+            "fleet_pool_synacks_total",
+            "SYN-ACKs from the pool's backends on every host.",
+            |p| p.synacks,
+        ),
+    ];
+    for (name, help, field) in per_pool {
+        o.family(name, "counter", help);
+        for (svc, f) in &fleets {
+            for p in &f.pools {
+                o.sample(name, Labels::Pool(svc, &p.name), field(p));
+            }
+        }
+    }
+    type BackendField = fn(&crate::api::FleetBackendStatus) -> u64;
+    let per_backend: [(&str, &str, BackendField); 3] = [
+        (
+            "fleet_backend_active_flows",
+            "Flows pinned to the backend on every live host.",
+            |b| b.active_flows,
+        ),
+        (
+            "fleet_backend_healthy",
+            "1 when the fleet's verdict is healthy.",
+            |b| b.healthy as u64,
+        ),
+        (
+            "fleet_backend_down_votes",
+            "Live hosts whose probes say the backend is down.",
+            |b| b.down_votes as u64,
+        ),
+    ];
+    for (name, help, field) in per_backend {
+        o.family(name, "gauge", help);
+        for (svc, f) in &fleets {
+            for b in &f.backends {
+                o.sample(name, Labels::Backend(svc, &b.pool, b.addr), field(b));
+            }
+        }
+    }
 }
 
 /// Serves `GET /metrics`; anything else gets 404 or 405. `body` renders
@@ -489,6 +610,51 @@ mod tests {
                     replayed: 11,
                     ..Default::default()
                 },
+            }),
+            fleet: Some(crate::api::FleetStatus {
+                host: "sw-a".into(),
+                leader: Some("sw-b".into()),
+                etcd_reachable: true,
+                revision: 42,
+                health_revision: 40,
+                applied_revision: 57,
+                refused: None,
+                hosts: vec![
+                    crate::api::FleetHostStatus {
+                        name: "sw-a".into(),
+                        alive: true,
+                        leader: false,
+                        applied_revision: 57,
+                        revision: Some(42),
+                        health_revision: 40,
+                        new_flows: 10,
+                        last_report_ms_ago: Some(300),
+                    },
+                    crate::api::FleetHostStatus {
+                        name: "sw-b".into(),
+                        alive: true,
+                        leader: true,
+                        applied_revision: 56,
+                        revision: Some(42),
+                        health_revision: 40,
+                        new_flows: 12,
+                        last_report_ms_ago: Some(800),
+                    },
+                ],
+                pools: vec![crate::api::FleetPoolStatus {
+                    name: "green".into(),
+                    new_flows: 22,
+                    rsts: 1,
+                    synacks: 21,
+                }],
+                backends: vec![crate::api::FleetBackendStatus {
+                    addr: "198.18.1.13:8080".parse().unwrap(),
+                    pool: "green".into(),
+                    active_flows: 7,
+                    healthy: true,
+                    down_votes: 1,
+                    hosts: 2,
+                }],
             }),
         }]
     }

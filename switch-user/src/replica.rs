@@ -78,7 +78,11 @@ impl Maps for NoMaps {
     fn write_table(&mut self, _: u32, _: &switch_common::Table) -> Result<()> {
         Ok(())
     }
-    fn set_service(&mut self, _: &switch_common::ServiceKey, _: &switch_common::Service) -> Result<()> {
+    fn set_service(
+        &mut self,
+        _: &switch_common::ServiceKey,
+        _: &switch_common::Service,
+    ) -> Result<()> {
         Ok(())
     }
     fn remove_service(&mut self, _: &switch_common::ServiceKey) -> Result<()> {

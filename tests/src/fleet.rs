@@ -162,7 +162,7 @@ impl FleetLab {
             &self.sws[i - 1],
             &format!("fleet{i}"),
             &["up0", "down0"],
-            &format!("seed = \"{seed}\""),
+            &format!("seed = \"{seed}\"\nmetrics = \"127.0.0.1:9560\""),
             &format!(
                 "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nprefix = \"/switch\"\n{extra}\n"
             ),
@@ -170,6 +170,11 @@ impl FleetLab {
         let mut d = d;
         d.spawn()?;
         Ok(d)
+    }
+
+    /// Host `i`'s metrics page.
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        self.sws[i - 1].exec("curl -s --max-time 2 http://127.0.0.1:9560/metrics")
     }
 
     /// nginx on backends `which` (1..=4).

@@ -95,7 +95,15 @@ fn a_canary_from_any_host_changes_every_host_within_a_second() -> Result<()> {
     // Started from host 3's CLI.
     let t = Instant::now();
     ds[2].ok(&[
-        "canary", "web", "--to", "green", "--steps", "30,60", "--interval", "1h", "--min-flows",
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "30,60",
+        "--interval",
+        "1h",
+        "--min-flows",
         "0",
     ])?;
     for d in &ds {
@@ -110,15 +118,49 @@ fn a_canary_from_any_host_changes_every_host_within_a_second() -> Result<()> {
     // generation of the service.
     let revs: Vec<i64> = ds
         .iter()
-        .map(|d| d.status("web").map(|st| fleet(&st)["revision"].as_i64().unwrap_or(0)))
+        .map(|d| {
+            d.status("web")
+                .map(|st| fleet(&st)["revision"].as_i64().unwrap_or(0))
+        })
         .collect::<Result<_>>()?;
     assert!(revs.iter().all(|r| *r == revs[0] && *r > 0), "{revs:?}");
     for i in 1..=3 {
         let by = requests(&lab, i, 200)?;
         assert!(!by.contains_key("FAILED"), "host {i}: {by:?}");
         let g = share_green(&by);
-        assert!((0.18..=0.42).contains(&g), "host {i}: green share {g}: {by:?}");
+        assert!(
+            (0.18..=0.42).contains(&g),
+            "host {i}: green share {g}: {by:?}"
+        );
     }
+    // Metrics: one leader, etcd reachable, fleet-wide pool counters.
+    let mut leaders = 0;
+    for i in 1..=3 {
+        let m = lab.metrics(i)?;
+        assert!(
+            m.lines().any(|l| l == "switch_fleet_etcd_reachable 1"),
+            "{m}"
+        );
+        leaders += m.lines().any(|l| l == "switch_fleet_is_leader 1") as u32;
+        let green: u64 = m
+            .lines()
+            .find(|l| {
+                l.starts_with("switch_fleet_pool_new_flows_total{service=\"web\",pool=\"green\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            green >= 100,
+            "host {i} sees {green} fleet green flows:\n{m}"
+        );
+        assert!(
+            m.contains("switch_fleet_host_alive{host=\"sw-3\"} 1"),
+            "{m}"
+        );
+    }
+    assert_eq!(leaders, 1);
+    let text = ds[1].ok(&["status", "web"])?;
+    assert!(text.contains("fleet: this host sw-2"), "{text}");
     // The fleet's history is the same on every host.
     let h1 = ds[0].ok(&["history", "web", "--json"])?;
     let h2 = ds[1].ok(&["history", "web", "--json"])?;
@@ -163,7 +205,10 @@ fn concurrent_conflicting_commands_one_wins_nothing_half_applied() -> Result<()>
         for d in &ds {
             seen.push(weight(&d.status("web")?, "green"));
         }
-        assert!(seen.iter().all(|w| *w == seen[0]), "hosts disagree: {seen:?}");
+        assert!(
+            seen.iter().all(|w| *w == seen[0]),
+            "hosts disagree: {seen:?}"
+        );
         if conflicts > 0 && round > 5 {
             break;
         }
@@ -197,7 +242,10 @@ fn a_host_with_another_seed_is_refused() -> Result<()> {
         }
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("exited") || err.contains("daemon exited"), "{err}");
+    assert!(
+        err.contains("exited") || err.contains("daemon exited"),
+        "{err}"
+    );
     // Nothing of it reached etcd.
     let hosts = lab.etcdctl("get --prefix --keys-only /switch/hosts/")?;
     assert!(!hosts.contains("sw-2"), "{hosts}");
@@ -205,7 +253,9 @@ fn a_host_with_another_seed_is_refused() -> Result<()> {
 }
 
 fn leader_of(d: &Daemon) -> Result<Option<String>> {
-    Ok(fleet(&d.status("web")?)["leader"].as_str().map(String::from))
+    Ok(fleet(&d.status("web")?)["leader"]
+        .as_str()
+        .map(String::from))
 }
 
 fn phase(st: &serde_json::Value) -> String {
@@ -221,8 +271,16 @@ fn a_killed_leader_is_replaced_and_the_canary_goes_on_at_its_step() -> Result<()
     let li: usize = leader.trim_start_matches("sw-").parse()?;
     let other = if li == 1 { 1 } else { 0 };
     ds[other].ok(&[
-        "canary", "web", "--to", "green", "--steps", "10,20,30,40", "--interval", "2s",
-        "--min-flows", "0",
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "10,20,30,40",
+        "--interval",
+        "2s",
+        "--min-flows",
+        "0",
     ])?;
     ds[other].wait_for("web", 10, |st| weight(st, "green") == 20)?;
     // kill -9 of the leader mid-canary.
@@ -242,7 +300,10 @@ fn a_killed_leader_is_replaced_and_the_canary_goes_on_at_its_step() -> Result<()
     };
     let failover = t.elapsed();
     // Lease (2 s) + 1 s.
-    assert!(failover < Duration::from_secs(3), "new leader {new} after {failover:?}");
+    assert!(
+        failover < Duration::from_secs(3),
+        "new leader {new} after {failover:?}"
+    );
     // The dead host still forwards (its program and maps stay).
     let by = requests(&lab, li, 10)?;
     assert!(!by.contains_key("FAILED"), "dead host's clients: {by:?}");
@@ -277,8 +338,16 @@ fn a_frozen_leader_cannot_write_when_it_wakes() -> Result<()> {
     // A step due while the leader is frozen: when it wakes, its stale view
     // wants to move the canary on.
     ds[other].ok(&[
-        "canary", "web", "--to", "green", "--steps", "10,20,30,40,50,60", "--interval", "1500ms",
-        "--min-flows", "0",
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "10,20,30,40,50,60",
+        "--interval",
+        "1500ms",
+        "--min-flows",
+        "0",
     ])?;
     let pid = ds[li - 1].child.as_ref().expect("running").id();
     switch_tests::sh(&format!("kill -STOP {pid}"))?;
@@ -314,7 +383,9 @@ fn a_frozen_leader_cannot_write_when_it_wakes() -> Result<()> {
         .filter(|(t, _)| *t >= woke_ms)
         .collect();
     assert!(
-        !after.iter().any(|(_, w)| w.starts_with(&format!("{leader}-"))),
+        !after
+            .iter()
+            .any(|(_, w)| w.starts_with(&format!("{leader}-"))),
         "the old leader wrote after waking: {after:?}"
     );
     assert!(
@@ -336,7 +407,15 @@ fn resets_spread_over_hosts_roll_the_canary_back_fleet_wide() -> Result<()> {
     lab.start_backends(&[1, 2])?;
     let ds = start(&lab, &services(false))?;
     ds[0].ok(&[
-        "canary", "web", "--to", "green", "--steps", "50", "--interval", "1h", "--min-flows",
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "50",
+        "--interval",
+        "1h",
+        "--min-flows",
         "30",
     ])?;
     for d in &ds {
@@ -372,8 +451,16 @@ fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() ->
     lab.start_backends(&[1, 2, 3, 4])?;
     let ds = start(&lab, &services(false))?;
     ds[0].ok(&[
-        "canary", "web", "--to", "green", "--steps", "10,20,30", "--interval", "2s",
-        "--min-flows", "0",
+        "canary",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "10,20,30",
+        "--interval",
+        "2s",
+        "--min-flows",
+        "0",
     ])?;
     let url = format!("http://{VIP}/");
     let load = {
@@ -405,7 +492,9 @@ fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() ->
     assert_eq!(r.errors, 0, "failed requests: {r:?}");
     // Back: it resumes and completes.
     for d in &ds {
-        d.wait_for("web", 15, |st| phase(st) == "succeeded" && weight(st, "green") == 30)?;
+        d.wait_for("web", 15, |st| {
+            phase(st) == "succeeded" && weight(st, "green") == 30
+        })?;
     }
     Ok(())
 }
@@ -445,7 +534,10 @@ fn health_is_the_fleets_verdict_one_host_alone_cannot_take_a_backend_out() -> Re
         assert_eq!(backend_healthy(&st, &b3), Some(true), "{st}");
     }
     let by = requests(&lab, 1, 60)?;
-    assert!(by.contains_key(&b3), "host 1 stopped sending to {b3}: {by:?}");
+    assert!(
+        by.contains_key(&b3),
+        "host 1 stopped sending to {b3}: {by:?}"
+    );
     // Backend 2 stops: every host says so, every host takes it out, and
     // all build their tables from the same revisions.
     lab.stop_backend(2)?;
@@ -473,7 +565,10 @@ fn health_is_the_fleets_verdict_one_host_alone_cannot_take_a_backend_out() -> Re
     assert!(gens.iter().all(|g| *g == gens[0]), "{gens:?}");
     for i in 1..=3 {
         let by = requests(&lab, i, 40)?;
-        assert!(!by.contains_key("FAILED") && !by.contains_key(&b2), "host {i}: {by:?}");
+        assert!(
+            !by.contains_key("FAILED") && !by.contains_key(&b2),
+            "host {i}: {by:?}"
+        );
     }
     Ok(())
 }

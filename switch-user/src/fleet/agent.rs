@@ -144,7 +144,10 @@ async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfig>) {
             tracing::debug!("fleet: sync: {e:#}");
             let _ = with(&shared, |s| set_reachable(s, false));
         }
-        if with(&shared, |s| s.fleet.as_ref().is_some_and(|f| f.refused.is_some())).unwrap_or(true)
+        if with(&shared, |s| {
+            s.fleet.as_ref().is_some_and(|f| f.refused.is_some())
+        })
+        .unwrap_or(true)
         {
             return;
         }
@@ -171,17 +174,29 @@ async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig]) -> Resul
     }
     if !seed_services.is_empty() {
         let services = seed_services.to_vec();
-        let records = blocking(shared, move |s| -> Result<BTreeMap<String, ServiceRecord>> {
-            let mut trial = s.ctl.clone();
-            trial.handle(&mut NoMaps, &Command::Apply { services: services.clone() }, now_ms())?;
-            Ok(services
-                .iter()
-                .filter_map(|svc| trial.record_of(&svc.name).map(|r| (svc.name.clone(), r)))
-                .collect())
-        })
+        let records = blocking(
+            shared,
+            move |s| -> Result<BTreeMap<String, ServiceRecord>> {
+                let mut trial = s.ctl.clone();
+                trial.handle(
+                    &mut NoMaps,
+                    &Command::Apply {
+                        services: services.clone(),
+                    },
+                    now_ms(),
+                )?;
+                Ok(services
+                    .iter()
+                    .filter_map(|svc| trial.record_of(&svc.name).map(|r| (svc.name.clone(), r)))
+                    .collect())
+            },
+        )
         .await??;
         if store.seed_services(&records).await? {
-            tracing::info!("fleet: wrote the config's {} service(s) to etcd (first host)", records.len());
+            tracing::info!(
+                "fleet: wrote the config's {} service(s) to etcd (first host)",
+                records.len()
+            );
         }
     }
     let snap = store.snapshot().await?;
@@ -249,7 +264,11 @@ fn adopt_snapshot(s: &mut Shared, snap: Snapshot, store: Store) {
         f.cfg.host.clone()
     };
     set_reachable(s, true);
-    let fh = s.fleet.as_ref().map(|f| f.fleet_health()).unwrap_or_default();
+    let fh = s
+        .fleet
+        .as_ref()
+        .map(|f| f.fleet_health())
+        .unwrap_or_default();
     if let Err(e) = s.ctl.set_fleet_health(&mut s.dp, fh) {
         tracing::warn!("fleet: health: {e:#}");
     }
@@ -290,7 +309,11 @@ fn adopt_one(s: &mut Shared, name: &str, rec: Option<ServiceRecord>, rev: i64) {
 }
 
 fn apply_events(s: &mut Shared, events: Vec<(bool, String, Vec<u8>, i64)>, rev: i64) {
-    let Some(keys) = s.fleet.as_ref().and_then(|f| f.store.as_ref()).map(|st| st.keys.clone())
+    let Some(keys) = s
+        .fleet
+        .as_ref()
+        .and_then(|f| f.store.as_ref())
+        .map(|st| st.keys.clone())
     else {
         return;
     };
@@ -436,8 +459,15 @@ async fn heartbeat_loop(shared: SharedRef) {
             return;
         }
         let Some(store) = store else { continue };
-        match heartbeat(&shared, &store, ttl, &mut lease, &mut last_keepalive, &mut last_report)
-            .await
+        match heartbeat(
+            &shared,
+            &store,
+            ttl,
+            &mut lease,
+            &mut last_keepalive,
+            &mut last_report,
+        )
+        .await
         {
             Ok(()) => {}
             Err(e) => {
@@ -505,7 +535,12 @@ async fn heartbeat(
     }
     let (leader, leading, token, me) = with(shared, |s| {
         let f = s.fleet.as_ref().expect("fleet mode");
-        (f.leader.clone(), f.leading, f.leader_token, f.cfg.host.clone())
+        (
+            f.leader.clone(),
+            f.leading,
+            f.leader_token,
+            f.cfg.host.clone(),
+        )
     })?;
     let leading = match (leader, leading) {
         (_, Some(t)) => Some(t),
@@ -557,7 +592,11 @@ async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
         let health_changed = verdict != f.verdict;
         let mut trial = s.ctl.clone();
         trial.fleet_health = Some(FleetHealth {
-            down: verdict.iter().filter(|(_, v)| !v.healthy).map(|(a, _)| *a).collect(),
+            down: verdict
+                .iter()
+                .filter(|(_, v)| !v.healthy)
+                .map(|(a, _)| *a)
+                .collect(),
             judged: verdict.keys().copied().collect(),
             reachable: true,
         });
@@ -659,7 +698,8 @@ async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
             )
         })?;
         known?;
-        let store = store.ok_or_else(|| anyhow!("etcd has not been reached yet: no fleet history"))?;
+        let store =
+            store.ok_or_else(|| anyhow!("etcd has not been reached yet: no fleet history"))?;
         return Ok(Response {
             history: Some(store.history(service).await?),
             ..Response::ok()
@@ -711,7 +751,9 @@ async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
     // their watch's latency).
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        if with(shared, |s| s.fleet.as_ref().is_some_and(|f| f.applied >= rev))? {
+        if with(shared, |s| {
+            s.fleet.as_ref().is_some_and(|f| f.applied >= rev)
+        })? {
             return Ok(Response::ok());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -158,7 +158,11 @@ pub struct LedgerEntry {
 fn add(into: &mut PoolCounters, from: &PoolCounters) {
     for (svc, pools) in from {
         for (pool, c) in pools {
-            let e = into.entry(svc.clone()).or_default().entry(pool.clone()).or_default();
+            let e = into
+                .entry(svc.clone())
+                .or_default()
+                .entry(pool.clone())
+                .or_default();
             for i in 0..3 {
                 e[i] += c[i];
             }
@@ -346,7 +350,11 @@ mod tests {
         HostReport {
             host: host.into(),
             epoch: epoch.into(),
-            pools: [("web".to_string(), [("green".to_string(), [new, rsts, new])].into())].into(),
+            pools: [(
+                "web".to_string(),
+                [("green".to_string(), [new, rsts, new])].into(),
+            )]
+            .into(),
             ..Default::default()
         }
     }

@@ -4,9 +4,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::{HostReport, Keys, Ledger, Verdict};
 use crate::{api::Event, config::FleetConfig, replica::ServiceRecord};
@@ -81,7 +79,9 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 fn unreachable(e: etcd_client::Error) -> anyhow::Error {
-    anyhow!("etcd is unreachable ({e}); state changes are refused until it is back, forwarding goes on with the last applied state")
+    anyhow!(
+        "etcd is unreachable ({e}); state changes are refused until it is back, forwarding goes on with the last applied state"
+    )
 }
 
 impl Store {
@@ -148,7 +148,11 @@ impl Store {
         let seeded = self.keys.seeded();
         let mut ops = vec![TxnOp::put(seeded.clone(), self.host.clone(), None)];
         for (name, r) in records {
-            ops.push(TxnOp::put(self.keys.service(name), serde_json::to_vec(r)?, None));
+            ops.push(TxnOp::put(
+                self.keys.service(name),
+                serde_json::to_vec(r)?,
+                None,
+            ));
         }
         let txn = Txn::new()
             .when([Compare::create_revision(seeded, CompareOp::Equal, 0)])
@@ -160,7 +164,10 @@ impl Store {
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut c = self.client.clone();
         let r = c
-            .get(self.keys.prefix.clone() + "/", Some(GetOptions::new().with_prefix()))
+            .get(
+                self.keys.prefix.clone() + "/",
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(unreachable)?;
         let mut s = Snapshot {
@@ -172,7 +179,8 @@ impl Store {
             match self.keys.classify(key) {
                 Some(("services", name)) => match serde_json::from_slice(kv.value()) {
                     Ok(rec) => {
-                        s.services.insert(name.to_string(), (rec, kv.mod_revision()));
+                        s.services
+                            .insert(name.to_string(), (rec, kv.mod_revision()));
                     }
                     Err(e) => tracing::warn!("fleet: ignoring unreadable record {key}: {e}"),
                 },
@@ -301,8 +309,7 @@ impl Store {
             )]);
         let mut c = self.client.clone();
         let r = c.txn(txn).await.map_err(unreachable)?;
-        Ok(r
-            .succeeded()
+        Ok(r.succeeded()
             .then(|| r.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
@@ -310,7 +317,11 @@ impl Store {
     pub async fn resign(&self, fence: i64) -> Result<()> {
         let key = self.keys.leader();
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, fence)])
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                fence,
+            )])
             .and_then([TxnOp::delete(key, None)]);
         let mut c = self.client.clone();
         c.txn(txn).await.map_err(unreachable)?;
@@ -321,7 +332,10 @@ impl Store {
     pub async fn history(&self, service: &str) -> Result<Vec<Event>> {
         let mut c = self.client.clone();
         let r = c
-            .get(self.keys.history(service), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.keys.history(service),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(unreachable)?;
         Ok(r.kvs()
