@@ -219,3 +219,95 @@ impl Drop for FleetLab {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The weight of `pool` in a host's `status --json` of `web`.
+pub fn weight_of(d: &Daemon, pool: &str) -> Result<u64> {
+    let st = d.status("web")?;
+    Ok(st["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == pool))
+        .and_then(|p| p["weight"].as_u64())
+        .unwrap_or(u64::MAX))
+}
+
+/// Command → every host applied: `tries` weight changes from host after
+/// host, each timed until all hosts' status shows it (polled in parallel).
+pub fn measure_convergence(ds: &[Daemon], tries: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for k in 0..tries {
+        let w = 1 + (k as u64 % 49);
+        let t = Instant::now();
+        ds[k % ds.len()].ok(&["weights", "web", &format!("green={w}"), "blue=100"])?;
+        let mut worst = Duration::ZERO;
+        std::thread::scope(|s| -> Result<()> {
+            let hs: Vec<_> = ds
+                .iter()
+                .map(|d| {
+                    s.spawn(move || -> Result<Duration> {
+                        loop {
+                            if weight_of(d, "green")? == w {
+                                return Ok(t.elapsed());
+                            }
+                            if t.elapsed() > Duration::from_secs(10) {
+                                bail!("a host did not apply green={w}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                worst = worst.max(h.join().map_err(|_| anyhow::anyhow!("poller panicked"))??);
+            }
+            Ok(())
+        })?;
+        out.push(worst);
+    }
+    Ok(out)
+}
+
+/// The leader's name as host `d` sees it.
+pub fn leader(d: &Daemon) -> Result<Option<String>> {
+    Ok(d.status("web")?["fleet"]["leader"]
+        .as_str()
+        .map(String::from))
+}
+
+/// kill -9 of the leader → another host leads: `tries` times, the killed
+/// daemon started again after each.
+pub fn measure_failover(ds: &mut [Daemon], tries: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for _ in 0..tries {
+        let old = loop {
+            if let Some(l) = leader(&ds[0])? {
+                break l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let li: usize = old.trim_start_matches("sw-").parse::<usize>()? - 1;
+        let watcher = (li + 1) % ds.len();
+        let t = Instant::now();
+        ds[li].kill9();
+        let took = loop {
+            if let Some(l) = leader(&ds[watcher])?
+                && l != old
+            {
+                break t.elapsed();
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("no new leader after killing {old}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        out.push(took);
+        ds[li].spawn()?;
+        // Back in the fleet before the next try.
+        let t = Instant::now();
+        while leader(&ds[li]).ok().flatten().is_none() {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("{old} did not rejoin");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(out)
+}

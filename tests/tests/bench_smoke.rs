@@ -23,12 +23,18 @@ fn bench_harness_runs_every_path() {
             "1",
             "--table-max",
             "100",
+            "--fleet-tries",
+            "2",
         ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
+    assert!(
+        stdout.contains("`kill -9` of the leader → another host leads"),
+        "fleet table"
+    );
     assert!(
         stdout.contains("switch (nat, 4 backends)"),
         "forwarding-rate table"
