@@ -25,6 +25,12 @@ pub enum Command {
     Status {
         service: Option<String>,
     },
+    /// `switch fleet leave` (join = false) / `switch fleet join`: this host
+    /// withdraws its VIPs from BGP, or announces them again. Local to the
+    /// host; established flows keep being forwarded.
+    Membership {
+        join: bool,
+    },
     /// Replace the whole set of services (declarative, idempotent).
     Apply {
         services: Vec<ServiceConfig>,
@@ -135,6 +141,8 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Status { .. } => "status",
+            Command::Membership { join: true } => "fleet join",
+            Command::Membership { join: false } => "fleet leave",
             Command::Apply { .. } => "apply",
             Command::Weights { .. } => "weights",
             Command::Flip { .. } => "flip",
@@ -155,7 +163,7 @@ impl Command {
     pub fn service(&self) -> Option<&str> {
         match self {
             Command::Status { service } => service.as_deref(),
-            Command::Apply { .. } => None,
+            Command::Apply { .. } | Command::Membership { .. } => None,
             Command::Weights { service, .. }
             | Command::Flip { service, .. }
             | Command::Canary { service, .. }
@@ -253,6 +261,12 @@ pub struct ServiceStatus {
     /// fields above are this host's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// With `[bgp]`: sessions and what this host announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::bgp::BgpStatus>,
+    /// Whether this host announces the service's VIP (with `[bgp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,57 @@ pub struct ConfigFile {
     /// Fleet mode: present turns it on (desired state in etcd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetConfig>,
+    /// Announce the VIPs over BGP (through BIRD 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpConfig>,
+}
+
+/// `[bgp]`: this host announces its VIPs to the router(s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    pub asn: u32,
+    pub router_id: std::net::Ipv4Addr,
+    pub neighbors: Vec<BgpNeighbor>,
+    /// The next hop to announce; default: the address facing the neighbor.
+    #[serde(default)]
+    pub next_hop: Option<std::net::IpAddr>,
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighbor {
+    pub address: std::net::IpAddr,
+    pub asn: u32,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl BgpConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.asn == 0 {
+            bail!("bgp.asn: 0 is not an AS number");
+        }
+        if self.neighbors.is_empty() {
+            bail!("bgp.neighbors: give at least one, e.g. [{{ address = \"198.18.0.254\", asn = 65000 }}]");
+        }
+        for n in &self.neighbors {
+            if n.asn == 0 {
+                bail!("bgp.neighbors: {} has AS 0", n.address);
+            }
+        }
+        if self.hold < Duration::from_secs(3) || self.hold > Duration::from_secs(65_535) {
+            bail!(
+                "bgp.hold: {} is not between 3s and 65535s (BGP's limits)",
+                humantime::format_duration(self.hold)
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[fleet]`: this host is one of several that agree through etcd.
@@ -339,6 +390,9 @@ impl ConfigFile {
         }
         if d.max_flows < 1024 {
             bail!("daemon.max_flows: {} is below 1024", d.max_flows);
+        }
+        if let Some(b) = &self.bgp {
+            b.validate()?;
         }
         if let Some(f) = &self.fleet {
             f.validate()?;

@@ -49,6 +49,77 @@ pub(crate) struct Shared {
     shadow_started: HashMap<String, u64>,
     /// Fleet mode: what this host knows of the fleet (None: single host).
     pub(crate) fleet: Option<crate::fleet::agent::FleetState>,
+    /// With `[bgp]`: the BIRD that announces our VIPs.
+    bgp: Option<crate::bgp::Bird>,
+    /// Sessions and announcements as last seen (for status).
+    bgp_status: crate::bgp::BgpStatus,
+    /// `switch fleet leave`: announce nothing (kept across restarts).
+    left: bool,
+    state_dir: PathBuf,
+}
+
+/// Where `switch fleet leave` is remembered.
+fn left_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("left")
+}
+
+/// The VIPs this host should announce now, or why none.
+fn wanted_vips(s: &Shared) -> (BTreeSet<std::net::IpAddr>, Option<String>) {
+    if s.left {
+        return (
+            BTreeSet::new(),
+            Some("this host left (switch fleet leave); `switch fleet join` announces again".into()),
+        );
+    }
+    if let Some(f) = &s.fleet {
+        if let Some(why) = &f.refused {
+            return (BTreeSet::new(), Some(why.clone()));
+        }
+        if f.applied == 0 && f.revisions.is_empty() && s.ctl.services.is_empty() {
+            return (
+                BTreeSet::new(),
+                Some("no desired state from etcd yet".into()),
+            );
+        }
+    }
+    let unhealthy = s.ctl.unhealthy();
+    let mut vips = BTreeSet::new();
+    let mut idle = vec![];
+    for spec in s.ctl.services.values() {
+        let serves = spec.pools.iter().filter(|p| p.weight > 0).any(|p| {
+            p.backends
+                .iter()
+                .any(|b| b.state() == AdminState::Active && !unhealthy.contains(&b.addr()))
+        });
+        if serves {
+            vips.insert(spec.vip.ip());
+        } else {
+            idle.push(spec.name.clone());
+        }
+    }
+    // A VIP shared by services (ports) stays while any of them serves.
+    let why = (!idle.is_empty()).then(|| format!("no healthy backend: {}", idle.join(", ")));
+    (vips, why)
+}
+
+/// Keeps BIRD's announcements what `wanted_vips` says.
+fn sync_bgp(shared: &Mutex<Shared>) {
+    let Ok(mut g) = shared.lock() else { return };
+    let s = &mut *g;
+    if s.bgp.is_none() {
+        return;
+    }
+    let (vips, why) = wanted_vips(s);
+    let Some(bird) = s.bgp.as_mut() else { return };
+    if let Err(e) = bird.announce(&vips) {
+        tracing::warn!("bgp: {e:#}");
+    }
+    s.bgp_status = crate::bgp::BgpStatus {
+        asn: bird.asn(),
+        sessions: bird.sessions(),
+        announced: bird.announced(),
+        withdrawn: why,
+    };
 }
 
 /// Hands the controller's running shadows to the engine (targets, limits),
@@ -197,6 +268,12 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         None => Controller::new(Programmer::new(seed, capacity)),
     };
     ctl.programmer.init(&mut dp, &d)?;
+    // Test-only: the slot history off, to show what it protects (a
+    // connection that changes host after a table change).
+    ctl.programmer.slot_history = std::env::var_os("SWITCH_TEST_NO_SLOT_HISTORY").is_none();
+    if !ctl.programmer.slot_history {
+        tracing::warn!("SWITCH_TEST_NO_SLOT_HISTORY: previous owners are not kept");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -266,6 +343,15 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         shadow: Arc::new(crate::shadow::Engine::default()),
         shadow_started: HashMap::new(),
         fleet,
+        bgp: match &file.bgp {
+            // After the XDP program is attached: nothing is announced that
+            // this host cannot forward.
+            Some(b) => Some(crate::bgp::Bird::start(b, &d.state_dir)?),
+            None => None,
+        },
+        bgp_status: Default::default(),
+        left: left_file(&d.state_dir).exists(),
+        state_dir: d.state_dir.clone(),
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
     let seed_services = if file.fleet.is_some() {
@@ -771,6 +857,17 @@ async fn serve(
     if shared.lock().map_err(|_| anyhow!("lock"))?.fleet.is_some() {
         crate::fleet::agent::start(shared.clone(), seed_services);
     }
+    if shared.lock().map_err(|_| anyhow!("lock"))?.bgp.is_some() {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || sync_bgp(&s)).await;
+            }
+        });
+    }
     {
         let mut g = shared.lock().map_err(|_| anyhow!("lock"))?;
         sync_shadows(&mut g);
@@ -895,7 +992,7 @@ async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
                 api::VERSION
             )),
             Ok(req)
-                if !matches!(req.cmd, Command::Status { .. })
+                if !matches!(req.cmd, Command::Status { .. } | Command::Membership { .. })
                     && shared.lock().is_ok_and(|s| s.fleet.is_some()) =>
             {
                 let span = tracing::info_span!(
@@ -973,6 +1070,32 @@ fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
             },
             Err(e) => Response::err(e),
         },
+        Command::Membership { join } => {
+            if s.bgp.is_none() {
+                return Response::err(
+                    "this host has no [bgp] section: it announces nothing to join or leave",
+                );
+            }
+            let file = left_file(&s.state_dir);
+            let r = if *join {
+                std::fs::remove_file(&file).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            } else {
+                std::fs::write(&file, "left\n")
+            };
+            if let Err(e) = r {
+                return Response::err(format!("cannot record it in {}: {e}", file.display()));
+            }
+            s.left = !*join;
+            drop(guard);
+            sync_bgp(shared);
+            Response::ok()
+        }
         Command::History { service } => match s.ctl.service(service) {
             Ok(_) => Response {
                 history: Some(
@@ -1123,6 +1246,11 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
                 .fleet
                 .as_ref()
                 .map(|f| crate::fleet::agent::status(f, name, spec)),
+            bgp: s.bgp.as_ref().map(|_| s.bgp_status.clone()),
+            announced: s
+                .bgp
+                .as_ref()
+                .map(|b| b.announced().contains(&spec.vip.ip())),
         });
     }
     Ok(out)

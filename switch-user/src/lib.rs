@@ -7,6 +7,7 @@
 //! (`programmer.rs`); that builds the new table and writes it, then the one
 //! service entry that makes it live, through `Dataplane` (`dataplane.rs`).
 pub mod api;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod daemon;

@@ -194,6 +194,17 @@ enum Cmd {
     Detach {
         #[arg(long, default_value = "/sys/fs/bpf/switch")]
         pin_dir: PathBuf,
+        /// The daemon's state directory: its BGP speaker (if any) is stopped
+        /// too, so the router stops sending here.
+        #[arg(long, default_value = "/var/lib/switch")]
+        state_dir: PathBuf,
+    },
+    /// This host in the fleet: `leave` withdraws its VIPs from BGP (the
+    /// router sends new traffic to the other hosts; established flows here
+    /// go on being forwarded), `join` announces them again.
+    Fleet {
+        #[arg(value_enum)]
+        action: FleetAction,
     },
     /// Replay a sample of new connections to another pool and judge its
     /// answers; clients never see them. `--stop` ends it.
@@ -662,7 +673,23 @@ fn run(cli: Cli) -> Result<()> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(())
         }
-        Cmd::Detach { pin_dir } => {
+        Cmd::Fleet { action } => {
+            let join = matches!(action, FleetAction::Join);
+            send(&api, Command::Membership { join })?;
+            println!(
+                "{}",
+                if join {
+                    "joined: this host announces its VIPs again"
+                } else {
+                    "left: VIPs withdrawn; established flows keep being forwarded here"
+                }
+            );
+            Ok(())
+        }
+        Cmd::Detach { pin_dir, state_dir } => {
+            if switch_user::bgp::stop(&state_dir)? {
+                println!("stopped the BGP speaker: VIPs withdrawn");
+            }
             let removed = dataplane::detach(&pin_dir)?;
             if removed.is_empty() {
                 println!("nothing pinned under {}", pin_dir.display());
@@ -672,6 +699,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FleetAction {
+    Leave,
+    Join,
 }
 
 /// The fleet block of `switch status`: hosts, leader, fleet-wide figures.
@@ -770,6 +803,22 @@ fn print_status(st: &[ServiceStatus]) {
         }
         if let Some(f) = &s.fleet {
             print_fleet(f);
+        }
+        if let Some(b) = &s.bgp {
+            println!(
+                "  bgp: AS {}, this VIP {}; sessions: {}{}",
+                b.asn,
+                if s.announced == Some(true) { "announced" } else { "NOT announced" },
+                b.sessions
+                    .iter()
+                    .map(|x| format!("{} {}", x.neighbor, x.state))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                b.withdrawn
+                    .as_ref()
+                    .map(|w| format!(" (withdrawn: {w})"))
+                    .unwrap_or_default()
+            );
         }
         for p in &s.pools {
             println!(

@@ -311,3 +311,209 @@ pub fn measure_failover(ds: &mut [Daemon], tries: usize) -> Result<Vec<Duration>
     }
     Ok(out)
 }
+
+/// A fleet behind a BGP router: the client reaches the VIPs through an
+/// unmodified BIRD 2 that learns them from every switch host and installs
+/// kernel ECMP routes (L4 hashing). One segment holds the router, the
+/// switch hosts, the backends (dsr: they hold the VIPs and answer the
+/// client through the router) and etcd.
+///
+/// ```text
+///  cli 198.18.20.2 ── rt 198.18.20.1 | 198.18.30.254 ─ br0 ─ sw1..3 198.18.30.1-3
+///      2001:2:20::2     2001:2:20::1 | 2001:2:30::fe         2001:2:30::1-3
+///                                          └─ be 198.18.30.11-14, 2001:2:30::b-e; etcd .9
+/// ```
+pub struct BgpLab {
+    pub lab: FleetLab,
+    pub rt: Netns,
+    pub cli: Netns,
+}
+
+pub const VIP6: &str = "2001:2:40::10";
+
+/// Backend `i` (1..=4) over IPv6.
+pub fn backend6(i: u8) -> String {
+    format!("[2001:2:30::{:x}]:80", 10 + i)
+}
+
+impl BgpLab {
+    pub fn new(hosts: usize) -> Result<BgpLab> {
+        let fab = Netns::new("bfab")?;
+        let etcd_ns = Netns::new("betcd")?;
+        let be = Netns::new("bbe")?;
+        let rt = Netns::new("brt")?;
+        let cli = Netns::new("bcli")?;
+        let dir = std::env::temp_dir().join(format!("switch-bgp-{}", fab.name));
+        std::fs::create_dir_all(&dir)?;
+        fab.exec("ip link add br0 type bridge && ip link set br0 up")?;
+        let port = |ns: &Netns, dev: &str, fabdev: &str| -> Result<()> {
+            sh(&format!(
+                "ip link add {dev} netns {n} type veth peer name {fabdev} netns {f}",
+                n = ns.name,
+                f = fab.name
+            ))?;
+            fab.exec(&format!(
+                "ip link set {fabdev} master br0 && ip link set {fabdev} up && ethtool -K {fabdev} gro on tx off >/dev/null"
+            ))?;
+            ns.exec(&format!(
+                "ip link set {dev} up && ethtool -K {dev} tx off gro on >/dev/null"
+            ))?;
+            Ok(())
+        };
+        port(&etcd_ns, "e0", "f-etcd")?;
+        etcd_ns.exec("ip addr add 198.18.30.9/24 dev e0")?;
+        port(&be, "b0", "f-be")?;
+        be.exec(
+            "for i in 11 12 13 14; do ip addr add 198.18.30.$i/24 dev b0; done && \
+             for i in b c d e; do ip addr add 2001:2:30::$i/64 dev b0 nodad; done && \
+             ip addr add 198.18.40.10/32 dev lo && ip addr add 2001:2:40::10/128 dev lo nodad && \
+             ip route add 198.18.20.0/24 via 198.18.30.254 && ip -6 route add 2001:2:20::/64 via 2001:2:30::fe && \
+             sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.b0.rp_filter=0 \
+               net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+        )?;
+        port(&rt, "r0", "f-rt")?;
+        sh(&format!(
+            "ip link add c0 netns {c} type veth peer name rc netns {r}",
+            c = cli.name,
+            r = rt.name
+        ))?;
+        rt.exec(
+            "ip addr add 198.18.30.254/24 dev r0 && ip addr add 2001:2:30::fe/64 dev r0 nodad && \
+             ip link set rc up && ip addr add 198.18.20.1/24 dev rc && ip addr add 2001:2:20::1/64 dev rc nodad && \
+             ethtool -K rc tx off gro on >/dev/null && \
+             sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1 \
+               net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1",
+        )?;
+        cli.exec(
+            "ip link set c0 up && ip addr add 198.18.20.2/24 dev c0 && ip addr add 2001:2:20::2/64 dev c0 nodad && \
+             ip route add default via 198.18.20.1 && ip -6 route add default via 2001:2:20::1 && \
+             ethtool -K c0 tx off gro on >/dev/null",
+        )?;
+        let mut sws = Vec::new();
+        for i in 1..=hosts {
+            let sw = Netns::new(&format!("bsw{i}"))?;
+            port(&sw, "eth0", &format!("f-sw{i}"))?;
+            sw.exec(&format!(
+                "ip addr add 198.18.30.{i}/24 dev eth0 && ip addr add 2001:2:30::{i}/64 dev eth0 nodad && \
+                 sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1"
+            ))?;
+            sws.push(sw);
+        }
+        // The router: an unmodified BIRD 2, one eBGP session per host and
+        // family, ECMP into the kernel.
+        let mut conf = String::from(
+            "router id 198.18.30.254;\nprotocol device {}\n\
+             protocol kernel { ipv4 { export all; }; merge paths on; }\n\
+             protocol kernel { ipv6 { export all; }; merge paths on; }\n",
+        );
+        for i in 1..=hosts {
+            conf.push_str(&format!(
+                "protocol bgp h{i} {{ local as 65000; neighbor 198.18.30.{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; ipv4 {{ import all; export none; }}; }}\n\
+                 protocol bgp h{i}v6 {{ local as 65000; neighbor 2001:2:30::{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; ipv6 {{ import all; export none; }}; }}\n"
+            ));
+        }
+        std::fs::write(dir.join("router.conf"), conf)?;
+        rt.exec(&format!(
+            "bird -c {d}/router.conf -s {d}/router.ctl -P {d}/router.pid",
+            d = dir.display()
+        ))?;
+        let mut lab = FleetLab {
+            fab,
+            etcd_ns,
+            be,
+            sws,
+            clis: vec![],
+            etcd: None,
+            dir,
+        };
+        lab.start_etcd()?;
+        Ok(BgpLab { lab, rt, cli })
+    }
+
+    /// The daemon of host `i` with `[bgp]` toward the router, dsr services.
+    pub fn daemon(&self, i: usize, services: &str, env: &[(&str, &str)]) -> Result<Daemon> {
+        let mut d = Daemon::prepare(
+            &self.lab.sws[i - 1],
+            &format!("bgp{i}"),
+            &["eth0"],
+            &format!("seed = \"{SEED}\"\nmetrics = \"127.0.0.1:9560\""),
+            &format!(
+                "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nlease = \"2s\"\n\n\
+                 [bgp]\nasn = 65001\nrouter_id = \"198.18.30.{i}\"\n\
+                 neighbors = [{{ address = \"198.18.30.254\", asn = 65000 }}, {{ address = \"2001:2:30::fe\", asn = 65000 }}]\n"
+            ),
+        )?;
+        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The router's next hops for `prefix` (one per announcing host).
+    pub fn next_hops(&self, prefix: &str) -> Result<usize> {
+        let cmd = if prefix.contains(':') { "ip -6 route show" } else { "ip route show" };
+        let out = self.rt.exec(&format!("{cmd} {prefix}"))?;
+        let vias = out.matches(" via ").count();
+        Ok(vias)
+    }
+
+    /// Waits until the router has `n` next hops for `prefix`.
+    pub fn wait_next_hops(&self, prefix: &str, n: usize, secs: u64) -> Result<()> {
+        let t = Instant::now();
+        loop {
+            if self.next_hops(prefix)? == n {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                bail!(
+                    "the router has {} next hops for {prefix}, not {n}:\n{}",
+                    self.next_hops(prefix)?,
+                    self.rt.exec("ip route; ip -6 route").unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// nginx on every backend address (both families), with a large file
+    /// (`/big`, 4 MiB) for long-lived downloads.
+    pub fn start_backends(&self) -> Result<()> {
+        let d = &self.lab.dir;
+        let root = d.join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("big"), vec![b'x'; 4 << 20])?;
+        let mut servers = String::new();
+        for i in 1..=4u8 {
+            for a in [backend(i), backend6(i)] {
+                servers.push_str(&format!(
+                    "  server {{ listen {a}; root {r}; location = / {{ return 200 \"hello from {a}\\n\"; }} }}\n",
+                    r = root.display()
+                ));
+            }
+        }
+        // The VIP is local on the backends (dsr): nginx listens on it too.
+        servers.push_str(&format!(
+            "  server {{ listen {VIP}:80; listen [{VIP6}]:80; root {r}; location = / {{ return 200 \"hello from $server_addr\\n\"; }} }}\n",
+            r = root.display()
+        ));
+        let conf = d.join("bgp-nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {p}/bgp-nginx.pid;\nerror_log {p}/bgp-nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  default_type text/plain;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  keepalive_requests 100000;\n{servers}}}\n",
+                p = d.display()
+            ),
+        )?;
+        self.lab.be.exec(&format!("nginx -c {}", conf.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for BgpLab {
+    fn drop(&mut self) {
+        let d = self.lab.dir.display().to_string();
+        let _ = sh(&format!(
+            "kill $(cat {d}/router.pid) 2>/dev/null; kill $(cat {d}/bgp-nginx.pid) 2>/dev/null; true"
+        ));
+    }
+}

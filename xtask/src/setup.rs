@@ -32,6 +32,8 @@ const APT: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // BGP: BIRD 2 announces a fleet's VIPs, and plays the router in tests.
+    "bird2",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -143,7 +145,7 @@ fn apt() -> Result<()> {
     // The demo and tests start their own nginx instances; the packaged
     // service must not hold port 80 on the host.
     // Same for Prometheus and etcd: the tests start their own.
-    for unit in ["nginx", "prometheus", "prometheus-node-exporter", "etcd"] {
+    for unit in ["nginx", "prometheus", "prometheus-node-exporter", "etcd", "bird"] {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", unit])
             .output();
