@@ -327,6 +327,8 @@ pub struct BgpLab {
     pub lab: FleetLab,
     pub rt: Netns,
     pub cli: Netns,
+    /// Backends 1..=4, each in its own namespace.
+    pub bes: Vec<Netns>,
 }
 
 pub const VIP6: &str = "2001:2:40::10";
@@ -362,15 +364,23 @@ impl BgpLab {
         };
         port(&etcd_ns, "e0", "f-etcd")?;
         etcd_ns.exec("ip addr add 198.18.30.9/24 dev e0")?;
-        port(&be, "b0", "f-be")?;
-        be.exec(
-            "for i in 11 12 13 14; do ip addr add 198.18.30.$i/24 dev b0; done && \
-             for i in b c d e; do ip addr add 2001:2:30::$i/64 dev b0 nodad; done && \
-             ip addr add 198.18.40.10/32 dev lo && ip addr add 2001:2:40::10/128 dev lo nodad && \
-             ip route add 198.18.20.0/24 via 198.18.30.254 && ip -6 route add 2001:2:20::/64 via 2001:2:30::fe && \
-             sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.b0.rp_filter=0 \
-               net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
-        )?;
+        // One namespace (one TCP stack) per backend: in dsr only the MAC
+        // changes, so backends sharing a stack would hide a wrong choice.
+        let mut bes = Vec::new();
+        for i in 1..=4u8 {
+            let b = Netns::new(&format!("bbe{i}"))?;
+            port(&b, "b0", &format!("f-be{i}"))?;
+            b.exec(&format!(
+                "ip addr add 198.18.30.{}/24 dev b0 && ip addr add 2001:2:30::{:x}/64 dev b0 nodad && \
+                 ip addr add 198.18.40.10/32 dev lo && ip addr add 2001:2:40::10/128 dev lo nodad && \
+                 ip route add 198.18.20.0/24 via 198.18.30.254 && ip -6 route add 2001:2:20::/64 via 2001:2:30::fe && \
+                 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.b0.rp_filter=0 \
+                   net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+                10 + i,
+                10 + i
+            ))?;
+            bes.push(b);
+        }
         port(&rt, "r0", "f-rt")?;
         sh(&format!(
             "ip link add c0 netns {c} type veth peer name rc netns {r}",
@@ -427,7 +437,7 @@ impl BgpLab {
             dir,
         };
         lab.start_etcd()?;
-        Ok(BgpLab { lab, rt, cli })
+        Ok(BgpLab { lab, rt, cli, bes })
     }
 
     /// The daemon of host `i` with `[bgp]` toward the router, dsr services.
@@ -474,37 +484,28 @@ impl BgpLab {
         }
     }
 
-    /// nginx on every backend address (both families), with a large file
-    /// (`/big`, 4 MiB) for long-lived downloads.
+    /// nginx in every backend namespace on the VIPs (dsr), answering its
+    /// name on `/`, with a large file (`/big`, 4 MiB) for long downloads.
     pub fn start_backends(&self) -> Result<()> {
         let d = &self.lab.dir;
         let root = d.join("www");
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("big"), vec![b'x'; 4 << 20])?;
-        let mut servers = String::new();
-        for i in 1..=4u8 {
-            for a in [backend(i), backend6(i)] {
-                servers.push_str(&format!(
-                    "  server {{ listen {a}; root {r}; location = / {{ return 200 \"hello from {a}\\n\"; }} }}\n",
+        for (i, b) in self.bes.iter().enumerate() {
+            let name = format!("be{}", i + 1);
+            let conf = d.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "worker_processes 1;\npid {p}/{name}.pid;\nerror_log {p}/{name}-error.log;\nevents {{ worker_connections 4096; }}\n\
+                     http {{\n  access_log off;\n  default_type text/plain;\n  client_body_temp_path {p}/body-{name};\n  proxy_temp_path {p}/proxy-{name};\n  fastcgi_temp_path {p}/fcgi-{name};\n  uwsgi_temp_path {p}/uwsgi-{name};\n  scgi_temp_path {p}/scgi-{name};\n  keepalive_requests 100000;\n\
+                     server {{ listen 80; listen [::]:80; root {r}; location = / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n",
+                    p = d.display(),
                     r = root.display()
-                ));
-            }
+                ),
+            )?;
+            b.exec(&format!("nginx -c {}", conf.display()))?;
         }
-        // The VIP is local on the backends (dsr): nginx listens on it too.
-        servers.push_str(&format!(
-            "  server {{ listen {VIP}:80; listen [{VIP6}]:80; root {r}; location = / {{ return 200 \"hello from $server_addr\\n\"; }} }}\n",
-            r = root.display()
-        ));
-        let conf = d.join("bgp-nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1;\npid {p}/bgp-nginx.pid;\nerror_log {p}/bgp-nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log off;\n  default_type text/plain;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  keepalive_requests 100000;\n{servers}}}\n",
-                p = d.display()
-            ),
-        )?;
-        self.lab.be.exec(&format!("nginx -c {}", conf.display()))?;
         Ok(())
     }
 }
@@ -513,7 +514,7 @@ impl Drop for BgpLab {
     fn drop(&mut self) {
         let d = self.lab.dir.display().to_string();
         let _ = sh(&format!(
-            "kill $(cat {d}/router.pid) 2>/dev/null; kill $(cat {d}/bgp-nginx.pid) 2>/dev/null; true"
+            "kill $(cat {d}/router.pid) 2>/dev/null; for i in 1 2 3 4; do kill $(cat {d}/be$i.pid) 2>/dev/null; done; true"
         ));
     }
 }

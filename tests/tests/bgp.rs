@@ -87,8 +87,10 @@ fn all_complete(child: std::process::Child, n: usize) -> Result<usize> {
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let good = text.lines().filter(|l| *l == "200 4194304").count();
-    if text.lines().count() != n {
-        bail!("{} results of {n}: {text}", text.lines().count());
+    // A broken download prints its partial result and FAILED.
+    let failed = text.lines().filter(|l| *l == "FAILED").count();
+    if good + failed != n {
+        bail!("{good} complete and {failed} failed of {n}: {text}");
     }
     Ok(good)
 }
