@@ -59,7 +59,12 @@ fn birdc(sock: &Path, args: &[&str]) -> Result<String> {
         .context("cannot run birdc (install bird2: cargo xtask setup does)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() || text.contains("Unable to connect") {
-        bail!("birdc {}: {}{}", args.join(" "), text.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "birdc {}: {}{}",
+            args.join(" "),
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(text)
 }
@@ -95,7 +100,10 @@ impl Bird {
                 .status()
                 .context("cannot start bird (install bird2: cargo xtask setup does)")?;
             if !status.success() {
-                bail!("bird refused its configuration {} ({status})", conf.display());
+                bail!(
+                    "bird refused its configuration {} ({status})",
+                    conf.display()
+                );
             }
         }
         Ok(b)
@@ -160,7 +168,10 @@ impl Bird {
             if vips.is_empty() {
                 "nothing".to_string()
             } else {
-                vips.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                vips.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
         self.announced = Some(vips.clone());

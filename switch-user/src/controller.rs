@@ -184,9 +184,7 @@ impl Controller {
     /// Runs a command at time `now` (ms). Ok, or why it was refused.
     pub fn handle(&mut self, maps: &mut dyn Maps, cmd: &Command, now: u64) -> Result<()> {
         match cmd {
-            Command::Status { .. } | Command::History { .. } | Command::Membership { .. } => {
-                Ok(())
-            }
+            Command::Status { .. } | Command::History { .. } | Command::Membership { .. } => Ok(()),
             Command::Apply { services } => self.apply_all(maps, services, now),
             Command::Weights { service, weights } => self.weights(maps, service, weights, now),
             Command::Flip {

@@ -58,6 +58,13 @@ pub(crate) struct Shared {
     state_dir: PathBuf,
 }
 
+impl Shared {
+    /// Whether this host announces over BGP (clients reach it by ECMP).
+    pub(crate) fn behind_ecmp(&self) -> bool {
+        self.bgp.is_some()
+    }
+}
+
 /// Where `switch fleet leave` is remembered.
 fn left_file(state_dir: &Path) -> PathBuf {
     state_dir.join("left")

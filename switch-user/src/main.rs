@@ -808,7 +808,11 @@ fn print_status(st: &[ServiceStatus]) {
             println!(
                 "  bgp: AS {}, this VIP {}; sessions: {}{}",
                 b.asn,
-                if s.announced == Some(true) { "announced" } else { "NOT announced" },
+                if s.announced == Some(true) {
+                    "announced"
+                } else {
+                    "NOT announced"
+                },
                 b.sessions
                     .iter()
                     .map(|x| format!("{} {}", x.neighbor, x.state))

@@ -453,14 +453,21 @@ impl BgpLab {
                  neighbors = [{{ address = \"198.18.30.254\", asn = 65000 }}, {{ address = \"2001:2:30::fe\", asn = 65000 }}]\n"
             ),
         )?;
-        d.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         d.spawn()?;
         Ok(d)
     }
 
     /// The router's next hops for `prefix` (one per announcing host).
     pub fn next_hops(&self, prefix: &str) -> Result<usize> {
-        let cmd = if prefix.contains(':') { "ip -6 route show" } else { "ip route show" };
+        let cmd = if prefix.contains(':') {
+            "ip -6 route show"
+        } else {
+            "ip route show"
+        };
         let out = self.rt.exec(&format!("{cmd} {prefix}"))?;
         let vias = out.matches(" via ").count();
         Ok(vias)

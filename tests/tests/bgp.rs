@@ -48,7 +48,10 @@ fn the_router_learns_one_route_per_host_and_every_host_gets_new_flows() -> Resul
     let lab = BgpLab::new(3)?;
     lab.start_backends()?;
     let ds = start(&lab, 3, &[])?;
-    for (svc, url) in [("web", format!("http://{VIP}/")), ("web6", format!("http://[{VIP6}]/"))] {
+    for (svc, url) in [
+        ("web", format!("http://{VIP}/")),
+        ("web6", format!("http://[{VIP6}]/")),
+    ] {
         let out = lab.cli.exec(&format!(
             "for k in $(seq 60); do curl -s --max-time 2 {url} >/dev/null && echo ok || echo FAILED; done"
         ))?;
@@ -60,7 +63,10 @@ fn the_router_learns_one_route_per_host_and_every_host_gets_new_flows() -> Resul
     }
     let st = ds[0].status("web")?;
     assert_eq!(st["announced"], true, "{st}");
-    let sessions = st["bgp"]["sessions"].as_array().cloned().unwrap_or_default();
+    let sessions = st["bgp"]["sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         !sessions.is_empty() && sessions.iter().all(|s| s["state"] == "Established"),
         "{st}"
@@ -139,7 +145,9 @@ fn move_after_a_step(history: bool) -> Result<(usize, usize, u64)> {
     ds[1].ok(&["fleet", "leave"])?;
     lab.wait_next_hops(VIP, 1, 10)?;
     let good = all_complete(dl, n)?;
-    let prev = ds[2].status("web")?["nonsyn_miss_prev"].as_u64().unwrap_or(0);
+    let prev = ds[2].status("web")?["nonsyn_miss_prev"]
+        .as_u64()
+        .unwrap_or(0);
     Ok((good, n, prev))
 }
 
@@ -178,7 +186,44 @@ fn hosts_leave_rejoin_and_a_fourth_joins_under_load_without_errors() -> Result<(
     lab.wait_next_hops(VIP, 4, 15)?;
     let t = Instant::now();
     let r = load.join().expect("wrk thread")?;
-    assert_eq!(r.errors, 0, "{r:?} ({:?} after the last change)", t.elapsed());
+    assert_eq!(
+        r.errors,
+        0,
+        "{r:?} ({:?} after the last change)",
+        t.elapsed()
+    );
     assert!(new_flows(&ds[3], "web")? > 0 || r.rps > 0.0);
+    Ok(())
+}
+
+#[test]
+fn a_fleet_behind_ecmp_refuses_nat_and_fullnat_with_a_reason() -> Result<()> {
+    let lab = BgpLab::new(1)?;
+    let d = lab.daemon(1, &services(), &[])?;
+    lab.wait_next_hops(VIP, 1, 20)?;
+    let nat = format!(
+        "[[service]]\nname = \"n\"\nvip = \"198.18.40.11:80\"\nprotocol = \"tcp\"\nmode = \"nat\"\n\
+         [[service.pools]]\nname = \"a\"\nweight = 100\nbackends = [\"{}\"]\n",
+        backend(1)
+    );
+    let file = d.dir.join("nat.toml");
+    std::fs::write(&file, format!("{}\n{nat}", services()))?;
+    let (ok, msg) = d.cli(&["apply", "-f", file.to_str().unwrap_or_default()])?;
+    assert!(!ok, "nat was accepted behind ECMP");
+    assert!(
+        msg.contains("not supported in a fleet behind BGP/ECMP"),
+        "{msg}"
+    );
+    let full = nat.replace("\"nat\"", "\"fullnat\"\nsource = \"198.18.30.1\"");
+    std::fs::write(&file, format!("{}\n{full}", services()))?;
+    let (ok, msg) = d.cli(&["apply", "-f", file.to_str().unwrap_or_default()])?;
+    assert!(!ok, "fullnat was accepted in a fleet");
+    assert!(
+        msg.contains("fullnat is not supported in fleet mode"),
+        "{msg}"
+    );
+    // Nothing changed: still one service, announced.
+    assert_eq!(d.status("web")?["announced"], true);
+    assert!(d.cli(&["status", "n"])?.1.contains("no service"));
     Ok(())
 }

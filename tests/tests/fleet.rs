@@ -449,7 +449,7 @@ fn resets_spread_over_hosts_roll_the_canary_back_fleet_wide() -> Result<()> {
 fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() -> Result<()> {
     let mut lab = FleetLab::new(3)?;
     lab.start_backends(&[1, 2, 3, 4])?;
-    let ds = start(&lab, &services(false))?;
+    let mut ds = start(&lab, &services(false))?;
     ds[0].ok(&[
         "canary",
         "web",
@@ -480,8 +480,15 @@ fn with_etcd_down_forwarding_goes_on_changes_are_refused_and_a_canary_holds() ->
     let (ok, msg) = ds[1].cli(&["weights", "web", "green=77"])?;
     assert!(!ok, "a change went through without etcd");
     assert!(msg.contains("etcd is unreachable"), "{msg}");
+    // A host restarted meanwhile forwards from its cached state.
+    ds[2].kill9();
+    ds[2].spawn()?;
+    let st = ds[2].wait_for("web", 10, |st| weight(st, "green") == held)?;
+    assert_eq!(fleet(&st)["etcd_reachable"], false, "{st}");
+    let by = requests(&lab, 3, 10)?;
+    assert!(!by.contains_key("FAILED"), "restarted host: {by:?}");
     // The canary holds at its step for as long as etcd is away.
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(3));
     for d in &ds {
         let st = d.status("web")?;
         assert_eq!(weight(&st, "green"), held, "{st}");

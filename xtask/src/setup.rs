@@ -145,7 +145,13 @@ fn apt() -> Result<()> {
     // The demo and tests start their own nginx instances; the packaged
     // service must not hold port 80 on the host.
     // Same for Prometheus and etcd: the tests start their own.
-    for unit in ["nginx", "prometheus", "prometheus-node-exporter", "etcd", "bird"] {
+    for unit in [
+        "nginx",
+        "prometheus",
+        "prometheus-node-exporter",
+        "etcd",
+        "bird",
+    ] {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", unit])
             .output();

@@ -722,10 +722,14 @@ async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
         let f = s.fleet.as_ref().expect("fleet mode");
         let services = s.ctl.changed_records(&trial);
         for (name, r) in &services {
-            if let Some(r) = r
-                && r.spec.mode == crate::config::ForwardMode::Fullnat
-            {
-                anyhow::bail!("service {name:?}: {}", crate::config::FULLNAT_IN_FLEET);
+            match r.as_ref().map(|r| r.spec.mode) {
+                Some(crate::config::ForwardMode::Fullnat) => {
+                    anyhow::bail!("service {name:?}: {}", crate::config::FULLNAT_IN_FLEET)
+                }
+                Some(crate::config::ForwardMode::Nat) if s.behind_ecmp() => {
+                    anyhow::bail!("service {name:?}: {}", crate::config::NAT_BEHIND_ECMP)
+                }
+                _ => {}
             }
         }
         let base = services
