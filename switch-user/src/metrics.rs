@@ -27,6 +27,8 @@ enum Labels<'a> {
     Fixed(&'a str, &'static [(&'static str, &'static str)]),
     /// A switch host of the fleet (names from the fleet's config).
     Host(&'a str),
+    /// A BGP neighbor (addresses from the config).
+    Neighbor(std::net::IpAddr),
     None,
 }
 
@@ -53,6 +55,7 @@ impl Labels<'_> {
                 .chain(pairs.iter().map(|(k, v)| (*k, v.to_string())))
                 .collect(),
             Labels::Host(h) => vec![("host", h.to_string())],
+            Labels::Neighbor(n) => vec![("neighbor", n.to_string())],
             Labels::None => return String::new(),
         };
         let inner: Vec<String> = pairs
@@ -367,6 +370,7 @@ pub fn render(
     }
     shadows(&mut o, services);
     fleet(&mut o, services);
+    bgp(&mut o, services);
     o.family(
         "last_change_timestamp_seconds",
         "gauge",
@@ -380,6 +384,35 @@ pub fn render(
         );
     }
     o.0
+}
+
+/// With `[bgp]`: what this host announces and its sessions.
+fn bgp(o: &mut Page, services: &[ServiceStatus]) {
+    let Some(b) = services.iter().find_map(|s| s.bgp.as_ref()) else {
+        return;
+    };
+    o.family(
+        "bgp_announced",
+        "gauge",
+        "1 while this host announces the service's VIP over BGP.",
+    );
+    for s in services {
+        if let Some(a) = s.announced {
+            o.sample("bgp_announced", Labels::Service(&s.name), a as u8);
+        }
+    }
+    o.family(
+        "bgp_session_established",
+        "gauge",
+        "1 while the BGP session with the neighbor is established.",
+    );
+    for x in &b.sessions {
+        o.sample(
+            "bgp_session_established",
+            Labels::Neighbor(x.neighbor),
+            (x.state == "Established") as u8,
+        );
+    }
 }
 
 /// Fleet mode only: this host's view of the fleet, and fleet-wide figures.
@@ -656,6 +689,16 @@ mod tests {
                     hosts: 2,
                 }],
             }),
+            bgp: Some(crate::bgp::BgpStatus {
+                asn: 65001,
+                sessions: vec![crate::bgp::Session {
+                    neighbor: "198.18.0.254".parse().unwrap(),
+                    state: "Established".into(),
+                }],
+                announced: vec!["198.18.0.10".parse().unwrap()],
+                withdrawn: None,
+            }),
+            announced: Some(true),
         }]
     }
 
