@@ -90,6 +90,10 @@ pub const CONFIG_READY: u32 = 1;
 pub const CONFIG_NAT: u32 = 2;
 /// Some service uses fullnat: look up replies in `SNAT`.
 pub const CONFIG_FULLNAT: u32 = 4;
+/// A fleet behind ECMP: a nat reply with no pin here belongs to a
+/// connection another host forwarded when the selection table (or the one
+/// before the last change) gives that connection to the replying backend.
+pub const CONFIG_TABLE_REPLIES: u32 = 8;
 
 /// How a service forwards a packet to its backend.
 #[repr(u8)]

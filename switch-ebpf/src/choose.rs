@@ -7,11 +7,12 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key}
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, FLOW_SHADOW, Flow, FlowKey, Mode,
     NO_BACKEND, NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
+    ServiceKey,
     hash::{client_hash, connection_hash, slot_of},
 };
 
 use crate::{
-    maps::{BACKENDS, COHORTS, FLOWS, SHADOWS, TABLES},
+    maps::{BACKENDS, COHORTS, FLOWS, SERVICES, SHADOWS, TABLES},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     snat, stats,
 };
@@ -130,7 +131,7 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
     // it, which is its old backend as long as its slot has not changed;
     // if it changed in the last change, the previous owner takes it back
     // while it still serves.
-    let (slot, main, current) = table_lookup(config, service, pkt);
+    let (slot, main, current) = table_lookup(config, service, &pkt.src, pkt.sport, pkt.proto);
     let mut index = current;
     if pkt.proto == PROTO_TCP && !syn {
         let prev = if main {
@@ -254,20 +255,48 @@ pub fn our_reply(pkt: &Packet, real: &Real) -> u32 {
 
 pub const NOT_OURS: u32 = u32::MAX;
 
+/// A fleet behind ECMP (`CONFIG_TABLE_REPLIES`): a nat reply this host has
+/// no pin for is a VIP connection's when the table gives the client's
+/// connection to the replying backend (every host of the fleet computes
+/// the same), or gave it before the last change.
+#[inline(never)]
+pub fn table_reply(config: &Config, pkt: &Packet, real: &Real) -> bool {
+    let key = ServiceKey {
+        addr: real.vip,
+        port: real.vip_port,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    // SAFETY: hash map values stay valid for the program's run (RCU).
+    let Some(service) = (unsafe { SERVICES.get(&key) }) else {
+        return false;
+    };
+    // The reply goes to the client: its address and port are the
+    // connection's source.
+    let (slot, main, current) = table_lookup(config, service, &pkt.dst, pkt.dport, pkt.proto);
+    current == real.backend || (main && previous_owner(service, slot, current) == real.backend)
+}
+
 /// The slot of this packet, whether it is in the main table (not the
 /// cohort's), and its current owner (`NO_BACKEND` when none).
 #[inline(always)]
-fn table_lookup(config: &Config, service: &Service, pkt: &Packet) -> (usize, bool, u32) {
-    let cohort = service.cohort_table != u32::MAX && in_cohort(service.id, &pkt.src);
+fn table_lookup(
+    config: &Config,
+    service: &Service,
+    src: &[u8; 16],
+    sport: u16,
+    proto: u8,
+) -> (usize, bool, u32) {
+    let cohort = service.cohort_table != u32::MAX && in_cohort(service.id, src);
     let table_index = if cohort {
         service.cohort_table
     } else {
         service.table
     };
     let hash = if service.flags & SERVICE_CLIENT_AFFINITY != 0 {
-        client_hash(config.seed, &pkt.src)
+        client_hash(config.seed, src)
     } else {
-        connection_hash(config.seed, &pkt.src, pkt.sport, pkt.proto)
+        connection_hash(config.seed, src, sport, proto)
     };
     // slot_of's multiply-and-shift keeps the index provably < TABLE_SIZE.
     let slot = slot_of(hash);

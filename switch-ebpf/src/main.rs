@@ -154,7 +154,14 @@ mod program {
                 // Only a connection that came through the VIP gets its
                 // replies rewritten: a client talking to the backend's own
                 // address (routed through this host) must see them as sent.
-                let flags = choose::our_reply(pkt, real);
+                let mut flags = choose::our_reply(pkt, real);
+                if flags == choose::NOT_OURS
+                    && config.flags & switch_common::CONFIG_TABLE_REPLIES != 0
+                    && choose::table_reply(config, pkt, real)
+                {
+                    // Another host of the fleet forwarded it (ECMP).
+                    flags = 0;
+                }
                 if flags == choose::NOT_OURS {
                     return pack(xdp_action::XDP_PASS, Reason::ReplyNotOurs);
                 }

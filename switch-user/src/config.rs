@@ -431,9 +431,6 @@ impl ConfigFile {
     }
 }
 
-/// Why a fleet behind BGP/ECMP refuses nat.
-pub const NAT_BEHIND_ECMP: &str = "mode nat is not supported in a fleet behind BGP/ECMP: a connection that moves to another host would have its replies come back through a host that never saw it; use dsr (or nat without [bgp], each client net routed to one host)";
-
 /// Why a fleet refuses fullnat.
 pub const FULLNAT_IN_FLEET: &str = "mode fullnat is not supported in fleet mode: its source address and ports belong to one host, so a connection that moves to another host (ECMP) would be reset; use nat or dsr";
 

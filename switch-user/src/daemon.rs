@@ -58,13 +58,6 @@ pub(crate) struct Shared {
     state_dir: PathBuf,
 }
 
-impl Shared {
-    /// Whether this host announces over BGP (clients reach it by ECMP).
-    pub(crate) fn behind_ecmp(&self) -> bool {
-        self.bgp.is_some()
-    }
-}
-
 /// Where `switch fleet leave` is remembered.
 fn left_file(state_dir: &Path) -> PathBuf {
     state_dir.join("left")
@@ -274,6 +267,9 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         }
         None => Controller::new(Programmer::new(seed, capacity)),
     };
+    // Behind ECMP a connection's replies may come back through a host that
+    // never saw it: nat replies are then recognised by the table.
+    ctl.programmer.table_replies = file.fleet.is_some() && file.bgp.is_some();
     ctl.programmer.init(&mut dp, &d)?;
     // Test-only: the slot history off, to show what it protects (a
     // connection that changes host after a table change).

@@ -131,6 +131,10 @@ pub struct Programmer {
     /// test what they are for).
     #[serde(default = "yes")]
     pub slot_history: bool,
+    /// A fleet behind ECMP: nat replies of connections another host
+    /// forwarded are recognised by the table (`CONFIG_TABLE_REPLIES`).
+    #[serde(default)]
+    pub table_replies: bool,
 }
 
 fn yes() -> bool {
@@ -155,6 +159,7 @@ impl Programmer {
             retired: Vec::new(),
             history: VecDeque::new(),
             slot_history: true,
+            table_replies: false,
         }
     }
 
@@ -183,7 +188,12 @@ impl Programmer {
             .values()
             .map(|p| p.spec.mode)
             .chain(also.map(|s| s.mode))
-            .fold(CONFIG_READY, |f, m| f | mode_flag(m));
+            .fold(CONFIG_READY, |f, m| f | mode_flag(m))
+            | if self.table_replies {
+                switch_common::CONFIG_TABLE_REPLIES
+            } else {
+                0
+            };
         maps.set_config(&Config {
             seed: self.seed,
             flags,

@@ -405,6 +405,7 @@ impl BgpLab {
             port(&sw, "eth0", &format!("f-sw{i}"))?;
             sw.exec(&format!(
                 "ip addr add 198.18.30.{i}/24 dev eth0 && ip addr add 2001:2:30::{i}/64 dev eth0 nodad && \
+                 ip route add default via 198.18.30.254 && ip -6 route add default via 2001:2:30::fe && \
                  sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1"
             ))?;
             sws.push(sw);
@@ -492,12 +493,12 @@ impl BgpLab {
     }
 
     /// nginx in every backend namespace on the VIPs (dsr), answering its
-    /// name on `/`, with a large file (`/big`, 4 MiB) for long downloads.
+    /// name on `/`, with a large file (`/big`, 2 MiB, sent at 160 KB/s: about 13 s) for long downloads.
     pub fn start_backends(&self) -> Result<()> {
         let d = &self.lab.dir;
         let root = d.join("www");
         std::fs::create_dir_all(&root)?;
-        std::fs::write(root.join("big"), vec![b'x'; 4 << 20])?;
+        std::fs::write(root.join("big"), vec![b'x'; 2 << 20])?;
         for (i, b) in self.bes.iter().enumerate() {
             let name = format!("be{}", i + 1);
             let conf = d.join(format!("{name}.conf"));
@@ -506,7 +507,7 @@ impl BgpLab {
                 format!(
                     "worker_processes 1;\npid {p}/{name}.pid;\nerror_log {p}/{name}-error.log;\nevents {{ worker_connections 4096; }}\n\
                      http {{\n  access_log off;\n  default_type text/plain;\n  client_body_temp_path {p}/body-{name};\n  proxy_temp_path {p}/proxy-{name};\n  fastcgi_temp_path {p}/fcgi-{name};\n  uwsgi_temp_path {p}/uwsgi-{name};\n  scgi_temp_path {p}/scgi-{name};\n  keepalive_requests 100000;\n\
-                     server {{ listen 80; listen [::]:80; root {r}; location = / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n",
+                     server {{ listen 80; listen [::]:80; root {r}; location = / {{ return 200 \"hello from {name}\\n\"; }} location = /big {{ limit_rate 160k; }} }}\n}}\n",
                     p = d.display(),
                     r = root.display()
                 ),

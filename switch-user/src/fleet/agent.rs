@@ -726,9 +726,6 @@ async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
                 Some(crate::config::ForwardMode::Fullnat) => {
                     anyhow::bail!("service {name:?}: {}", crate::config::FULLNAT_IN_FLEET)
                 }
-                Some(crate::config::ForwardMode::Nat) if s.behind_ecmp() => {
-                    anyhow::bail!("service {name:?}: {}", crate::config::NAT_BEHIND_ECMP)
-                }
                 _ => {}
             }
         }
