@@ -13,6 +13,7 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 pub mod chart;
 pub mod daemon;
+pub mod demo_fleet;
 pub mod fixture;
 pub mod fleet;
 pub mod http;

@@ -37,3 +37,32 @@ fn the_demo_runs_end_to_end() {
     );
     let _ = std::fs::remove_file(&chart);
 }
+
+/// `cargo xtask demo --fleet`, shortened: every phase runs, the canary
+/// completes although a host is lost in the middle, and the chart of each
+/// host's share is written.
+#[test]
+fn the_fleet_demo_runs_end_to_end() {
+    let chart = std::env::temp_dir().join(format!(
+        "switch-demo-fleet-smoke-{}.png",
+        std::process::id()
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switch-demo"))
+        .args(["--fleet", "--phase-secs", "2", "--clients", "2", "--chart"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let summary = stdout.split("== summary").nth(1).expect("summary table");
+    for phase in ["steady", "canary", "sw-1 lost", "sw-1 back"] {
+        assert!(summary.contains(phase), "phase {phase} missing:\n{summary}");
+    }
+    assert!(stdout.contains("succeeded"), "the canary completed");
+    assert!(
+        std::fs::metadata(&chart).unwrap().len() > 10_000,
+        "chart written"
+    );
+    let _ = std::fs::remove_file(&chart);
+}

@@ -722,11 +722,8 @@ async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
         let f = s.fleet.as_ref().expect("fleet mode");
         let services = s.ctl.changed_records(&trial);
         for (name, r) in &services {
-            match r.as_ref().map(|r| r.spec.mode) {
-                Some(crate::config::ForwardMode::Fullnat) => {
-                    anyhow::bail!("service {name:?}: {}", crate::config::FULLNAT_IN_FLEET)
-                }
-                _ => {}
+            if r.as_ref().map(|r| r.spec.mode) == Some(crate::config::ForwardMode::Fullnat) {
+                anyhow::bail!("service {name:?}: {}", crate::config::FULLNAT_IN_FLEET);
             }
         }
         let base = services

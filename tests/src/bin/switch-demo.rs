@@ -36,9 +36,14 @@ struct Args {
     /// Concurrent client threads.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Where the chart goes.
-    #[arg(long, default_value = "switch-demo.png")]
-    chart: PathBuf,
+    /// Where the chart goes (default: switch-demo.png, or
+    /// switch-demo-fleet.png with --fleet).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// The fleet demo: a BGP router, three switch hosts agreeing through
+    /// etcd, a canary driven from one host and a host lost mid-canary.
+    #[arg(long)]
+    fleet: bool,
 }
 
 /// (version, addresses): v1 blue, v1.1 its replacements, v2 green, v3 broken.
@@ -217,6 +222,17 @@ fn strategy_done(d: &Daemon, word: &str) -> bool {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.fleet {
+        let chart = args
+            .chart
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("switch-demo-fleet.png"));
+        return switch_tests::demo_fleet::run(args.phase_secs, args.clients, &chart, &STOP);
+    }
+    let chart_path = args
+        .chart
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("switch-demo.png"));
     let lab = Lab::new()?;
     let dir = std::env::temp_dir().join(format!("switch-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -387,10 +403,10 @@ fn run(args: Args) -> Result<()> {
     println!("\n$ switch history web\n{}", d.ok(&["history", "web"])?);
     let log = std::mem::take(&mut *log.lock().unwrap());
     summary(&log, &phases);
-    chart(&log, &phases, &args.chart)?;
+    chart(&log, &phases, &chart_path)?;
     println!(
         "chart of each version's share of requests: {}",
-        args.chart.display()
+        chart_path.display()
     );
     drop(d);
     drop(lab);
