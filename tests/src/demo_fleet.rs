@@ -135,7 +135,12 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
         let (hosts, halt) = (hosts.clone(), load_stop.clone());
         let cmds: Vec<(std::path::PathBuf, std::path::PathBuf)> = ds
             .iter()
-            .map(|d| (crate::daemon::switch_bin().unwrap_or_default(), d.api.clone()))
+            .map(|d| {
+                (
+                    crate::daemon::switch_bin().unwrap_or_default(),
+                    d.api.clone(),
+                )
+            })
             .collect();
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
@@ -148,7 +153,9 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
                             .args(["status", "web", "--json"])
                             .output()
                             .ok()
-                            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                            .and_then(|o| {
+                                serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()
+                            })
                             .and_then(|v| v[0]["new_flows"].as_u64())
                             .unwrap_or(u64::MAX)
                     })
@@ -178,8 +185,16 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
         println!(
             "$ switch canary web --to green --steps 10,30,60,100 --interval {interval} --min-flows 10   (on sw-2)\n{}",
             ds[1].ok(&[
-                "canary", "web", "--to", "green", "--steps", "10,30,60,100", "--interval",
-                &interval, "--min-flows", "10"
+                "canary",
+                "web",
+                "--to",
+                "green",
+                "--steps",
+                "10,30,60,100",
+                "--interval",
+                &interval,
+                "--min-flows",
+                "10"
             ])?
         );
         wait(stop, p * 1.2)?;
@@ -218,12 +233,18 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
     }
     let _ = sampler.join();
     result?;
-    println!("\n$ switch history web   (any host: the fleet's history)\n{}", ds[2].ok(&["history", "web"])?);
+    println!(
+        "\n$ switch history web   (any host: the fleet's history)\n{}",
+        ds[2].ok(&["history", "web"])?
+    );
     let log = std::mem::take(&mut *log.lock().unwrap());
     summary(&log, &phases);
     let hosts = std::mem::take(&mut *hosts.lock().unwrap());
     chart(&hosts, &phases, chart_path)?;
-    println!("chart of each host's share of new connections: {}", chart_path.display());
+    println!(
+        "chart of each host's share of new connections: {}",
+        chart_path.display()
+    );
     drop(ds);
     drop(lab);
     println!("demo: removed namespaces, daemons, BIRD, etcd, nginx and pins");
@@ -306,14 +327,22 @@ fn chart(samples: &[(f64, Vec<u64>)], phases: &[(String, f64)], path: &Path) -> 
         let color = colors[i];
         c.draw_series(LineSeries::new(s, color.stroke_width(2)))?
             .label(format!("sw-{}", i + 1))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
     }
     for (name, t) in phases.iter().filter(|p| p.0 != "end") {
         c.draw_series(std::iter::once(PathElement::new(
             vec![(*t, 0.0), (*t, 100.0)],
             BLACK.mix(0.3),
         )))?;
-        let label = name.split(':').next().unwrap_or("").split(" to ").next().unwrap_or("");
+        let label = name
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .split(" to ")
+            .next()
+            .unwrap_or("");
         c.draw_series(std::iter::once(Text::new(
             label.to_string(),
             (*t + 0.1, 97.0),

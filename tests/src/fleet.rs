@@ -158,11 +158,23 @@ impl FleetLab {
     /// The daemon of host `i` (1-based) with `services`, `extra` TOML in
     /// `[fleet]` and `seed`.
     pub fn daemon(&self, i: usize, services: &str, extra: &str, seed: &str) -> Result<Daemon> {
+        self.daemon_with(i, services, extra, seed, "")
+    }
+
+    /// The same with extra `[daemon]` lines.
+    pub fn daemon_with(
+        &self,
+        i: usize,
+        services: &str,
+        extra: &str,
+        seed: &str,
+        daemon: &str,
+    ) -> Result<Daemon> {
         let d = Daemon::prepare(
             &self.sws[i - 1],
             &format!("fleet{i}"),
             &["up0", "down0"],
-            &format!("seed = \"{seed}\"\nmetrics = \"127.0.0.1:9560\""),
+            &format!("seed = \"{seed}\"\nmetrics = \"127.0.0.1:9560\"\n{daemon}"),
             &format!(
                 "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nprefix = \"/switch\"\n{extra}\n"
             ),

@@ -579,3 +579,66 @@ fn health_is_the_fleets_verdict_one_host_alone_cannot_take_a_backend_out() -> Re
     }
     Ok(())
 }
+
+#[test]
+fn a_drain_waits_for_the_flows_of_every_host() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let svc = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{VIP}:80\"\nprotocol = \"tcp\"\n\
+         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\"]\n",
+        backend(1)
+    );
+    let mut ds = Vec::new();
+    for i in 1..=3 {
+        ds.push(lab.daemon_with(i, &svc, "lease = \"2s\"", SEED, "tcp_close_grace = \"1s\"")?);
+    }
+    for d in &ds {
+        d.wait_for("web", 20, |st| {
+            fleet(st)["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == 3)
+        })?;
+    }
+    // One idle keep-alive connection through host 1 only, to backend 1.
+    let hold = format!(
+        "python3 -c \"import socket,time; s=socket.create_connection(('{VIP}',80)); s.send(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(200); time.sleep(60)\" >/dev/null 2>&1 & echo $!"
+    );
+    let pid = lab.clis[0].exec(&hold)?.trim().to_string();
+    let b1 = backend(1);
+    ds[2].wait_for("web", 10, |st| {
+        fleet(st)["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["addr"] == b1.as_str()))
+            .is_some_and(|b| b["active_flows"].as_u64() == Some(1))
+    })?;
+    // Replace backend 1 by 2, started on host 3 (which has no flow at all).
+    ds[2].ok(&[
+        "rolling",
+        "web",
+        "--pool",
+        "blue",
+        "--drain-timeout",
+        "60s",
+        "--min-healthy",
+        "0s",
+        "--replace",
+        &format!("{}={}", backend(1), backend(2)),
+    ])?;
+    // Hosts 2 and 3 count no flow on backend 1; host 1 does: no host may
+    // call the drain done.
+    std::thread::sleep(Duration::from_secs(4));
+    let st = ds[1].status("web")?;
+    assert_eq!(phase(&st), "running", "{st}");
+    let state = st["pools"][0]["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["addr"] == b1.as_str()))
+        .map(|b| b["state"].clone());
+    assert_eq!(state, Some(serde_json::json!("draining")), "{st}");
+    // The connection ends: the drain completes fleet-wide.
+    lab.clis[0].exec(&format!("kill {pid}"))?;
+    for d in &ds {
+        d.wait_for("web", 20, |st| phase(st) == "succeeded")?;
+    }
+    Ok(())
+}
