@@ -38,6 +38,21 @@ pub fn backend(i: u8) -> String {
     format!("198.18.30.{}:80", 10 + i)
 }
 
+/// A veth from `ns` (`dev`) to the fabric's bridge (`fabdev`).
+fn port(fab: &Netns, ns: &Netns, dev: &str, fabdev: &str) -> Result<()> {
+    sh(&format!(
+        "ip link add {dev} netns {n} type veth peer name {fabdev} netns {f}",
+        n = ns.name,
+        f = fab.name
+    ))?;
+    // GRO on the fab side: frames an XDP program redirects into the veth
+    // are delivered to the bridge.
+    fab.exec(&format!(
+        "ip link set {fabdev} master br0 && ip link set {fabdev} up && ethtool -K {fabdev} gro on tx off >/dev/null"
+    ))?;
+    Ok(())
+}
+
 impl FleetLab {
     pub fn new(hosts: usize) -> Result<FleetLab> {
         let fab = Netns::new("fab")?;
@@ -46,19 +61,7 @@ impl FleetLab {
         let dir = std::env::temp_dir().join(format!("switch-fleet-{}", fab.name));
         std::fs::create_dir_all(&dir)?;
         fab.exec("ip link add br0 type bridge && ip link set br0 up")?;
-        let port = |ns: &Netns, dev: &str, fabdev: &str| -> Result<()> {
-            sh(&format!(
-                "ip link add {dev} netns {n} type veth peer name {fabdev} netns {f}",
-                n = ns.name,
-                f = fab.name
-            ))?;
-            // GRO on the fab side: frames an XDP program redirects into the
-            // veth are delivered to the bridge.
-            fab.exec(&format!(
-                "ip link set {fabdev} master br0 && ip link set {fabdev} up && ethtool -K {fabdev} gro on tx off >/dev/null"
-            ))?;
-            Ok(())
-        };
+        let port = |ns: &Netns, dev: &str, fabdev: &str| port(&fab, ns, dev, fabdev);
         port(&etcd_ns, "e0", "f-etcd")?;
         etcd_ns.exec("ip link set e0 up && ip addr add 198.18.30.9/24 dev e0")?;
         port(&be, "b0", "f-be")?;
@@ -361,14 +364,7 @@ impl BgpLab {
         std::fs::create_dir_all(&dir)?;
         fab.exec("ip link add br0 type bridge && ip link set br0 up")?;
         let port = |ns: &Netns, dev: &str, fabdev: &str| -> Result<()> {
-            sh(&format!(
-                "ip link add {dev} netns {n} type veth peer name {fabdev} netns {f}",
-                n = ns.name,
-                f = fab.name
-            ))?;
-            fab.exec(&format!(
-                "ip link set {fabdev} master br0 && ip link set {fabdev} up && ethtool -K {fabdev} gro on tx off >/dev/null"
-            ))?;
+            port(&fab, ns, dev, fabdev)?;
             ns.exec(&format!(
                 "ip link set {dev} up && ethtool -K {dev} tx off gro on >/dev/null"
             ))?;

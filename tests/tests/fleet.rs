@@ -258,6 +258,13 @@ fn leader_of(d: &Daemon) -> Result<Option<String>> {
         .map(String::from))
 }
 
+/// The leader's name, its host number, and the index of another host.
+fn leader_and_other(ds: &[Daemon]) -> Result<(String, usize, usize)> {
+    let leader = leader_of(&ds[0])?.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let li: usize = leader.trim_start_matches("sw-").parse()?;
+    Ok((leader, li, if li == 1 { 1 } else { 0 }))
+}
+
 fn phase(st: &serde_json::Value) -> String {
     st["phase"].as_str().unwrap_or("").to_string()
 }
@@ -267,9 +274,7 @@ fn a_killed_leader_is_replaced_and_the_canary_goes_on_at_its_step() -> Result<()
     let lab = FleetLab::new(3)?;
     lab.start_backends(&[1, 2, 3, 4])?;
     let mut ds = start(&lab, &services(false))?;
-    let leader = leader_of(&ds[0])?.expect("a leader");
-    let li: usize = leader.trim_start_matches("sw-").parse()?;
-    let other = if li == 1 { 1 } else { 0 };
+    let (leader, li, other) = leader_and_other(&ds)?;
     ds[other].ok(&[
         "canary",
         "web",
@@ -332,9 +337,7 @@ fn a_frozen_leader_cannot_write_when_it_wakes() -> Result<()> {
     let lab = FleetLab::new(3)?;
     lab.start_backends(&[1, 2, 3, 4])?;
     let ds = start(&lab, &services(false))?;
-    let leader = leader_of(&ds[0])?.expect("a leader");
-    let li: usize = leader.trim_start_matches("sw-").parse()?;
-    let other = if li == 1 { 1 } else { 0 };
+    let (leader, li, other) = leader_and_other(&ds)?;
     // A step due while the leader is frozen: when it wakes, its stale view
     // wants to move the canary on.
     ds[other].ok(&[
