@@ -108,9 +108,13 @@ impl FleetLab {
         Ok(lab)
     }
 
+    fn etcd_data(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/shm/{}-etcd", self.fab.name))
+    }
+
     /// etcd (one member, data on tmpfs), waiting until it answers.
     pub fn start_etcd(&mut self) -> Result<()> {
-        let data = PathBuf::from(format!("/dev/shm/{}-etcd", self.fab.name));
+        let data = self.etcd_data();
         let log = std::fs::File::create(self.dir.join("etcd.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.etcd_ns.name, "etcd"])
@@ -226,11 +230,9 @@ impl FleetLab {
 impl Drop for FleetLab {
     fn drop(&mut self) {
         self.stop_etcd();
-        let _ = sh(&format!(
-            "pkill -f 'nginx -c {}' ; rm -rf /dev/shm/{}-etcd",
-            self.dir.display(),
-            self.fab.name
-        ));
+        // etcd's data (tmpfs: memory) goes with it. Processes in the lab's
+        // namespaces (nginx, BIRD) die with the namespaces.
+        let _ = std::fs::remove_dir_all(self.etcd_data());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -36,6 +36,10 @@ use crate::{
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// The leader's round (strategy ticks) and the heartbeat's pace.
 const ROUND: Duration = Duration::from_millis(250);
+/// The leader's housekeeping: history kept per service, etcd revisions kept.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+const HISTORY_KEEP: usize = 10_000;
+const REVISIONS_KEEP: i64 = 10_000;
 
 /// What this host knows of the fleet.
 pub struct FleetState {
@@ -62,6 +66,8 @@ pub struct FleetState {
     /// revisions, what this host's tables are built from.
     pub health_revision: i64,
     pub ledger: Ledger,
+    /// When this host, leading, last pruned the history and compacted etcd.
+    pub housekeeping: Option<Instant>,
 }
 
 impl FleetState {
@@ -82,6 +88,7 @@ impl FleetState {
             verdict: BTreeMap::new(),
             health_revision: 0,
             ledger: Ledger::default(),
+            housekeeping: None,
         }
     }
 
@@ -572,7 +579,47 @@ async fn heartbeat(
     };
     if let Some(token) = leading {
         lead(shared, store, token).await?;
+        housekeeping(shared, store, token).await?;
     }
+    Ok(())
+}
+
+/// Once a minute while leading: bounded history, compacted etcd.
+async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
+    let due = with(shared, |s| {
+        s.fleet.as_ref().is_some_and(|f| {
+            f.leading == Some(token)
+                && f.housekeeping
+                    .is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY)
+        })
+    })?;
+    if !due {
+        return Ok(());
+    }
+    let (names, applied) = with(shared, |s| {
+        (
+            s.ctl.services.keys().cloned().collect::<Vec<_>>(),
+            s.fleet.as_ref().map(|f| f.applied).unwrap_or(0),
+        )
+    })?;
+    for name in names {
+        let n = store.prune_history(&name, HISTORY_KEEP, token).await?;
+        if n > 0 {
+            tracing::info!("fleet: pruned {n} old history events of {name}");
+        }
+    }
+    if applied > REVISIONS_KEEP {
+        // A watcher behind the compacted revision starts over from a
+        // snapshot (the sync loop does so on a cancelled watch).
+        if let Err(e) = store.compact(applied - REVISIONS_KEEP).await {
+            tracing::debug!("fleet: compaction: {e:#}");
+        }
+    }
+    with(shared, |s| {
+        if let Some(f) = s.fleet.as_mut() {
+            f.housekeeping = Some(Instant::now());
+        }
+    })?;
     Ok(())
 }
 

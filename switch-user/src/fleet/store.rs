@@ -328,6 +328,45 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps the newest `keep` events of a service's history, fenced like
+    /// every leader write. How many were deleted.
+    pub async fn prune_history(&self, service: &str, keep: usize, fence: i64) -> Result<usize> {
+        let prefix = self.keys.history(service);
+        let mut c = self.client.clone();
+        let r = c
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(unreachable)?;
+        let keys = r.kvs();
+        if keys.len() <= keep {
+            return Ok(0);
+        }
+        let first_kept = keys[keys.len() - keep].key().to_vec();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                fence,
+            )])
+            .and_then([TxnOp::delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_range(first_kept)),
+            )]);
+        let r = c.txn(txn).await.map_err(unreachable)?;
+        Ok(if r.succeeded() { keys.len() - keep } else { 0 })
+    }
+
+    /// Drops etcd's history of changes older than `revision` (reports are
+    /// rewritten every second: without it etcd's database only grows).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let mut c = self.client.clone();
+        c.compact(revision, None).await.map_err(unreachable)?;
+        Ok(())
+    }
+
     /// The fleet's history of a service, oldest first.
     pub async fn history(&self, service: &str) -> Result<Vec<Event>> {
         let mut c = self.client.clone();
