@@ -49,8 +49,9 @@ pub(crate) struct Shared {
     shadow_started: HashMap<String, u64>,
     /// Fleet mode: what this host knows of the fleet (None: single host).
     pub(crate) fleet: Option<crate::fleet::agent::FleetState>,
-    /// With `[bgp]`: the BIRD that announces our VIPs.
-    bgp: Option<crate::bgp::Bird>,
+    /// With `[bgp]`: the BIRD that announces our VIPs (its own lock: asking
+    /// BIRD runs `birdc`, which must not hold up the state).
+    bgp: Option<Arc<Mutex<crate::bgp::Bird>>>,
     /// Sessions and announcements as last seen (for status).
     bgp_status: crate::bgp::BgpStatus,
     /// `switch fleet leave`: announce nothing (kept across restarts).
@@ -104,22 +105,26 @@ fn wanted_vips(s: &Shared) -> (BTreeSet<std::net::IpAddr>, Option<String>) {
 
 /// Keeps BIRD's announcements what `wanted_vips` says.
 fn sync_bgp(shared: &Mutex<Shared>) {
-    let Ok(mut g) = shared.lock() else { return };
-    let s = &mut *g;
-    if s.bgp.is_none() {
+    let Some((bird, vips, why)) = shared.lock().ok().and_then(|s| {
+        let (vips, why) = wanted_vips(&s);
+        s.bgp.clone().map(|b| (b, vips, why))
+    }) else {
         return;
-    }
-    let (vips, why) = wanted_vips(s);
-    let Some(bird) = s.bgp.as_mut() else { return };
+    };
+    let Ok(mut bird) = bird.lock() else { return };
     if let Err(e) = bird.announce(&vips) {
         tracing::warn!("bgp: {e:#}");
     }
-    s.bgp_status = crate::bgp::BgpStatus {
+    let status = crate::bgp::BgpStatus {
         asn: bird.asn(),
         sessions: bird.sessions(),
         announced: bird.announced(),
         withdrawn: why,
     };
+    drop(bird);
+    if let Ok(mut s) = shared.lock() {
+        s.bgp_status = status;
+    }
 }
 
 /// Hands the controller's running shadows to the engine (targets, limits),
@@ -349,7 +354,10 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         bgp: match &file.bgp {
             // After the XDP program is attached: nothing is announced that
             // this host cannot forward.
-            Some(b) => Some(crate::bgp::Bird::start(b, &d.state_dir)?),
+            Some(b) => Some(Arc::new(Mutex::new(crate::bgp::Bird::start(
+                b,
+                &d.state_dir,
+            )?))),
             None => None,
         },
         bgp_status: Default::default(),
@@ -1253,7 +1261,7 @@ fn status(s: &Shared, only: Option<&str>) -> Result<Vec<ServiceStatus>> {
             announced: s
                 .bgp
                 .as_ref()
-                .map(|b| b.announced().contains(&spec.vip.ip())),
+                .map(|_| s.bgp_status.announced.contains(&spec.vip.ip())),
         });
     }
     Ok(out)
