@@ -54,3 +54,53 @@ pub fn bars(path: &Path, title: &str, unit: &str, items: &[(String, f64)]) -> Re
     root.present()?;
     Ok(())
 }
+
+/// A named, coloured line of (seconds, percent) points.
+pub type Line = (String, RGBColor, Vec<(f64, f64)>);
+
+/// One line per series over time (percent, 0..100), a grey marker and a
+/// label where each phase begins: the demos' charts.
+pub fn timeline(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    end: f64,
+    series: Vec<Line>,
+    marks: &[(String, f64)],
+) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1200, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..end.max(1e-3), 0f64..100f64)?;
+    c.configure_mesh().x_desc("seconds").y_desc(y_desc).draw()?;
+    for (name, color, points) in series {
+        c.draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+    }
+    for (label, t) in marks {
+        c.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, 0.0), (*t, 100.0)],
+            BLACK.mix(0.3),
+        )))?;
+        c.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (*t + 0.1, 97.0),
+            ("sans-serif", 14),
+        )))?;
+    }
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::MiddleRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -59,15 +59,11 @@ type Log = Arc<Mutex<Vec<(f64, Result<&'static str, &'static str>)>>>;
 type HostLog = Arc<Mutex<Vec<(f64, Vec<u64>)>>>;
 
 fn services() -> String {
-    format!(
-        "[[service]]\nname = \"web\"\nvip = \"{VIP}:80\"\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
-         health = {{ kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\", rise = 1, fall = 2 }}\n\
-         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\"]\n\
-         [[service.pools]]\nname = \"green\"\nweight = 0\nbackends = [\"{}\", \"{}\"]\n",
-        backend(1),
-        backend(2),
-        backend(3),
-        backend(4)
+    crate::fleet::blue_green(
+        "web",
+        &format!("{VIP}:80"),
+        "mode = \"dsr\"\nhealth = { kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\", rise = 1, fall = 2 }",
+        backend,
     )
 }
 
@@ -281,7 +277,7 @@ fn summary(log: &[(f64, Result<&'static str, &'static str>)], phases: &[(String,
 }
 
 fn chart(samples: &[(f64, Vec<u64>)], phases: &[(String, f64)], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
+    use plotters::style::RGBColor;
     let end = phases.last().map(|p| p.1).unwrap_or(1.0);
     // Each host's share of the new connections between two samples (a
     // host that did not answer — its daemon down — counts as none).
@@ -302,58 +298,30 @@ fn chart(samples: &[(f64, Vec<u64>)], phases: &[(String, f64)], path: &Path) -> 
             series[i].push((w[1].0, 100.0 * delta[i] as f64 / total as f64));
         }
     }
-    crate::chart::register_font()?;
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(
-            "switch fleet demo: each host's share of new connections (ECMP)",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..end, 0f64..100f64)?;
-    c.configure_mesh()
-        .x_desc("seconds")
-        .y_desc("% of new connections")
-        .draw()?;
     let colors = [
         RGBColor(30, 90, 200),
         RGBColor(30, 160, 60),
         RGBColor(220, 120, 20),
     ];
-    for (i, s) in series.into_iter().enumerate() {
-        let color = colors[i];
-        c.draw_series(LineSeries::new(s, color.stroke_width(2)))?
-            .label(format!("sw-{}", i + 1))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
-    }
-    for (name, t) in phases.iter().filter(|p| p.0 != "end") {
-        c.draw_series(std::iter::once(PathElement::new(
-            vec![(*t, 0.0), (*t, 100.0)],
-            BLACK.mix(0.3),
-        )))?;
-        let label = name
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .split(" to ")
-            .next()
-            .unwrap_or("");
-        c.draw_series(std::iter::once(Text::new(
-            label.to_string(),
-            (*t + 0.1, 97.0),
-            ("sans-serif", 14),
-        )))?;
-    }
-    c.configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .position(SeriesLabelPosition::MiddleRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let lines = series
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (format!("sw-{}", i + 1), colors[i], s))
+        .collect();
+    let marks: Vec<(String, f64)> = phases
+        .iter()
+        .filter(|p| p.0 != "end")
+        .map(|(name, t)| {
+            let label = name.split(':').next().unwrap_or("");
+            (label.split(" to ").next().unwrap_or("").to_string(), *t)
+        })
+        .collect();
+    crate::chart::timeline(
+        path,
+        "switch fleet demo: each host's share of new connections (ECMP)",
+        "% of new connections",
+        end,
+        lines,
+        &marks,
+    )
 }

@@ -38,6 +38,21 @@ pub fn backend(i: u8) -> String {
     format!("198.18.30.{}:80", 10 + i)
 }
 
+/// A `[[service]]` `name` on `vip` ("addr:port") with pool blue (backends
+/// 1, 2) at weight 100 and green (3, 4) at 0; `extra` TOML lines (mode,
+/// health) go in the service's table.
+pub fn blue_green(name: &str, vip: &str, extra: &str, backend: fn(u8) -> String) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\n{extra}\n\
+         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\"]\n\
+         [[service.pools]]\nname = \"green\"\nweight = 0\nbackends = [\"{}\", \"{}\"]\n",
+        backend(1),
+        backend(2),
+        backend(3),
+        backend(4)
+    )
+}
+
 /// A veth from `ns` (`dev`) to the fabric's bridge (`fabdev`).
 fn port(fab: &Netns, ns: &Netns, dev: &str, fabdev: &str) -> Result<()> {
     sh(&format!(

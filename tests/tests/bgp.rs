@@ -7,25 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use switch_tests::{
     daemon::Daemon,
-    fleet::{BgpLab, VIP, VIP6, backend, backend6},
+    fleet::{BgpLab, VIP, VIP6, backend, backend6, blue_green},
 };
 
 fn services() -> String {
-    let pools = |b: fn(u8) -> String| {
-        format!(
-            "[[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\"]\n\
-             [[service.pools]]\nname = \"green\"\nweight = 0\nbackends = [\"{}\", \"{}\"]\n",
-            b(1),
-            b(2),
-            b(3),
-            b(4)
-        )
-    };
     format!(
-        "[[service]]\nname = \"web\"\nvip = \"{VIP}:80\"\nprotocol = \"tcp\"\nmode = \"dsr\"\n{}\n\
-         [[service]]\nname = \"web6\"\nvip = \"[{VIP6}]:80\"\nprotocol = \"tcp\"\nmode = \"dsr\"\n{}\n",
-        pools(backend),
-        pools(backend6)
+        "{}\n{}",
+        blue_green("web", &format!("{VIP}:80"), "mode = \"dsr\"", backend),
+        blue_green("web6", &format!("[{VIP6}]:80"), "mode = \"dsr\"", backend6)
     )
 }
 

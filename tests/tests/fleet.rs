@@ -10,24 +10,16 @@ use std::{
 use anyhow::{Result, bail};
 use switch_tests::{
     daemon::Daemon,
-    fleet::{FleetLab, SEED, VIP, backend},
+    fleet::{FleetLab, SEED, VIP, backend, blue_green},
 };
 
 fn services(health: bool) -> String {
     let h = if health {
-        "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }\n"
+        "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }"
     } else {
         ""
     };
-    format!(
-        "[[service]]\nname = \"web\"\nvip = \"{VIP}:80\"\nprotocol = \"tcp\"\n{h}\
-         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\"]\n\
-         [[service.pools]]\nname = \"green\"\nweight = 0\nbackends = [\"{}\", \"{}\"]\n",
-        backend(1),
-        backend(2),
-        backend(3),
-        backend(4)
-    )
+    blue_green("web", &format!("{VIP}:80"), h, backend)
 }
 
 fn fleet(st: &serde_json::Value) -> &serde_json::Value {

@@ -419,15 +419,11 @@ fn fleet_report(tries: usize) -> Result<String> {
     use switch_tests::fleet::{FleetLab, SEED, backend, measure_convergence, measure_failover};
     let lab = FleetLab::new(3)?;
     lab.start_backends(&[1, 2, 3, 4])?;
-    let svc = format!(
-        "[[service]]\nname = \"web\"\nvip = \"{}:80\"\nprotocol = \"tcp\"\n\
-         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\"]\n\
-         [[service.pools]]\nname = \"green\"\nweight = 0\nbackends = [\"{}\", \"{}\"]\n",
-        switch_tests::fleet::VIP,
-        backend(1),
-        backend(2),
-        backend(3),
-        backend(4)
+    let svc = switch_tests::fleet::blue_green(
+        "web",
+        &format!("{}:80", switch_tests::fleet::VIP),
+        "",
+        backend,
     );
     let mut ds = Vec::new();
     for i in 1..=3 {

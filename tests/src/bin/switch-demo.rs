@@ -477,7 +477,7 @@ fn chart(
     phases: &[(String, f64)],
     path: &std::path::Path,
 ) -> Result<()> {
-    use plotters::prelude::*;
+    use plotters::style::RGBColor;
     let end = phases.last().map(|p| p.1).unwrap_or(1.0);
     let bin = 0.25;
     let bins = (end / bin).ceil() as usize + 1;
@@ -490,22 +490,6 @@ fn chart(
         };
         counts[b][k] += 1;
     }
-    switch_tests::chart::register_font()?;
-    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(
-            "switch demo: share of requests by version",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..end, 0f64..100f64)?;
-    c.configure_mesh()
-        .x_desc("seconds")
-        .y_desc("% of requests")
-        .draw()?;
     let colors = [
         RGBColor(30, 90, 200),
         RGBColor(110, 170, 255),
@@ -514,50 +498,44 @@ fn chart(
         RGBColor(120, 120, 120),
     ];
     let names = ["blue v1", "blue v1.1", "green v2", "broken v3", "failed"];
-    for k in 0..5 {
-        let series: Vec<(f64, f64)> = counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.iter().sum::<u32>() > 0)
-            .map(|(i, c)| {
-                (
-                    i as f64 * bin,
-                    100.0 * c[k] as f64 / c.iter().sum::<u32>() as f64,
-                )
-            })
-            .collect();
-        let color = colors[k];
-        c.draw_series(LineSeries::new(series, color.stroke_width(2)))?
-            .label(names[k])
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
-    }
-    for (name, t) in phases.iter().filter(|p| p.0 != "end") {
-        c.draw_series(std::iter::once(PathElement::new(
-            vec![(*t, 0.0), (*t, 100.0)],
-            BLACK.mix(0.3),
-        )))?;
-        let label = match name.split(' ').next().unwrap_or("") {
-            "steady" => "steady",
-            "blue-green" => "flip",
-            "rollback" => "rollback",
-            "rolling" => "rolling",
-            "shadow" => "shadow",
-            _ if name.contains("broken") => "broken canary",
-            _ => "canary",
-        };
-        c.draw_series(std::iter::once(Text::new(
-            label,
-            (*t + 0.1, 97.0),
-            ("sans-serif", 14),
-        )))?;
-    }
-    c.configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .position(SeriesLabelPosition::MiddleRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let lines = (0..5)
+        .map(|k| {
+            let points = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.iter().sum::<u32>() > 0)
+                .map(|(i, c)| {
+                    (
+                        i as f64 * bin,
+                        100.0 * c[k] as f64 / c.iter().sum::<u32>() as f64,
+                    )
+                })
+                .collect();
+            (names[k].to_string(), colors[k], points)
+        })
+        .collect();
+    let marks: Vec<(String, f64)> = phases
+        .iter()
+        .filter(|p| p.0 != "end")
+        .map(|(name, t)| {
+            let label = match name.split(' ').next().unwrap_or("") {
+                "steady" => "steady",
+                "blue-green" => "flip",
+                "rollback" => "rollback",
+                "rolling" => "rolling",
+                "shadow" => "shadow",
+                _ if name.contains("broken") => "broken canary",
+                _ => "canary",
+            };
+            (label.to_string(), *t)
+        })
+        .collect();
+    switch_tests::chart::timeline(
+        path,
+        "switch demo: share of requests by version",
+        "% of requests",
+        end,
+        lines,
+        &marks,
+    )
 }
