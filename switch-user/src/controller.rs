@@ -57,6 +57,10 @@ pub struct Controller {
     /// Fleet mode: the fleet's health verdict overrules local probes.
     #[serde(skip)]
     pub fleet_health: Option<crate::replica::FleetHealth>,
+    /// Fleet mode: each service's spec before its last change, as the
+    /// fleet recorded it (see `ServiceRecord::previous`).
+    #[serde(default)]
+    pub previous: BTreeMap<String, ServiceConfig>,
 }
 
 /// A backend removed from its pool while healthy: it gets no new flows, but
@@ -114,6 +118,7 @@ impl Controller {
             undo: BTreeMap::new(),
             lingering: BTreeMap::new(),
             shadows: BTreeMap::new(),
+            previous: BTreeMap::new(),
             shadow_reports: BTreeMap::new(),
             fleet_health: None,
         }

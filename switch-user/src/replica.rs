@@ -39,6 +39,12 @@ pub struct ServiceRecord {
     pub lingering: BTreeMap<SocketAddr, Lingering>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSpec>,
+    /// The spec before the last change. A host that did not see that change
+    /// (it was down, or is new) builds this first, so its previous table —
+    /// where a moved connection's slot history points — is the same as on
+    /// every other host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ServiceConfig>,
 }
 
 /// The fleet's word on backend health, as this host last heard it.
@@ -124,6 +130,7 @@ impl Controller {
             undo: self.undo.get(name).cloned(),
             lingering: self.lingering.get(name).cloned().unwrap_or_default(),
             shadow: self.shadows.get(name).cloned(),
+            previous: self.previous.get(name).cloned(),
         })
     }
 
@@ -133,7 +140,13 @@ impl Controller {
         names
             .into_iter()
             .filter_map(|n| {
-                let (a, b) = (self.record_of(n), next.record_of(n));
+                let (a, mut b) = (self.record_of(n), next.record_of(n));
+                // A new spec: the one it replaces becomes the previous.
+                if let (Some(a), Some(b)) = (&a, &mut b)
+                    && a.spec != b.spec
+                {
+                    b.previous = Some(a.spec.clone());
+                }
                 (a != b).then(|| (n.clone(), b))
             })
             .collect()
@@ -161,9 +174,19 @@ impl Controller {
             self.undo.remove(name);
             self.lingering.remove(name);
             self.shadows.remove(name);
+            self.previous.remove(name);
             return Ok(true);
         };
-        programmer.apply(maps, &r.spec, &self.unhealthy())?;
+        let unhealthy = self.unhealthy();
+        // Missed the last change (down, or new): build from the previous
+        // spec first, so the previous table is the fleet's.
+        if let Some(prev) = &r.previous
+            && self.services.get(name) != Some(prev)
+            && self.services.get(name) != Some(&r.spec)
+        {
+            programmer.apply(maps, prev, &unhealthy)?;
+        }
+        programmer.apply(maps, &r.spec, &unhealthy)?;
         let stale: Vec<SocketAddr> = programmer
             .services
             .get(name)
@@ -209,6 +232,10 @@ impl Controller {
         match &r.shadow {
             Some(s) => self.shadows.insert(name.to_string(), s.clone()),
             None => self.shadows.remove(name),
+        };
+        match &r.previous {
+            Some(p) => self.previous.insert(name.to_string(), p.clone()),
+            None => self.previous.remove(name),
         };
         Ok(true)
     }

@@ -284,3 +284,32 @@ fn nat_replies_through_a_host_that_never_saw_the_connection_are_rewritten() -> R
     assert_eq!(good, n, "{} of {n} downloads broke", n - good);
     Ok(())
 }
+
+#[test]
+fn a_fresh_host_takes_over_connections_moved_after_a_step() -> Result<()> {
+    let lab = BgpLab::new(4)?;
+    lab.start_backends()?;
+    let mut ds = start(&lab, 3, &[])?;
+    ds[0].ok(&["weights", "web", "blue=95", "green=5"])?;
+    let n = 60;
+    let dl = downloads(&lab, n, &format!("http://{VIP}/big"))?;
+    ds[1].ok(&["weights", "web", "blue=75", "green=25"])?;
+    // Host 4 starts after the step: it never saw the table before it, yet
+    // must know each slot's previous owner like the others.
+    ds.push(lab.daemon(4, &services(), &[])?);
+    lab.wait_next_hops(VIP, 4, 20)?;
+    for d in &ds[..3] {
+        d.ok(&["fleet", "leave"])?;
+    }
+    lab.wait_next_hops(VIP, 1, 10)?;
+    let good = all_complete(dl, n)?;
+    assert_eq!(good, n, "{} of {n} downloads broke", n - good);
+    let prev = ds[3].status("web")?["nonsyn_miss_prev"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        prev > 0,
+        "no packet went to a previous owner on the new host"
+    );
+    Ok(())
+}
