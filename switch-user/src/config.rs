@@ -398,11 +398,6 @@ impl ConfigFile {
         }
         if let Some(f) = &self.fleet {
             f.validate()?;
-            if d.seed.is_none() {
-                bail!(
-                    "daemon.seed: fleet mode needs the fleet's seed here, the same on every host (etcd keeps only a fingerprint to compare)"
-                );
-            }
             if let Some(s) = self
                 .services
                 .iter()

@@ -259,7 +259,14 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context("reading state file"),
     };
-    let seed = seed(&d, restored.as_ref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let seed = match (&file.fleet, &d.seed, &restored) {
+        // A fleet without a configured seed agrees on one through etcd.
+        (Some(f), None, None) => rt.block_on(fleet_seed(f))?,
+        _ => seed(&d, restored.as_ref())?,
+    };
     let mut ctl = match restored {
         Some(mut c) => {
             tracing::info!(
@@ -384,6 +391,33 @@ fn epoch(pin_dir: &Path) -> String {
         .map(|m| m.ino())
         .unwrap_or(0);
     format!("{}-{ino}", boot.trim())
+}
+
+/// A fleet host with no `daemon.seed` and no cached state: the seed all
+/// hosts derive from etcd (waiting a little for etcd to answer).
+async fn fleet_seed(f: &crate::config::FleetConfig) -> Result<u32> {
+    let t = std::time::Instant::now();
+    loop {
+        match crate::fleet::store::Store::connect(f).await {
+            Ok(store) => match store.derived_seed().await {
+                Ok(s) => {
+                    tracing::warn!(
+                        "fleet: no daemon.seed; using the seed derived from the etcd cluster (set daemon.seed, the same on every host, to keep it secret)"
+                    );
+                    return Ok(s);
+                }
+                Err(e) if t.elapsed() > std::time::Duration::from_secs(15) => return Err(e),
+                Err(_) => {}
+            },
+            Err(e) if t.elapsed() > std::time::Duration::from_secs(15) => {
+                return Err(e.context(
+                    "fleet mode with no daemon.seed needs etcd at the first start to agree on one",
+                ));
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 fn seed(d: &DaemonConfig, restored: Option<&Controller>) -> Result<u32> {

@@ -178,7 +178,7 @@ impl FleetLab {
     }
 
     /// The daemon of host `i` (1-based) with `services`, `extra` TOML in
-    /// `[fleet]` and `seed`.
+    /// `[fleet]` and `seed` ("": none configured).
     pub fn daemon(&self, i: usize, services: &str, extra: &str, seed: &str) -> Result<Daemon> {
         self.daemon_with(i, services, extra, seed, "")
     }
@@ -196,7 +196,14 @@ impl FleetLab {
             &self.sws[i - 1],
             &format!("fleet{i}"),
             &["up0", "down0"],
-            &format!("seed = \"{seed}\"\nmetrics = \"127.0.0.1:9560\"\n{daemon}"),
+            &format!(
+                "{}metrics = \"127.0.0.1:9560\"\n{daemon}",
+                if seed.is_empty() {
+                    String::new()
+                } else {
+                    format!("seed = \"{seed}\"\n")
+                }
+            ),
             &format!(
                 "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nprefix = \"/switch\"\n{extra}\n"
             ),

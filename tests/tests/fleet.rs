@@ -212,6 +212,29 @@ fn concurrent_conflicting_commands_one_wins_nothing_half_applied() -> Result<()>
 }
 
 #[test]
+fn hosts_without_a_configured_seed_agree_on_one_through_etcd() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let mut ds = Vec::new();
+    for i in 1..=3 {
+        ds.push(lab.daemon(i, &services(false), "lease = \"2s\"", "")?);
+    }
+    // Every host joined (a different seed would have been refused).
+    for d in &ds {
+        d.wait_for("web", 20, |st| {
+            fleet(st)["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == 3)
+        })?;
+    }
+    ds[1].ok(&["weights", "web", "green=50"])?;
+    for d in &ds {
+        d.wait_for("web", 5, |st| weight(st, "green") == 50)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn a_host_with_another_seed_is_refused() -> Result<()> {
     let lab = FleetLab::new(3)?;
     lab.start_backends(&[1, 2])?;

@@ -143,6 +143,25 @@ impl Store {
         Ok(())
     }
 
+    /// A seed every host of this etcd cluster and prefix derives alike, for
+    /// fleets that configure none (it is not secret: set `daemon.seed` to
+    /// keep the hashing unpredictable to outsiders).
+    pub async fn derived_seed(&self) -> Result<u32> {
+        let mut c = self.client.clone();
+        let r = c.get(self.keys.seed(), None).await.map_err(unreachable)?;
+        let cluster = r.header().map(|h| h.cluster_id()).unwrap_or(0);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in b"switch-derived-seed-v1"
+            .iter()
+            .chain(&cluster.to_le_bytes())
+            .chain(self.keys.prefix.as_bytes())
+        {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok((h ^ (h >> 32)) as u32)
+    }
+
     /// Writes the config file's services, only if no host ever did.
     pub async fn seed_services(&self, records: &BTreeMap<String, ServiceRecord>) -> Result<bool> {
         let seeded = self.keys.seeded();
