@@ -155,8 +155,9 @@ fn race(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Ve
     let mut done = vec![0u32; backends.len()];
     let blocks = (start >> BLOCK_BITS) as u32..=((end - 1) >> BLOCK_BITS) as u32;
     // The horizon decides only how much is generated, never who wins: a
-    // rank's winner is the smallest of all its arrivals, and every arrival
-    // below the horizon is generated.
+    // rank's winner is the smallest of all its arrivals, every arrival
+    // below the horizon is generated, and the loop ends only when every
+    // rank's best is below it.
     let mut horizon = HORIZON / total;
     loop {
         for (i, b) in backends.iter().enumerate() {
@@ -178,8 +179,16 @@ fn race(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Ve
                 done[i] += 1;
             }
         }
-        // A rank with no arrival yet: widen the horizon.
-        if best.iter().all(|&k| k != u64::MAX) {
+        // Every arrival scoring below the horizon was generated, but whole
+        // epochs were, so a rank's best may lie above it, where another
+        // backend's ungenerated arrival could beat it. Only a best below the
+        // horizon (with a margin for f32 rounding) is the true minimum,
+        // whatever else is generated: otherwise widen the horizon.
+        let sure = (horizon * (1.0 - 1e-5)) as f32;
+        if best
+            .iter()
+            .all(|&k| k != u64::MAX && f32::from_bits((k >> 32) as u32) < sure)
+        {
             break;
         }
         horizon *= 2.0;
