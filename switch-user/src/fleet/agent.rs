@@ -68,6 +68,9 @@ pub struct FleetState {
     pub ledger: Ledger,
     /// When this host, leading, last pruned the history and compacted etcd.
     pub housekeeping: Option<Instant>,
+    /// Wakes the heartbeat at once when the leader key goes (a campaign
+    /// should not wait for the next round).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl FleetState {
@@ -89,6 +92,7 @@ impl FleetState {
             health_revision: 0,
             ledger: Ledger::default(),
             housekeeping: None,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -363,6 +367,9 @@ fn apply_events(s: &mut Shared, events: Vec<(bool, String, Vec<u8>, i64)>, rev: 
                 if !put && f.leading.take().is_some() {
                     tracing::warn!("fleet: our leader key is gone; no longer leading");
                 }
+                if !put {
+                    f.wake.notify_one();
+                }
             }
             "health" => {
                 let verdict = if put {
@@ -454,8 +461,15 @@ async fn heartbeat_loop(shared: SharedRef) {
     let mut last_keepalive: Option<Instant> = None;
     let mut last_report: Option<Instant> = None;
     let mut every = tokio::time::interval(ROUND);
+    let Ok(wake) = with(&shared, |s| s.fleet.as_ref().map(|f| f.wake.clone())) else {
+        return;
+    };
+    let Some(wake) = wake else { return };
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = wake.notified() => {}
+        }
         let Ok((store, ttl, refused)) = with(&shared, |s| {
             let f = s.fleet.as_ref().expect("fleet mode");
             (f.store.clone(), f.cfg.lease, f.refused.is_some())
