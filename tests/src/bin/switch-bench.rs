@@ -453,7 +453,7 @@ fn fleet_report(tries: usize) -> Result<String> {
          | measurement | median | max | min |\n|---|---|---|---|\n\
          | command on one host → every host applied (`switch weights`, polled through `status`) | {cm:.0} ms | {cx:.0} ms | {cn:.0} ms |\n\
          | `kill -9` of the leader → another host leads | {fm:.0} ms | {fx:.0} ms | {fnn:.0} ms |\n\n\
-         Fail-over is bounded by the lease (the dead leader's key lives until it expires) plus one heartbeat round (250 ms); convergence by the watch's latency plus a table build per host.\n",
+         Fail-over is bounded by the lease (the dead leader's key lives until etcd expires it) plus the watch that reports it and one campaign; convergence by the watch's latency plus a table build per host.\n",
         std::process::Command::new("etcd")
             .arg("--version")
             .output()
