@@ -40,16 +40,22 @@ fn start(lab: &FleetLab, svc: &str) -> Result<Vec<Daemon>> {
     for i in 1..=3 {
         ds.push(lab.daemon(i, svc, "lease = \"2s\"", SEED)?);
     }
-    for d in &ds {
+    formed(&ds)?;
+    Ok(ds)
+}
+
+/// Waits until every host sees a leader and all hosts alive.
+fn formed(ds: &[Daemon]) -> Result<()> {
+    for d in ds {
         d.wait_for("web", 20, |st| {
             let f = fleet(st);
             f["leader"].is_string()
                 && f["hosts"]
                     .as_array()
-                    .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == 3)
+                    .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == ds.len())
         })?;
     }
-    Ok(ds)
+    Ok(())
 }
 
 /// `n` requests from client `i`, each on a new connection: answers by backend.
@@ -220,13 +226,7 @@ fn hosts_without_a_configured_seed_agree_on_one_through_etcd() -> Result<()> {
         ds.push(lab.daemon(i, &services(false), "lease = \"2s\"", "")?);
     }
     // Every host joined (a different seed would have been refused).
-    for d in &ds {
-        d.wait_for("web", 20, |st| {
-            fleet(st)["hosts"]
-                .as_array()
-                .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == 3)
-        })?;
-    }
+    formed(&ds)?;
     ds[1].ok(&["weights", "web", "green=50"])?;
     for d in &ds {
         d.wait_for("web", 5, |st| weight(st, "green") == 50)?;
@@ -611,13 +611,7 @@ fn a_drain_waits_for_the_flows_of_every_host() -> Result<()> {
     for i in 1..=3 {
         ds.push(lab.daemon_with(i, &svc, "lease = \"2s\"", SEED, "tcp_close_grace = \"1s\"")?);
     }
-    for d in &ds {
-        d.wait_for("web", 20, |st| {
-            fleet(st)["hosts"]
-                .as_array()
-                .is_some_and(|h| h.iter().filter(|h| h["alive"] == true).count() == 3)
-        })?;
-    }
+    formed(&ds)?;
     // One idle keep-alive connection through host 1 only, to backend 1.
     let hold = format!(
         "python3 -c \"import socket,time; s=socket.create_connection(('{VIP}',80)); s.send(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(200); time.sleep(60)\" >/dev/null 2>&1 & echo $!"
