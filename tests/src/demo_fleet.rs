@@ -8,8 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -37,21 +36,7 @@ fn version(answer: &str) -> &'static str {
 fn request() -> Result<&'static str, &'static str> {
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
     // Long enough for SYN retransmissions to outlast a route withdrawal.
-    let mut s =
-        TcpStream::connect_timeout(&vip, Duration::from_secs(6)).map_err(|_| "connect failed")?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(6)));
-    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .map_err(|_| "write failed")?;
-    let mut body = String::new();
-    match s.read_to_string(&mut body) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err("reset"),
-        Err(_) => return Err("read failed"),
-    }
-    if body.split_whitespace().nth(1) != Some("200") {
-        return Err("HTTP error");
-    }
-    Ok(version(body.split("\r\n\r\n").nth(1).unwrap_or("")))
+    crate::http::get_body(vip, Duration::from_secs(6)).map(|body| version(&body))
 }
 
 type Log = Arc<Mutex<Vec<(f64, Result<&'static str, &'static str>)>>>;

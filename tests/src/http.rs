@@ -252,6 +252,30 @@ pub fn wrk_in(
     Ok(r)
 }
 
+/// `GET /` on a new connection (`Connection: close`): the body of a 200
+/// answer, or what went wrong ("connect failed", "reset", "HTTP error"...).
+pub fn get_body(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::result::Result<String, &'static str> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|_| "connect failed")?;
+    let _ = s.set_read_timeout(Some(timeout));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .map_err(|_| "write failed")?;
+    let mut answer = String::new();
+    match s.read_to_string(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err("reset"),
+        Err(_) => return Err("read failed"),
+    }
+    if answer.split_whitespace().nth(1) != Some("200") {
+        return Err("HTTP error");
+    }
+    Ok(answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -143,30 +143,8 @@ fn broken_servers(lab: &Lab) -> Result<()> {
 
 /// One request on a new connection: the version that answered, or why not.
 fn request() -> Result<String, &'static str> {
-    let vip: SocketAddr = VIP.parse().unwrap();
-    let mut s =
-        TcpStream::connect_timeout(&vip, Duration::from_secs(2)).map_err(|_| "connect failed")?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .map_err(|_| "write failed")?;
-    let mut body = String::new();
-    match s.read_to_string(&mut body) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err("reset"),
-        Err(_) => return Err("read failed"),
-    }
-    let status = body.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err("HTTP 5xx");
-    }
-    Ok(body
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_string())
+    let body = switch_tests::http::get_body(VIP.parse().unwrap(), Duration::from_secs(2))?;
+    Ok(body.split_whitespace().next().unwrap_or("?").to_string())
 }
 
 /// (time since start, answer) for every request.
