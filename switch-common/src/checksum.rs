@@ -44,6 +44,44 @@ pub fn replace_udp<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> 
     }
 }
 
+/// Incremental updates in native byte order over 32-bit words, for the data
+/// plane (word loads, no byte swaps): the one's-complement sum does not
+/// depend on byte order (RFC 1071, 2(B)) as long as the checksum field is
+/// read and written in the same native order. `ne_diff` sums `!old + new`
+/// over the replaced words; `ne_apply` applies such sums to a checksum
+/// field read with `u16::from_ne_bytes`.
+#[inline(always)]
+pub fn ne_diff<const N: usize>(old: &[u32; N], new: &[u32; N]) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < N {
+        sum += (!old[i]) as u64 + new[i] as u64;
+        i += 1;
+    }
+    sum
+}
+
+/// `ne_diff` of one 16-bit field (a port).
+#[inline(always)]
+pub fn ne_diff16(old: u16, new: u16) -> u64 {
+    (!old) as u64 + new as u64
+}
+
+/// The checksum after the changes summed in `diff` (RFC 1624, eqn. 3). A
+/// UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as
+/// 0xffff (RFC 768).
+#[inline(always)]
+pub fn ne_apply(check: u16, diff: u64, udp: bool) -> u16 {
+    if udp && check == 0 {
+        return 0;
+    }
+    let mut sum = (!check) as u64 + diff;
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let c = !fold(sum as u32);
+    if udp && c == 0 { 0xffff } else { c }
+}
+
 /// Full checksum of `data` (host tests and fixture building).
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
@@ -76,6 +114,44 @@ mod tests {
         hdr[16..20].copy_from_slice(&new);
         hdr[10..12].copy_from_slice(&[0, 0]);
         assert_eq!(updated, checksum(&hdr, 0));
+    }
+
+    #[test]
+    fn native_word_updates_match_the_big_endian_ones() {
+        let mut x = 0x2545_f491_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let bytes = |v: u64, w: u64| -> [u8; 16] {
+                let mut b = [0; 16];
+                b[..8].copy_from_slice(&v.to_le_bytes());
+                b[8..].copy_from_slice(&w.to_le_bytes());
+                b
+            };
+            let (old, new) = (bytes(next(), next()), bytes(next(), next()));
+            let (po, pn) = ((next() as u16).to_be_bytes(), (next() as u16).to_be_bytes());
+            let check = next() as u16;
+            for udp in [false, true] {
+                let want = if udp {
+                    replace_udp(replace_udp(check, &old, &new), &po, &pn)
+                } else {
+                    replace(replace(check, &old, &new), &po, &pn)
+                };
+                let diff = ne_diff(&crate::hash::words(&old), &crate::hash::words(&new))
+                    + ne_diff16(u16::from_ne_bytes(po), u16::from_ne_bytes(pn));
+                let got = ne_apply(u16::from_ne_bytes(check.to_be_bytes()), diff, udp);
+                // 0x0000 and 0xffff are the same one's-complement number.
+                let got = u16::from_be_bytes(got.to_ne_bytes());
+                assert!(
+                    got == want || (got | want == 0xffff && got & want == 0 && !udp),
+                    "{got:#x} != {want:#x}"
+                );
+            }
+        }
     }
 
     #[test]

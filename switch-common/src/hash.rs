@@ -27,18 +27,33 @@ pub fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// An address as the four native-order words the data plane keeps it in
+/// (word loads instead of byte loads on BPF).
 #[inline(always)]
-fn mix_addr(h: u32, a: &[u8; 16]) -> u32 {
-    let h = mix(h, u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
-    let h = mix(h, u32::from_ne_bytes([a[4], a[5], a[6], a[7]]));
-    let h = mix(h, u32::from_ne_bytes([a[8], a[9], a[10], a[11]]));
-    mix(h, u32::from_ne_bytes([a[12], a[13], a[14], a[15]]))
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[inline(always)]
+fn mix_addr(h: u32, a: &[u32; 4]) -> u32 {
+    mix(mix(mix(mix(h, a[0]), a[1]), a[2]), a[3])
 }
 
 /// Hash of a connection (per-connection balancing). Ports are the raw
 /// network-order `u16`s as read from the packet.
 #[inline(always)]
 pub fn connection_hash(seed: u32, src: &[u8; 16], sport: u16, proto: u8) -> u32 {
+    connection_hash_w(seed, &words(src), sport, proto)
+}
+
+/// `connection_hash` of an address in words.
+#[inline(always)]
+pub fn connection_hash_w(seed: u32, src: &[u32; 4], sport: u16, proto: u8) -> u32 {
     // The destination (the VIP) is the same for every flow of a service, so
     // only the client side varies.
     let h = mix_addr(seed, src);
@@ -48,6 +63,11 @@ pub fn connection_hash(seed: u32, src: &[u8; 16], sport: u16, proto: u8) -> u32 
 /// Hash of a client address only (per-client affinity).
 #[inline(always)]
 pub fn client_hash(seed: u32, src: &[u8; 16]) -> u32 {
+    client_hash_w(seed, &words(src))
+}
+
+#[inline(always)]
+pub fn client_hash_w(seed: u32, src: &[u32; 4]) -> u32 {
     finish(mix_addr(seed ^ 0x5bd1_e995, src))
 }
 
@@ -64,15 +84,24 @@ pub fn slot_of(hash: u32) -> usize {
 pub const REPLY_FILTER_BITS: u32 = 1 << 16;
 pub const REPLY_FILTER_WORDS: usize = (REPLY_FILTER_BITS / 64) as usize;
 
-/// The reply-filter bit of a source address: a packet whose source's bit is
-/// clear comes from no backend, so it skips the reply lookups.
+/// An address's bit in an address filter (`REPLY_FILTER`, `VIP_FILTER`): a
+/// packet whose address has a clear bit is not in the set and skips the
+/// exact lookups. It runs on nearly every packet, so it is one multiply
+/// (Fibonacci hashing of the folded address), not a full hash: a filter
+/// needs spread, not secrecy.
 #[inline(always)]
-pub fn source_bit(addr: &[u8; 16]) -> u32 {
-    finish(mix_addr(0x5bd1_e995, addr)) & (REPLY_FILTER_BITS - 1)
+pub fn filter_bit(addr: &[u8; 16]) -> u32 {
+    filter_bit_w(&words(addr))
+}
+
+#[inline(always)]
+pub fn filter_bit_w(w: &[u32; 4]) -> u32 {
+    let x = w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24);
+    x.wrapping_mul(0x9e37_79b1) >> (32 - REPLY_FILTER_BITS.trailing_zeros())
 }
 
 pub fn backend_ident(seed: u32, addr: &[u8; 16], port: u16) -> u32 {
-    finish(mix(mix_addr(seed ^ 0x2545_f491, addr), port as u32))
+    finish(mix(mix_addr(seed ^ 0x2545_f491, &words(addr)), port as u32))
 }
 
 #[cfg(test)]
@@ -85,6 +114,27 @@ mod tests {
             assert!(slot_of(h) < TABLE_SIZE);
         }
         assert_eq!(slot_of(u32::MAX), TABLE_SIZE - 1);
+    }
+
+    #[test]
+    fn filter_bits_are_in_range_and_spread() {
+        // 256 neighbouring addresses of one family never share a bit.
+        for v6 in [false, true] {
+            let mut seen = [false; REPLY_FILTER_BITS as usize];
+            for i in 0..=255u8 {
+                let mut a = [0u8; 16];
+                if v6 {
+                    a[..6].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 1]);
+                    a[15] = i;
+                } else {
+                    a[..4].copy_from_slice(&[198, 18, 1, i]);
+                }
+                let b = filter_bit(&a);
+                assert!(b < REPLY_FILTER_BITS);
+                assert!(!seen[b as usize], "{a:?} shares a bit");
+                seen[b as usize] = true;
+            }
+        }
     }
 
     #[test]

@@ -42,8 +42,10 @@ pub mod names {
     pub const SHADOWS: &str = "SHADOWS";
     pub const SHADOW_RING: &str = "SHADOW_RING";
     pub const SHADOW_LOST: &str = "SHADOW_LOST";
+    pub const CLOCK: &str = "CLOCK";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 20] = [
+        CLOCK,
         SHADOWS,
         SHADOW_LOST,
         SERVICE_MISSES,
@@ -233,7 +235,7 @@ pub struct NextHop {
 
 pub const NEXTHOP_VALID: u16 = 1;
 
-/// A set of addresses as a bitmap, one bit per `hash::source_bit`: every
+/// A set of addresses as a bitmap, one bit per `hash::filter_bit`: every
 /// nat/fullnat backend address (`REPLY_FILTER`), every VIP (`VIP_FILTER`).
 /// A clear bit proves absence; a set bit asks for the exact lookup.
 #[repr(C)]
@@ -261,8 +263,9 @@ pub struct Real {
     pub backend: u32,
 }
 
-/// Key of `FLOWS`: the 5-tuple of a client->VIP packet.
-#[repr(C)]
+/// Key of `FLOWS`: the 5-tuple of a client->VIP packet. 8-aligned, so the
+/// data plane builds and copies it in words rather than 16-bit pieces.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

@@ -23,7 +23,7 @@ pub fn bench_minimal(ctx: XdpContext) -> u32 {
     // SAFETY: parse wrote every field.
     let pkt = unsafe { pkt.assume_init_ref() };
     let key = ServiceKey {
-        addr: pkt.dst,
+        addr: crate::parse::bytes(&pkt.dst),
         port: pkt.dport,
         proto: pkt.proto,
         family: pkt.family,

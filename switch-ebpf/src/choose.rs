@@ -3,17 +3,17 @@
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, FLOW_SHADOW, Flow, FlowKey, Mode,
     NO_BACKEND, NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
     ServiceKey,
-    hash::{client_hash, connection_hash, slot_of},
+    hash::{client_hash_w, connection_hash_w, slot_of},
 };
 
 use crate::{
-    maps::{BACKENDS, COHORTS, FLOWS, SERVICES, SHADOWS, TABLES},
-    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{BACKENDS, CLOCK, COHORTS, FLOWS, SERVICES, SHADOWS, TABLES},
+    parse::{Addr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bytes},
     snat, stats,
 };
 
@@ -21,6 +21,9 @@ use crate::{
 /// write to the shared flow table on every packet.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// The backend for a packet. repr(C): `addr` must be 4-aligned, `rewrite`
+/// reads it in words.
+#[repr(C)]
 pub struct Chosen {
     pub index: u32,
     pub addr: [u8; 16],
@@ -31,14 +34,21 @@ pub struct Chosen {
     pub shadow: u32,
 }
 
+/// The daemon's clock (see `maps::CLOCK`): timeouts are seconds long, a
+/// tick of 100 ms is precise enough.
+#[inline(always)]
+fn now_ns() -> u64 {
+    CLOCK.get(0).copied().unwrap_or(0)
+}
+
 /// `established` found no usable pin.
 pub const NO_SERVICE: u32 = u32::MAX;
 
 #[inline(always)]
 fn flow_key(pkt: &Packet) -> FlowKey {
     FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
+        src: bytes(&pkt.src),
+        dst: bytes(&pkt.dst),
         sport: pkt.sport,
         dport: pkt.dport,
         proto: pkt.proto,
@@ -73,7 +83,7 @@ fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool 
     if cfg.sample == 0 || (pkt.proto == PROTO_TCP && !syn) {
         return false;
     }
-    let h = connection_hash(config.seed ^ 0x5ad0_0f11, &pkt.src, pkt.sport, pkt.proto);
+    let h = connection_hash_w(config.seed ^ 0x5ad0_0f11, &pkt.src, pkt.sport, pkt.proto);
     h & 0xffff < cfg.sample
 }
 
@@ -81,17 +91,14 @@ fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool 
 /// `NO_SERVICE` when the packet has no usable pin (a new flow, an expired
 /// pin, a backend gone or down, a SYN with a new sequence number). One hash
 /// lookup for the common case; the service comes from an array by id.
-// Not inlined: the flow key gets a frame of its own (the BPF stack is 512
-// bytes for the whole call chain).
-#[inline(never)]
+/// Inlined into the established path (one subprogram for the whole path).
+#[inline(always)]
 pub fn established(config: &Config, pkt: &Packet, out: &mut MaybeUninit<Chosen>) -> u32 {
     let key = flow_key(pkt);
     let Some(flow) = FLOWS.get_ptr_mut(&key) else {
         return NO_SERVICE;
     };
-    // The coarse clock (last tick) is enough for timeouts of seconds and
-    // costs a fraction of a precise read.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now_ns();
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let flow = unsafe { &mut *flow };
@@ -122,7 +129,7 @@ pub fn new_flow(
 #[inline(always)]
 fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Reason> {
     let key = flow_key(pkt);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now_ns();
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
@@ -238,7 +245,7 @@ fn pinned(
 #[inline(always)]
 pub fn our_reply(pkt: &Packet, real: &Real) -> u32 {
     let key = FlowKey {
-        src: pkt.dst,
+        src: bytes(&pkt.dst),
         dst: real.vip,
         sport: pkt.dport,
         dport: real.vip_port,
@@ -283,7 +290,7 @@ pub fn table_reply(config: &Config, pkt: &Packet, real: &Real) -> bool {
 fn table_lookup(
     config: &Config,
     service: &Service,
-    src: &[u8; 16],
+    src: &Addr,
     sport: u16,
     proto: u8,
 ) -> (usize, bool, u32) {
@@ -294,9 +301,9 @@ fn table_lookup(
         service.table
     };
     let hash = if service.flags & SERVICE_CLIENT_AFFINITY != 0 {
-        client_hash(config.seed, src)
+        client_hash_w(config.seed, src)
     } else {
-        connection_hash(config.seed, src, sport, proto)
+        connection_hash_w(config.seed, src, sport, proto)
     };
     // slot_of's multiply-and-shift keeps the index provably < TABLE_SIZE.
     let slot = slot_of(hash);
@@ -339,12 +346,12 @@ fn previous_owner(service: &Service, slot: usize, current: u32) -> u32 {
 }
 
 #[inline(never)]
-fn in_cohort(service: u32, src: &[u8; 16]) -> bool {
+fn in_cohort(service: u32, src: &Addr) -> bool {
     let key = Key::new(
         128 + 32,
         CohortKey {
             service: service.to_be_bytes(),
-            addr: *src,
+            addr: bytes(src),
         },
     );
     COHORTS.get(&key).is_some()

@@ -53,11 +53,32 @@ pub fn to_backend(
     }
 }
 
+/// The backend's cached next hop when it can take this packet (the fast
+/// path, inlined into the established path); `None`: ask `to_backend`.
+#[inline(always)]
+pub fn cached(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    index: u32,
+    routed_mode: bool,
+) -> Option<(u32, Reason)> {
+    let hop = NEXTHOPS.get(index)?;
+    if hop.flags & NEXTHOP_VALID == 0 || pkt.ip_len > hop.mtu {
+        return None;
+    }
+    Some(through(ctx, pkt, hop, routed_mode))
+}
+
 /// Sends through a cached next hop: two MACs, the TTL, one redirect.
 // Not inlined: to_vip's frame would grow by this path's locals, and
 // try_switch -> to_vip -> send (the slow path) must stay within 512 bytes.
 #[inline(never)]
 fn via(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, routed_mode: bool) -> (u32, Reason) {
+    through(ctx, pkt, hop, routed_mode)
+}
+
+#[inline(always)]
+fn through(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, routed_mode: bool) -> (u32, Reason) {
     if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
@@ -113,7 +134,9 @@ pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) 
     )
 }
 
-/// A source address and port to write once the route is known.
+/// A source address and port to write once the route is known (4-aligned:
+/// `rewrite` reads the address in words).
+#[repr(C, align(4))]
 pub struct Source {
     pub addr: [u8; 16],
     pub port: u16,

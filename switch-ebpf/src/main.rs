@@ -64,23 +64,13 @@ mod program {
         let pkt = unsafe { pkt.assume_init_ref() };
 
         if maybe_vip(&pkt.dst) {
-            // Established flows first: one hash lookup, and the service from
-            // an array by the id the flow carries.
-            let mut chosen = core::mem::MaybeUninit::uninit();
-            let id = choose::established(config, pkt, &mut chosen);
-            if id != choose::NO_SERVICE
-                && let Some(service) = maps::SERVICE_BY_ID.get(id)
-            {
-                // SAFETY: `established` wrote every field when it found one.
-                let backend = unsafe { chosen.assume_init_ref() };
-                stats::service_packet(service.id, pkt.len);
-                if parse::ttl_expires(pkt) {
-                    return (xdp_action::XDP_PASS, Reason::TtlExpired);
-                }
-                return unpack(deliver(ctx, service, pkt, backend));
+            // Established flows first, their whole path in one subprogram.
+            let v = established(ctx, config, pkt);
+            if v != NOT_ESTABLISHED {
+                return unpack(v);
             }
             let service_key = ServiceKey {
-                addr: pkt.dst,
+                addr: parse::bytes(&pkt.dst),
                 port: pkt.dport,
                 proto: pkt.proto,
                 family: pkt.family,
@@ -98,10 +88,9 @@ mod program {
 
     /// One bit test instead of a hash lookup for most traffic that is not
     /// for a VIP.
-    // Not inlined, like maybe_backend below.
-    #[inline(never)]
-    fn maybe_vip(dst: &[u8; 16]) -> bool {
-        let bit = switch_common::hash::source_bit(dst);
+    #[inline(always)]
+    fn maybe_vip(dst: &parse::Addr) -> bool {
+        let bit = switch_common::hash::filter_bit_w(dst);
         match maps::VIP_FILTER.get(0) {
             // `& 1023` keeps the index provably inside the array.
             Some(f) => f.words[(bit >> 6) as usize & 1023] & (1 << (bit & 63)) != 0,
@@ -111,15 +100,53 @@ mod program {
 
     /// One bit test instead of two hash lookups for traffic that does not
     /// come from a backend (most of what is not for a VIP).
-    // Not inlined: its hashing locals would sit in try_switch's frame, which
-    // is part of every call chain (512 bytes in all).
-    #[inline(never)]
-    fn maybe_backend(src: &[u8; 16]) -> bool {
-        let bit = switch_common::hash::source_bit(src);
+    #[inline(always)]
+    fn maybe_backend(src: &parse::Addr) -> bool {
+        let bit = switch_common::hash::filter_bit_w(src);
         match maps::REPLY_FILTER.get(0) {
             // `& 1023` keeps the index provably inside the array.
             Some(f) => f.words[(bit >> 6) as usize & 1023] & (1 << (bit & 63)) != 0,
             None => true,
+        }
+    }
+
+    /// `established` found no usable pin: the packet takes the new-flow path.
+    const NOT_ESTABLISHED: u64 = u64::MAX;
+
+    /// Client -> VIP on a pinned flow, the hot path: pin, service, counters,
+    /// rewrite, cached next hop and redirect, all inlined here. Every call
+    /// and return costs several nanoseconds (each `ret` goes through the
+    /// kernel's return thunk where Spectre/SRSO mitigations are on), so this
+    /// path makes none but the map helpers it needs.
+    #[inline(never)]
+    fn established(ctx: &XdpContext, config: &Config, pkt: &Packet) -> u64 {
+        let mut chosen = core::mem::MaybeUninit::uninit();
+        let id = choose::established(config, pkt, &mut chosen);
+        if id == choose::NO_SERVICE {
+            return NOT_ESTABLISHED;
+        }
+        let Some(service) = maps::SERVICE_BY_ID.get(id) else {
+            return NOT_ESTABLISHED;
+        };
+        // SAFETY: `established` wrote every field when it found one.
+        let backend = unsafe { chosen.assume_init_ref() };
+        stats::service_packet(service.id, pkt.len);
+        if parse::ttl_expires(pkt) {
+            return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
+        }
+        let routed = match Mode::from_u8(service.mode) {
+            Some(Mode::Nat) if backend.shadow == 0 => true,
+            Some(Mode::Dsr) if backend.shadow == 0 => false,
+            // fullnat and shadowed flows: the general path.
+            _ => return deliver(ctx, service, pkt, backend),
+        };
+        stats::backend_packet(backend.index, pkt.len, 0);
+        if routed && !rewrite::destination_inline(ctx, pkt, &backend.addr, backend.port) {
+            return pack(xdp_action::XDP_PASS, Reason::Malformed);
+        }
+        match forward::cached(ctx, pkt, backend.index, routed) {
+            Some((v, why)) => pack(v, why),
+            None => forward_slow(ctx, service.mode, pkt, backend),
         }
     }
 
@@ -145,7 +172,7 @@ mod program {
         }
         if config.flags & CONFIG_NAT != 0 {
             let real_key = RealKey {
-                addr: pkt.src,
+                addr: parse::bytes(&pkt.src),
                 port: pkt.sport,
                 proto: pkt.proto,
                 family: pkt.family,
@@ -216,29 +243,38 @@ mod program {
             // sent it.
             shadow::segment(ctx, pkt, service.id);
         }
-        let (verdict, reason) = match Mode::from_u8(service.mode) {
-            Some(Mode::Dsr) => forward::to_backend(ctx, pkt, backend.index, &backend.addr, false),
+        match Mode::from_u8(service.mode) {
+            Some(Mode::Dsr) => {}
             Some(Mode::Fullnat) => {
                 if !rewrite::source(ctx, pkt, &service.snat_addr, backend.snat_port)
                     || !rewrite::destination(ctx, pkt, &backend.addr, backend.port)
                 {
                     return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
-                forward::to_backend(ctx, pkt, backend.index, &backend.addr, true)
             }
             _ => {
                 if !rewrite::destination(ctx, pkt, &backend.addr, backend.port) {
                     return pack(xdp_action::XDP_PASS, Reason::Malformed);
                 }
-                forward::to_backend(ctx, pkt, backend.index, &backend.addr, true)
             }
-        };
+        }
+        forward_slow(ctx, service.mode, pkt, backend)
+    }
+
+    /// Forward an already rewritten packet to its backend by the cached next
+    /// hop or the kernel's route lookup.
+    // Not inlined: the established path calls it only when its next hop is
+    // not cached, and deliver's frame must not grow by its locals.
+    #[inline(never)]
+    fn forward_slow(ctx: &XdpContext, mode: u8, pkt: &Packet, backend: &choose::Chosen) -> u64 {
+        let routed = mode != Mode::Dsr as u8;
+        let (verdict, reason) = forward::to_backend(ctx, pkt, backend.index, &backend.addr, routed);
         // No neighbour yet. nat: the kernel resolves it and forwards the
         // packet. dsr and fullnat: the kernel cannot (the destination is
         // still the VIP, or the source is our own address and looks
         // martian), so count the drop; the daemon keeps backend neighbours
         // resolved (kernel-managed entries), the client's retransmit gets through.
-        if reason == Reason::FibNoNeigh && service.mode != Mode::Nat as u8 {
+        if reason == Reason::FibNoNeigh && mode != Mode::Nat as u8 {
             return pack(xdp_action::XDP_DROP, Reason::NoNeigh);
         }
         pack(verdict, reason)

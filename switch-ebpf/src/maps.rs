@@ -10,6 +10,13 @@ use switch_common::*;
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// The time (CLOCK_MONOTONIC, ns) for flow timeouts, written by the daemon
+/// every 100 ms: one load per packet instead of a clock helper call (a
+/// helper call and its return cost more than the rest of a pin check).
+/// Without a daemon it stands still, so pins age only while one runs.
+#[map]
+pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> =
     HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -23,7 +30,7 @@ pub static SERVICES: HashMap<ServiceKey, Service> =
 pub static SERVICE_BY_ID: Array<Service> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 /// Which destination addresses may be VIPs (a bitmap by
-/// `hash::source_bit`): everything else skips the flow and service lookups.
+/// `hash::filter_bit`): everything else skips the flow and service lookups.
 #[map]
 pub static VIP_FILTER: Array<AddrFilter> = Array::with_max_entries(1, 0);
 
@@ -38,7 +45,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// Which source addresses may be backends (a bitmap by
-/// `hash::source_bit`): everything else skips the reply lookups.
+/// `hash::filter_bit`): everything else skips the reply lookups.
 #[map]
 pub static REPLY_FILTER: Array<AddrFilter> = Array::with_max_entries(1, 0);
 

@@ -23,6 +23,17 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// An address as four words in wire byte order (an IPv4 address is the
+/// first word, the rest zero): loads, hashes and key copies in words.
+pub type Addr = [u32; 4];
+
+/// The bytes of an address, for map keys (which hold `[u8; 16]`).
+#[inline(always)]
+pub fn bytes(a: &Addr) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(*a) }
+}
+
 /// A parsed packet: header pointers for the rewrite and the flow's 5-tuple
 /// (addresses and ports as on the wire).
 pub struct Packet {
@@ -33,8 +44,8 @@ pub struct Packet {
     pub l4: usize,
     pub family: u8,
     pub proto: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
@@ -106,8 +117,38 @@ pub fn parse(ctx: &XdpContext, out: &mut MaybeUninit<Packet>) -> Result<(), Reas
 /// call on BPF.
 #[inline(always)]
 pub fn v4_addr(b: [u8; 4]) -> [u8; 16] {
-    let words: [u32; 4] = [u32::from_ne_bytes(b), 0, 0, 0];
-    unsafe { core::mem::transmute(words) }
+    bytes(&[u32::from_ne_bytes(b), 0, 0, 0])
+}
+
+/// An address field of a map value or `Chosen` as words, in four loads.
+/// Every such field sits at a 4-aligned offset of a 4-aligned struct
+/// (`Backend::addr`, `Real::vip`, `Service::snat_addr`, ...).
+#[inline(always)]
+pub fn aligned(a: &[u8; 16]) -> Addr {
+    // SAFETY: see above; every bit pattern is a valid `Addr`.
+    unsafe { core::ptr::read(a as *const [u8; 16] as *const Addr) }
+}
+
+/// A 32-bit word of the frame at `ptr`, in one load. The header fields we
+/// read this way sit at 2-byte offsets after the 14-byte Ethernet header:
+/// the verifier allows unaligned packet loads (no strict alignment on
+/// x86-64 and arm64), as C data planes rely on, where LLVM would otherwise
+/// split an unaligned read into four byte loads.
+#[inline(always)]
+pub fn word_at(ptr: usize) -> u32 {
+    // SAFETY: the caller checked the bounds; see above for the alignment.
+    unsafe { core::ptr::read_volatile(ptr as *const u32) }
+}
+
+/// Four words of the frame at `ptr` (an IPv6 address).
+#[inline(always)]
+fn addr_at(ptr: usize) -> Addr {
+    [
+        word_at(ptr),
+        word_at(ptr + 4),
+        word_at(ptr + 8),
+        word_at(ptr + 12),
+    ]
 }
 
 #[inline(always)]
@@ -162,7 +203,9 @@ fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Packet, Reason> {
     if frags & 0x3fff != 0 {
         return Err(Reason::Fragment);
     }
-    let (src, dst) = unsafe { (v4_addr((*ip).src_addr), v4_addr((*ip).dst_addr)) };
+    // Source and destination are at bytes 12 and 16 of the header.
+    let src = [word_at(ip as usize + 12), 0, 0, 0];
+    let dst = [word_at(ip as usize + 16), 0, 0, 0];
     parse_l4(
         ctx,
         eth,
@@ -200,7 +243,8 @@ fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Packet, Reason> {
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return Err(Reason::Ipv6ExtHeader),
         _ => {}
     }
-    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    // Source and destination are at bytes 8 and 24 of the header.
+    let (src, dst) = (addr_at(ip as usize + 8), addr_at(ip as usize + 24));
     parse_l4(
         ctx,
         eth,
@@ -224,8 +268,8 @@ fn parse_l4(
     l4_off: usize,
     family: u8,
     proto: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
     len: usize,
     ip_len: u16,
 ) -> Result<Packet, Reason> {

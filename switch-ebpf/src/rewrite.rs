@@ -9,13 +9,19 @@ use network_types::{
 };
 use switch_common::{FAMILY_V4, PROTO_TCP, checksum};
 
-use crate::parse::{Packet, fits};
+use crate::parse::{self, Packet, fits};
 
 /// Client -> VIP becomes client -> backend. False if the headers were not
 /// all inside the frame (nothing was written then).
 #[inline(always)]
 pub fn destination(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16) -> bool {
     rewrite(ctx, pkt, addr, port, false) != 0
+}
+
+/// The same, inlined: for the established path, which makes no calls.
+#[inline(always)]
+pub fn destination_inline(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16) -> bool {
+    rewrite_body(ctx, pkt, addr, port, false) != 0
 }
 
 /// Backend -> client becomes VIP -> client (or, fullnat, client -> switch).
@@ -33,45 +39,66 @@ pub fn source(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16) -> boo
 // verifier refuses: "cannot return stack pointer to the caller".)
 #[inline(never)]
 fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) -> u32 {
-    let port_old = if src { pkt.sport } else { pkt.dport }.to_ne_bytes();
-    let port_new = port.to_ne_bytes();
+    rewrite_body(ctx, pkt, addr, port, src)
+}
+
+/// Word by word, checksums updated in native byte order
+/// (`checksum::ne_*`): no byte loads, no byte swaps.
+#[inline(always)]
+fn rewrite_body(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16, src: bool) -> u32 {
+    let new = parse::aligned(addr);
+    let port_old = if src { pkt.sport } else { pkt.dport };
+    let ports = checksum::ne_diff16(port_old, port);
     if pkt.family == FAMILY_V4 {
         if !fits(ctx, pkt.l3, Ipv4Hdr::LEN) || !l4_fits(ctx, pkt) {
             return 0;
         }
-        let ip = pkt.l3 as *mut Ipv4Hdr;
-        let new = [addr[0], addr[1], addr[2], addr[3]];
-        let old = unsafe {
-            let field = if src {
-                &mut (*ip).src_addr
-            } else {
-                &mut (*ip).dst_addr
-            };
-            let old = *field;
-            *field = new;
-            (*ip).check =
-                checksum::replace(u16::from_be_bytes((*ip).check), &old, &new).to_be_bytes();
-            old
-        };
-        l4(ctx, pkt, &old, &new, &port_old, &port_new, src);
+        // Source at byte 12, destination at 16; the checksum at 10.
+        let field = pkt.l3 + if src { 12 } else { 16 };
+        let old = parse::word_at(field);
+        write_word(field, new[0]);
+        let diff = checksum::ne_diff(&[old], &[new[0]]);
+        let check = pkt.l3 + 10;
+        write_half(check, checksum::ne_apply(read_half(check), diff, false));
+        l4(ctx, pkt, diff + ports, port, src);
     } else {
         if !fits(ctx, pkt.l3, Ipv6Hdr::LEN) || !l4_fits(ctx, pkt) {
             return 0;
         }
-        let ip = pkt.l3 as *mut Ipv6Hdr;
-        let old = unsafe {
-            let field = if src {
-                &mut (*ip).src_addr
-            } else {
-                &mut (*ip).dst_addr
-            };
-            let old = *field;
-            *field = *addr;
-            old
-        };
-        l4(ctx, pkt, &old, addr, &port_old, &port_new, src);
+        // Source at byte 8, destination at 24.
+        let field = pkt.l3 + if src { 8 } else { 24 };
+        let old = [
+            parse::word_at(field),
+            parse::word_at(field + 4),
+            parse::word_at(field + 8),
+            parse::word_at(field + 12),
+        ];
+        write_word(field, new[0]);
+        write_word(field + 4, new[1]);
+        write_word(field + 8, new[2]);
+        write_word(field + 12, new[3]);
+        l4(ctx, pkt, checksum::ne_diff(&old, &new) + ports, port, src);
     }
     1
+}
+
+/// A 32-bit store into the frame (see `parse::word_at` on alignment).
+#[inline(always)]
+fn write_word(ptr: usize, v: u32) {
+    // SAFETY: the caller checked the bounds.
+    unsafe { core::ptr::write_volatile(ptr as *mut u32, v) }
+}
+
+#[inline(always)]
+fn read_half(ptr: usize) -> u16 {
+    // SAFETY: the caller checked the bounds; 2-byte aligned header fields.
+    unsafe { core::ptr::read_volatile(ptr as *const u16) }
+}
+
+#[inline(always)]
+fn write_half(ptr: usize, v: u16) {
+    // SAFETY: as for read_half.
+    unsafe { core::ptr::write_volatile(ptr as *mut u16, v) }
 }
 
 #[inline(always)]
@@ -84,47 +111,27 @@ fn l4_fits(ctx: &XdpContext, pkt: &Packet) -> bool {
     fits(ctx, pkt.l4, size)
 }
 
-/// Patch the port and the L4 checksum, whose pseudo-header covers the address.
+/// Patch the port and the L4 checksum (whose pseudo-header covers the
+/// address) with `diff`, the changes' sum.
 #[inline(always)]
-fn l4<const N: usize>(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    addr_old: &[u8; N],
-    addr_new: &[u8; N],
-    port_old: &[u8; 2],
-    port_new: &[u8; 2],
-    src: bool,
-) {
-    unsafe {
-        if pkt.proto == PROTO_TCP {
-            if !fits(ctx, pkt.l4, TcpHdr::LEN) {
-                return;
-            }
-            let tcp = pkt.l4 as *mut TcpHdr;
-            let c = u16::from_be_bytes((*tcp).check);
-            let c = checksum::replace(c, addr_old, addr_new);
-            let c = checksum::replace(c, port_old, port_new);
-            (*tcp).check = c.to_be_bytes();
-            if src {
-                (*tcp).source = *port_new;
-            } else {
-                (*tcp).dest = *port_new;
-            }
-        } else {
-            if !fits(ctx, pkt.l4, UdpHdr::LEN) {
-                return;
-            }
-            let udp = pkt.l4 as *mut UdpHdr;
-            let c = u16::from_be_bytes((*udp).check);
-            let c = checksum::replace_udp(c, addr_old, addr_new);
-            let c = checksum::replace_udp(c, port_old, port_new);
-            (*udp).check = c.to_be_bytes();
-            if src {
-                (*udp).src = *port_new;
-            } else {
-                (*udp).dst = *port_new;
-            }
+fn l4(ctx: &XdpContext, pkt: &Packet, diff: u64, port: u16, src: bool) {
+    // Ports at bytes 0 and 2 of either header; the checksum at 16 (TCP)
+    // or 6 (UDP).
+    let port_at = pkt.l4 + if src { 0 } else { 2 };
+    if pkt.proto == PROTO_TCP {
+        if !fits(ctx, pkt.l4, TcpHdr::LEN) {
+            return;
         }
+        let check = pkt.l4 + 16;
+        write_half(check, checksum::ne_apply(read_half(check), diff, false));
+        write_half(port_at, port);
+    } else {
+        if !fits(ctx, pkt.l4, UdpHdr::LEN) {
+            return;
+        }
+        let check = pkt.l4 + 6;
+        write_half(check, checksum::ne_apply(read_half(check), diff, true));
+        write_half(port_at, port);
     }
 }
 

@@ -62,15 +62,15 @@ unsafe fn write_header(
         match reply_to {
             // Keyed like the client's packets: client, VIP.
             Some((vip, vip_port)) => {
-                addr_of_mut!((*h).client).write(pkt.dst);
+                addr_of_mut!((*h).client).write(parse::bytes(&pkt.dst));
                 addr_of_mut!((*h).client_port).write(pkt.dport);
                 addr_of_mut!((*h).vip).write(*vip);
                 addr_of_mut!((*h).vip_port).write(vip_port);
             }
             None => {
-                addr_of_mut!((*h).client).write(pkt.src);
+                addr_of_mut!((*h).client).write(parse::bytes(&pkt.src));
                 addr_of_mut!((*h).client_port).write(pkt.sport);
-                addr_of_mut!((*h).vip).write(pkt.dst);
+                addr_of_mut!((*h).vip).write(parse::bytes(&pkt.dst));
                 addr_of_mut!((*h).vip_port).write(pkt.dport);
             }
         }

@@ -3,9 +3,13 @@
 //! find the client again.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use switch_common::{Service, SnatKey, SnatValue, hash::connection_hash};
+use switch_common::{Service, SnatKey, SnatValue, hash::connection_hash_w};
 
-use crate::{choose::Chosen, maps::SNAT, parse::Packet};
+use crate::{
+    choose::Chosen,
+    maps::SNAT,
+    parse::{Packet, bytes},
+};
 
 /// Source ports come from 1024..32768: below Linux's ephemeral range
 /// (32768..61000), so they never collide with the switch host's own
@@ -28,13 +32,13 @@ pub fn allocate(seed: u32, service: &Service, b: &Chosen, pkt: &Packet) -> Optio
         _pad: [0; 2],
     };
     let value = SnatValue {
-        client: pkt.src,
-        vip: pkt.dst,
+        client: bytes(&pkt.src),
+        vip: bytes(&pkt.dst),
         client_port: pkt.sport,
         vip_port: pkt.dport,
         backend: b.index,
     };
-    let h = connection_hash(seed ^ 0x6a09_e667, &pkt.src, pkt.sport, pkt.proto);
+    let h = connection_hash_w(seed ^ 0x6a09_e667, &pkt.src, pkt.sport, pkt.proto);
     for i in 0..TRIES {
         let port = FIRST_PORT + h.wrapping_add(i.wrapping_mul(40_503)) % PORTS;
         key.snat_port = (port as u16).to_be();
@@ -51,8 +55,8 @@ pub fn allocate(seed: u32, service: &Service, b: &Chosen, pkt: &Packet) -> Optio
 #[inline(always)]
 pub fn reply(pkt: &Packet) -> Option<&SnatValue> {
     let key = SnatKey {
-        backend: pkt.src,
-        snat: pkt.dst,
+        backend: bytes(&pkt.src),
+        snat: bytes(&pkt.dst),
         backend_port: pkt.sport,
         snat_port: pkt.dport,
         proto: pkt.proto,

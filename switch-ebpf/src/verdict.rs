@@ -11,11 +11,11 @@ pub fn pack(verdict: u32, reason: Reason) -> u64 {
 #[inline(always)]
 pub fn unpack(v: u64) -> (u32, Reason) {
     let code = (v >> 32) as u32;
-    let mut reason = Reason::Malformed;
-    for r in Reason::ALL {
-        if r as u32 == code {
-            reason = r;
-        }
-    }
+    let reason = if code < switch_common::REASON_COUNT {
+        // SAFETY: `Reason` is repr(u32) with the values 0..REASON_COUNT.
+        unsafe { core::mem::transmute::<u32, Reason>(code) }
+    } else {
+        Reason::Malformed
+    };
     (v as u32, reason)
 }

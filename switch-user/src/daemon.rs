@@ -939,6 +939,10 @@ async fn serve(
             Err(e) => tracing::warn!("shadow ring buffer: {e:#}"),
         }
     }
+    let clock = shared.lock().map_err(|_| anyhow!("lock"))?.dp.clock()?;
+    std::thread::Builder::new()
+        .name("clock".into())
+        .spawn(move || clock.run())?;
     let sampler = shared.clone();
     let scanner = Arc::new(
         shared

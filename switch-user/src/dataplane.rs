@@ -112,11 +112,27 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("program {} missing from object", names::PROGRAM))?
             .try_into()?;
         prog.load().map_err(verifier_error)?;
-        Ok(Dataplane {
+        let dp = Dataplane {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
             capacity,
             devices: Default::default(),
+        };
+        // Flow timeouts count from here; the daemon keeps it moving
+        // (`Clock::run`).
+        dp.clock()?.tick()?;
+        Ok(dp)
+    }
+
+    /// A handle on the data plane's clock (`CLOCK`), for a thread of its own.
+    pub fn clock(&self) -> Result<Clock> {
+        let data = match self.map_ref(names::CLOCK)? {
+            aya::maps::Map::Array(d) => d,
+            _ => bail!("map CLOCK is not an array"),
+        };
+        let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
+        Ok(Clock {
+            map: aya::maps::Map::from_map_data(data)?,
         })
     }
 
@@ -406,6 +422,35 @@ impl Maps for Dataplane {
             let _ = t.remove(&key);
         }
         Ok(())
+    }
+}
+
+/// The data plane's time for flow timeouts: pins' idle and closing timers
+/// advance only while something ticks it (the daemon, every 100 ms). A
+/// stopped clock keeps pins longer, never shorter.
+pub struct Clock {
+    map: aya::maps::Map,
+}
+
+impl Clock {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Writes the current CLOCK_MONOTONIC time.
+    pub fn tick(&mut self) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> = Array::try_from(&mut self.map)?;
+        a.set(0, monotonic_ns(), 0).context("writing the clock")?;
+        Ok(())
+    }
+
+    /// Ticks forever, on a thread of its own (never behind the daemon's
+    /// locks: a slow command must not stop time for the data plane).
+    pub fn run(mut self) {
+        loop {
+            if let Err(e) = self.tick() {
+                tracing::warn!("{e:#}");
+            }
+            std::thread::sleep(Self::EVERY);
+        }
     }
 }
 

@@ -619,9 +619,9 @@ impl Programmer {
     }
 }
 
-/// Sets an address's bit in a filter (`hash::source_bit`).
+/// Sets an address's bit in a filter (`hash::filter_bit`).
 fn set_bit(f: &mut AddrFilter, ip: IpAddr) {
-    let bit = switch_common::hash::source_bit(&addr_bytes(ip));
+    let bit = switch_common::hash::filter_bit(&addr_bytes(ip));
     f.words[(bit >> 6) as usize] |= 1 << (bit & 63);
 }
 
