@@ -81,9 +81,11 @@ fn rank_coefficients(seed: u32) -> (u64, u64) {
     (a, b)
 }
 
-/// Expected arrivals per slot within the first horizon: a slot has none
-/// with probability e^-T (1e-6), so the horizon seldom has to grow.
-const HORIZON: f64 = 14.0;
+/// Expected arrivals per slot within the first horizon (at least: whole
+/// epochs are generated, up to twice as many): a block of 4,096 slots
+/// holds one without any with probability 4,096·e^-T at worst (0.2) and
+/// then generates one more epoch.
+const HORIZON: f64 = 10.0;
 /// Epoch 0 holds arrival times in [0, 2^-FIRST_EPOCH); epoch k >= 1 holds
 /// [2^(k-1-FIRST_EPOCH), 2^(k-FIRST_EPOCH)).
 const FIRST_EPOCH: i32 = 12;
@@ -110,8 +112,12 @@ impl Rng {
     }
 }
 
+#[inline(always)]
 fn epoch_range(k: u32) -> (f64, f64) {
-    let hi = 2f64.powi(k as i32 - FIRST_EPOCH);
+    // 2^(k - FIRST_EPOCH) built from its exponent bits: `powi` here was
+    // most of a build's time (it runs for every backend, epoch and block).
+    let e = (k as i32 - FIRST_EPOCH).clamp(-1000, 1000);
+    let hi = f64::from_bits(((1023 + e) as u64) << 52);
     let lo = if k == 0 { 0.0 } else { hi / 2.0 };
     (lo, hi)
 }
@@ -143,48 +149,67 @@ fn arrivals(seed: u32, ident: u32, k: u32, j: u32, mut f: impl FnMut(usize, f32)
     }
 }
 
-/// The winner (backend index) of every rank in `start..end` among
-/// `backends` (eligible, weight > 0), by the weighted race.
-fn race(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Vec<u16> {
-    let total: f64 = backends.iter().map(|b| b.weight as f64).sum();
-    // Larger ident first: a backend's position is its tie-break rank.
-    let mut backends = backends.to_vec();
-    backends.sort_by(|a, b| b.ident.cmp(&a.ident).then(a.index.cmp(&b.index)));
+/// One pool's backends ready for the race: sorted (larger ident first: a
+/// backend's position is its tie-break rank) with their total weight.
+struct Racers {
+    backends: Vec<BackendSpec>,
+    total: f64,
+}
+
+impl Racers {
+    fn new(backends: &[BackendSpec]) -> Racers {
+        let mut backends = backends.to_vec();
+        backends.sort_by(|a, b| b.ident.cmp(&a.ident).then(a.index.cmp(&b.index)));
+        let total = backends.iter().map(|b| b.weight as f64).sum();
+        Racers { backends, total }
+    }
+}
+
+/// The winner (backend index) of every rank in `lo..hi`, all in block `j`,
+/// by the weighted race. A block's arrivals come from generators of its
+/// own, so its race is independent of every other block's (blocks run in
+/// parallel, in any order), its scores stay in the L1 cache, and a block
+/// that needs a wider horizon widens only its own.
+fn race_block(seed: u32, racers: &Racers, j: u32, (lo, hi): (usize, usize)) -> Vec<u16> {
+    let backends = &racers.backends;
     // Per rank: (score bits << 32) | position; the smallest wins.
-    let mut best = vec![u64::MAX; end - start];
+    let mut best = vec![u64::MAX; hi - lo];
     let mut done = vec![0u32; backends.len()];
-    let blocks = (start >> BLOCK_BITS) as u32..=((end - 1) >> BLOCK_BITS) as u32;
     // The horizon decides only how much is generated, never who wins: a
     // rank's winner is the smallest of all its arrivals, every arrival
     // below the horizon is generated, and the loop ends only when every
     // rank's best is below it.
-    let mut horizon = HORIZON / total;
+    let mut horizon = HORIZON / racers.total;
     loop {
         for (i, b) in backends.iter().enumerate() {
             let inv_w = 1.0 / b.weight as f32;
             let tag = i as u64;
             while epoch_range(done[i]).0 < horizon * b.weight as f64 {
-                for j in blocks.clone() {
-                    arrivals(seed, b.ident, done[i], j, |rank, t| {
-                        if rank < start || rank >= end {
-                            return;
-                        }
-                        let key = ((t * inv_w).to_bits() as u64) << 32 | tag;
-                        let e = &mut best[rank - start];
-                        if key < *e {
-                            *e = key;
-                        }
-                    });
-                }
+                arrivals(seed, b.ident, done[i], j, |rank, t| {
+                    if rank < lo || rank >= hi {
+                        return;
+                    }
+                    let key = ((t * inv_w).to_bits() as u64) << 32 | tag;
+                    // Branch-free: whether an arrival beats the best so far
+                    // is a coin toss the CPU cannot predict.
+                    let e = &mut best[rank - lo];
+                    *e = (*e).min(key);
+                });
                 done[i] += 1;
             }
         }
-        // Every arrival scoring below the horizon was generated, but whole
-        // epochs were, so a rank's best may lie above it, where another
-        // backend's ungenerated arrival could beat it. Only a best below the
-        // horizon (with a margin for f32 rounding) is the true minimum,
-        // whatever else is generated: otherwise widen the horizon.
-        let sure = (horizon * (1.0 - 1e-5)) as f32;
+        // Whole epochs were generated: every arrival of backend b below
+        // the end of its last epoch, so every score below the smallest
+        // such end / weight. A rank's best below that (with a margin for
+        // f32 rounding) is the true minimum, whatever else is generated;
+        // a best above it could lose to an ungenerated arrival: then widen
+        // the horizon.
+        let generated = backends
+            .iter()
+            .zip(&done)
+            .map(|(b, &k)| epoch_range(k.saturating_sub(1)).1 / b.weight as f64)
+            .fold(f64::INFINITY, f64::min);
+        let sure = (generated * (1.0 - 1e-5)) as f32;
         if best
             .iter()
             .all(|&k| k != u64::MAX && f32::from_bits((k >> 32) as u32) < sure)
@@ -198,35 +223,44 @@ fn race(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Ve
         .collect()
 }
 
-/// `race` over `start..end` cut into block-aligned pieces run in parallel
-/// (the result does not depend on the cut).
-fn race_parallel(seed: u32, backends: &[BackendSpec], (start, end): (usize, usize)) -> Vec<u16> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let span = end - start;
-    if threads == 1 || span < 2 << BLOCK_BITS {
-        return race(seed, backends, (start, end));
+/// Runs `tasks` (pool, block, ranks) on every core, each worker taking the
+/// next task until none is left; the winners of each task in task order.
+fn race_all(seed: u32, racers: &[Racers], tasks: &[(usize, u32, (usize, usize))]) -> Vec<Vec<u16>> {
+    let run = |t: &(usize, u32, (usize, usize))| race_block(seed, &racers[t.0], t.1, t.2);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads == 1 || tasks.len() < 2 {
+        return tasks.iter().map(run).collect();
     }
-    let step = (span.div_ceil(threads) >> BLOCK_BITS).max(1) << BLOCK_BITS;
-    let mut cuts = vec![start];
-    let mut c = (start >> BLOCK_BITS << BLOCK_BITS) + step;
-    while c < end {
-        cuts.push(c);
-        c += step;
-    }
-    cuts.push(end);
+    let next = core::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Vec<u16>> = vec![Vec::new(); tasks.len()];
     std::thread::scope(|sc| {
-        let parts: Vec<_> = cuts
-            .windows(2)
-            .map(|w| {
-                let (a, b) = (w[0], w[1]);
-                sc.spawn(move || race(seed, backends, (a, b)))
+        let workers: Vec<_> = (0..threads.min(tasks.len()))
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = tasks.get(i) else { break };
+                        mine.push((i, run(t)));
+                    }
+                    mine
+                })
             })
             .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+        for w in workers {
+            // A worker cannot panic (no indexing out of its own vectors);
+            // were one to, its tasks would stay empty and be run below.
+            for (i, winners) in w.join().unwrap_or_default() {
+                out[i] = winners;
+            }
+        }
+    });
+    for (i, t) in tasks.iter().enumerate() {
+        if out[i].len() != t.2.1 - t.2.0 {
+            out[i] = run(t);
+        }
+    }
+    out
 }
 
 /// Builds the table. Pools with weight 0 or no eligible backend get no
@@ -265,16 +299,24 @@ pub fn build(seed: u32, pools: &[PoolSpec]) -> Vec<u16> {
     for slot in 0..TABLE_SIZE {
         slot_of_rank[((a * slot as u64 + b) % TABLE_SIZE as u64) as usize] = slot as u32;
     }
+    // Every (pool, block) piece of the rank space is a task of its own.
+    let racers: Vec<Racers> = eligible.iter().map(|b| Racers::new(b)).collect();
+    let mut tasks = Vec::new();
     let mut from = 0;
-    for (p, backends) in eligible.iter().enumerate() {
-        let to = bounds[p];
-        if to > from {
-            let winners = race_parallel(seed, backends, (from, to));
-            for (r, w) in (from..to).zip(winners) {
-                table[slot_of_rank[r] as usize] = w;
-            }
+    for (p, &to) in bounds.iter().enumerate() {
+        let mut r = from;
+        while r < to {
+            let j = (r >> BLOCK_BITS) as u32;
+            let end = block(j).1.min(to);
+            tasks.push((p, j, (r, end)));
+            r = end;
         }
         from = to;
+    }
+    for (t, winners) in tasks.iter().zip(race_all(seed, &racers, &tasks)) {
+        for (r, w) in (t.2.0..t.2.1).zip(winners) {
+            table[slot_of_rank[r] as usize] = w;
+        }
     }
     table
 }
