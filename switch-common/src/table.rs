@@ -20,9 +20,10 @@
 //!    ranges, each with its own seeded generator, so any prefix is the same
 //!    whatever else is generated). Only arrivals below a race horizon
 //!    `T / W` are generated; `T` is chosen so that every slot almost surely
-//!    has one, and where one has none the horizon doubles. The smallest of
-//!    the generated arrivals is then the smallest of all. Cost: about
-//!    `TABLE_SIZE × T` arrivals per pool, whatever the number of backends.
+//!    has one, and a block of ranks where one has none widens its own
+//!    horizon. The smallest of the generated arrivals is then the smallest
+//!    of all. Cost: about `TABLE_SIZE × T` arrivals per pool, whatever the
+//!    number of backends, spread over the cores block by block.
 //!
 //! The result depends only on the seed and the configuration (backend
 //! addresses, weights, states), never on history or map indexes, so every
