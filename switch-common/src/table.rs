@@ -187,14 +187,14 @@ fn race_block(seed: u32, racers: &Racers, j: u32, (lo, hi): (usize, usize)) -> V
             let tag = i as u64;
             while epoch_range(done[i]).0 < horizon * b.weight as f64 {
                 arrivals(seed, b.ident, done[i], j, |rank, t| {
-                    if rank < lo || rank >= hi {
-                        return;
+                    // Outside lo..hi (a block shared with another pool):
+                    // the wrapped index is past the end too.
+                    if let Some(e) = best.get_mut(rank.wrapping_sub(lo)) {
+                        let key = ((t * inv_w).to_bits() as u64) << 32 | tag;
+                        // Branch-free: whether an arrival beats the best so
+                        // far is a coin toss the CPU cannot predict.
+                        *e = (*e).min(key);
                     }
-                    let key = ((t * inv_w).to_bits() as u64) << 32 | tag;
-                    // Branch-free: whether an arrival beats the best so far
-                    // is a coin toss the CPU cannot predict.
-                    let e = &mut best[rank - lo];
-                    *e = (*e).min(key);
                 });
                 done[i] += 1;
             }
