@@ -556,3 +556,23 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data plane turns a reason's number back into a `Reason` with a
+    /// bounds check and a transmute: the numbers must be 0..REASON_COUNT.
+    #[test]
+    fn reasons_are_numbered_densely() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+    }
+
+    #[test]
+    fn flow_keys_are_word_aligned_and_unpadded() {
+        assert_eq!(core::mem::align_of::<FlowKey>(), 8);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+    }
+}

@@ -437,9 +437,20 @@ impl Clock {
 
     /// Writes the current CLOCK_MONOTONIC time.
     pub fn tick(&mut self) -> Result<()> {
+        self.set(monotonic_ns())
+    }
+
+    /// Sets the data plane's time (ns); tests move it to age pins.
+    pub fn set(&mut self, ns: u64) -> Result<()> {
         let mut a: Array<&mut MapData, u64> = Array::try_from(&mut self.map)?;
-        a.set(0, monotonic_ns(), 0).context("writing the clock")?;
+        a.set(0, ns, 0).context("writing the clock")?;
         Ok(())
+    }
+
+    /// The data plane's time (ns).
+    pub fn read(&self) -> Result<u64> {
+        let a: Array<&MapData, u64> = Array::try_from(&self.map)?;
+        Ok(a.get(&0, 0)?)
     }
 
     /// Ticks forever, on a thread of its own (never behind the daemon's

@@ -864,3 +864,66 @@ fn a_full_flow_table_keeps_serving_and_active_flows_keep_their_backend() {
         })
         .unwrap();
 }
+
+/// Pins age by the data plane's clock (`CLOCK`, which the daemon ticks), not
+/// by a clock of the kernel's: a UDP flow keeps its backend across a flip
+/// while it is younger than `udp_idle` on that clock, and is chosen again by
+/// the new table once it has been idle longer.
+#[test]
+fn pins_age_by_the_data_planes_clock() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Udp, ForwardMode::Nat, 100, 0);
+            let (mut dp, mut p) = setup_standalone(&spec);
+            let mut clock = dp.clock().unwrap();
+            let idle = DaemonConfig::default().udp_idle.as_nanos() as u64;
+            let send = |dp: &mut Dataplane, port: u16| {
+                let f = frame(
+                    [2; 6],
+                    c0_mac,
+                    client(false),
+                    port,
+                    spec_vip(),
+                    80,
+                    L4::Udp,
+                    b"x",
+                );
+                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(v, XDP_REDIRECT);
+                check(&out).unwrap().dst
+            };
+            let blue = [backend(false, 11, 0).ip(), backend(false, 12, 0).ip()];
+            let green = [backend(false, 13, 0).ip(), backend(false, 14, 0).ip()];
+            let ports = 3000..3040;
+            for port in ports.clone() {
+                assert!(blue.contains(&send(&mut dp, port)));
+            }
+            spec.pools[0].weight = 0;
+            spec.pools[1].weight = 100;
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let t0 = clock.read().unwrap();
+            assert!(t0 > 0, "loading the data plane starts its clock");
+            // Time that the data plane's clock does not see does not count.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            for port in ports.clone() {
+                assert!(blue.contains(&send(&mut dp, port)), "a young pin moved");
+            }
+            // Just under the idle time: kept (and refreshed).
+            let t1 = t0 + idle - 1_000_000_000;
+            clock.set(t1).unwrap();
+            for port in ports.clone() {
+                assert!(blue.contains(&send(&mut dp, port)), "a live pin expired");
+            }
+            // Idle longer than udp_idle since that packet: the table decides.
+            clock.set(t1 + idle + 1_000_000_000).unwrap();
+            for port in ports.clone() {
+                assert!(
+                    green.contains(&send(&mut dp, port)),
+                    "an idle pin outlived udp_idle"
+                );
+            }
+        })
+        .unwrap();
+}
