@@ -456,9 +456,16 @@ impl Clock {
     /// Ticks forever, on a thread of its own (never behind the daemon's
     /// locks: a slow command must not stop time for the data plane).
     pub fn run(mut self) {
+        let mut failing = false;
         loop {
-            if let Err(e) = self.tick() {
-                tracing::warn!("{e:#}");
+            match self.tick() {
+                // Once per streak of failures, not ten times a second.
+                Err(e) if !failing => {
+                    tracing::warn!("{e:#}; flow timeouts stand still until it works again");
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(()) => failing = false,
             }
             std::thread::sleep(Self::EVERY);
         }
