@@ -282,6 +282,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     // Behind ECMP a connection's replies may come back through a host that
     // never saw it: nat replies are then recognised by the table.
     ctl.programmer.table_replies = file.fleet.is_some() && file.bgp.is_some();
+    ctl.programmer.filters_open = true;
     ctl.programmer.init(&mut dp, &d)?;
     // Test-only: the slot history off, to show what it protects (a
     // connection that changes host after a table change).
@@ -341,6 +342,8 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         let mode = dp.attach(ifname)?;
         tracing::info!("attached to {ifname} ({mode:?})");
     }
+    // Our program reads the filters now: this build's hash.
+    ctl.programmer.close_filters(&mut dp)?;
     // Next hops before the first packet: resolved and cached.
     let mut nexthops = HashMap::new();
     let resolved = resolve_neighbours(backend_ips(&ctl));

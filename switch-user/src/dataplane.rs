@@ -227,6 +227,16 @@ impl Dataplane {
         Ok(Box::new(a.get(&slot, 0)?))
     }
 
+    /// The VIP and reply address filters as the data plane reads them.
+    pub fn filters(&self) -> Result<(switch_common::AddrFilter, switch_common::AddrFilter)> {
+        let get = |name: &str| -> Result<switch_common::AddrFilter> {
+            let a: Array<&MapData, switch_common::AddrFilter> =
+                Array::try_from(self.map_ref(name)?)?;
+            Ok(a.get(&0, 0)?)
+        };
+        Ok((get(names::VIP_FILTER)?, get(names::REPLY_FILTER)?))
+    }
+
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
         let m: HashMap<&MapData, ServiceKey, Service> =
             HashMap::try_from(self.map_ref(names::SERVICES)?)?;

@@ -135,6 +135,12 @@ pub struct Programmer {
     /// forwarded are recognised by the table (`CONFIG_TABLE_REPLIES`).
     #[serde(default)]
     pub table_replies: bool,
+    /// Address filters with every bit set (every packet takes the exact
+    /// lookups). The daemon starts with them open: until its own program
+    /// is attached, the program reading them may be an older build whose
+    /// filter hash differs, and a filter may cost a lookup, never a VIP.
+    #[serde(skip)]
+    pub filters_open: bool,
 }
 
 fn yes() -> bool {
@@ -160,6 +166,7 @@ impl Programmer {
             history: VecDeque::new(),
             slot_history: true,
             table_replies: false,
+            filters_open: false,
         }
     }
 
@@ -170,6 +177,13 @@ impl Programmer {
             d.tcp_idle.as_nanos() as u64,
             d.udp_idle.as_nanos() as u64,
         ];
+        self.write_config(maps)
+    }
+
+    /// Closes the address filters opened for start-up (`filters_open`),
+    /// once this build's program is attached.
+    pub fn close_filters(&mut self, maps: &mut dyn Maps) -> Result<()> {
+        self.filters_open = false;
         self.write_config(maps)
     }
 
@@ -224,6 +238,9 @@ impl Programmer {
                 .flat_map(|p| &p.backends)
                 .for_each(|b| set(b.addr()));
         }
+        if self.filters_open {
+            f.words = [u64::MAX; switch_common::hash::REPLY_FILTER_WORDS];
+        }
         maps.set_reply_filter(&f)?;
         // The VIPs, likewise.
         let mut v = AddrFilter {
@@ -236,6 +253,9 @@ impl Programmer {
             .chain(also.map(|s| s.vip));
         for vip in vips {
             set_bit(&mut v, vip.ip());
+        }
+        if self.filters_open {
+            v.words = [u64::MAX; switch_common::hash::REPLY_FILTER_WORDS];
         }
         maps.set_vip_filter(&v)
     }

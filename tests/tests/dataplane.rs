@@ -927,3 +927,58 @@ fn pins_age_by_the_data_planes_clock() {
         })
         .unwrap();
 }
+
+/// The daemon starts with the address filters open (every bit set): until
+/// its own program is attached, the program reading them may be an older
+/// build with another filter hash, and an open filter only costs lookups.
+/// Closed, they hold the VIP's and the nat backends' bits, and traffic is
+/// handled the same either way.
+#[test]
+fn address_filters_stay_open_until_closed() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+            let mut dp = Dataplane::load(None, Capacity::small()).unwrap();
+            dp.add_device("c0").unwrap();
+            dp.add_device("b0").unwrap();
+            let mut p = Programmer::new(0x5eed, Capacity::small());
+            p.filters_open = true;
+            p.init(&mut dp, &DaemonConfig::default()).unwrap();
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let ones = |f: &switch_common::AddrFilter| -> u32 {
+                f.words.iter().map(|w| w.count_ones()).sum()
+            };
+            let all = 64 * switch_common::hash::REPLY_FILTER_WORDS as u32;
+            let send = |dp: &mut Dataplane, to: IpAddr| {
+                let f = frame(
+                    [2; 6],
+                    c0_mac,
+                    client(false),
+                    4000,
+                    to,
+                    80,
+                    L4::Tcp { flags: SYN },
+                    b"",
+                );
+                run(dp.program().unwrap(), c0, &f).unwrap().0
+            };
+            let other: IpAddr = "198.18.7.7".parse().unwrap();
+            for closed in [false, true] {
+                if closed {
+                    p.close_filters(&mut dp).unwrap();
+                }
+                let (vips, replies) = dp.filters().unwrap();
+                if closed {
+                    assert_eq!(ones(&vips), 1, "one VIP, one bit");
+                    assert_eq!(ones(&replies), 4, "four nat backends");
+                } else {
+                    assert_eq!((ones(&vips), ones(&replies)), (all, all));
+                }
+                assert_eq!(send(&mut dp, spec_vip()), XDP_REDIRECT);
+                assert_eq!(send(&mut dp, other), XDP_PASS);
+            }
+        })
+        .unwrap();
+}
