@@ -358,6 +358,65 @@ mod tests {
         table.iter().filter(|&&b| b == index).count()
     }
 
+    /// Every switch host of a fleet must build the same table from the same
+    /// seed and configuration, and during a rolling upgrade the hosts run
+    /// two builds: a change to the table function is a change of what every
+    /// connection hashes to. These digests were taken from the builder as
+    /// of 2026-11-30 (and checked equal to the builder before it was made
+    /// block-parallel); change them only on purpose, with a note for
+    /// operators that a fleet must not mix the two builds.
+    #[test]
+    fn tables_are_the_same_as_the_last_release() {
+        let mk = |count: u32, base: u32| -> Vec<BackendSpec> {
+            (0..count)
+                .map(|i| {
+                    let ip = (0xc612_0000u32 + base + i).to_be_bytes();
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&ip);
+                    BackendSpec {
+                        index: (base + i) as u16,
+                        ident: backend_ident(1, &a, 80),
+                        weight: 1,
+                        eligible: true,
+                    }
+                })
+                .collect()
+        };
+        for (n, want) in [
+            (10u32, 0x389b_d989_b7b9_da78u64),
+            (1000, 0x77b6_cb6b_e0c6_9f23),
+        ] {
+            let pools = vec![
+                PoolSpec {
+                    weight: 90,
+                    backends: mk(n, 0),
+                },
+                PoolSpec {
+                    weight: 10,
+                    backends: mk((n / 10).max(1), 20_000),
+                },
+            ];
+            let mut h: u64 = 0;
+            for seed in [1u32, 7, 99] {
+                let mut other = pools.clone();
+                other[0].weight = 37;
+                other[1].weight = 63;
+                if other[0].backends.len() > 3 {
+                    other[0].backends[2].weight = 5;
+                    other[0].backends[3].eligible = false;
+                }
+                for p in [&pools, &other] {
+                    for (i, v) in build(seed, p).iter().enumerate() {
+                        h = h
+                            .wrapping_mul(0x100_0000_01b3)
+                            .wrapping_add(*v as u64 ^ i as u64);
+                    }
+                }
+            }
+            assert_eq!(h, want, "the table of {n} backends changed");
+        }
+    }
+
     #[test]
     fn quotas_are_exact_and_sum_to_total() {
         assert_eq!(quotas(&[95, 5], TABLE_SIZE), vec![62_260, 3_277]);
