@@ -259,12 +259,14 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context("reading state file"),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Start-up's own runtime, dropped before serving: threads its blocking
+    // pool starts now would keep every capability (they are per thread).
+    let boot = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let seed = match (&file.fleet, &d.seed, &restored) {
         // A fleet without a configured seed agrees on one through etcd.
-        (Some(f), None, None) => rt.block_on(fleet_seed(f))?,
+        (Some(f), None, None) => boot.block_on(fleet_seed(f))?,
         _ => seed(&d, restored.as_ref())?,
     };
     let mut ctl = match restored {
@@ -290,15 +292,12 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     if !ctl.programmer.slot_history {
         tracing::warn!("SWITCH_TEST_NO_SLOT_HISTORY: previous owners are not kept");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let fleet = match &file.fleet {
         Some(f) => {
             let fp = crate::fleet::fingerprint(seed);
             // A host with another seed must not forward with its own table:
             // refuse at once when etcd answers (later, if it does not now).
-            rt.block_on(async {
+            boot.block_on(async {
                 if let Ok(Ok(store)) = tokio::time::timeout(
                     std::time::Duration::from_secs(3),
                     crate::fleet::store::Store::connect(f),
@@ -380,6 +379,10 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     } else {
         vec![]
     };
+    drop(boot);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(shared, d, seed_services))
 }
 
@@ -916,36 +919,21 @@ async fn serve(
             }
         });
     }
-    {
+    // Threads of our own start only once privileges are dropped (below):
+    // capabilities are per thread, and a thread keeps those it was born with.
+    let shadow_ring = {
         let mut g = shared.lock().map_err(|_| anyhow!("lock"))?;
         sync_shadows(&mut g);
         let engine = g.shadow.clone();
         match g.dp.take_shadow_ring() {
-            Ok(ring) => {
-                // Replays run on a thread of their own at the lowest
-                // priority: on a busy switch host they get what is left
-                // over, and the live path (softirqs, the API, health
-                // checks) never waits for them.
-                std::thread::Builder::new()
-                    .name("shadow".into())
-                    .spawn(move || {
-                        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-                        match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt.block_on(shadow_reader(ring, engine)),
-                            Err(e) => tracing::warn!("shadow runtime: {e}"),
-                        }
-                    })?;
+            Ok(ring) => Some((ring, engine)),
+            Err(e) => {
+                tracing::warn!("shadow ring buffer: {e:#}");
+                None
             }
-            Err(e) => tracing::warn!("shadow ring buffer: {e:#}"),
         }
-    }
+    };
     let clock = shared.lock().map_err(|_| anyhow!("lock"))?.dp.clock()?;
-    std::thread::Builder::new()
-        .name("clock".into())
-        .spawn(move || clock.run())?;
     let sampler = shared.clone();
     let scanner = Arc::new(
         shared
@@ -1007,6 +995,26 @@ async fn serve(
                 .join(", ")
         ),
         Err(e) => tracing::warn!("could not drop capabilities: {e:#}"),
+    }
+    std::thread::Builder::new()
+        .name("clock".into())
+        .spawn(move || clock.run())?;
+    if let Some((ring, engine)) = shadow_ring {
+        // Replays run on a thread of their own at the lowest priority: on a
+        // busy switch host they get what is left over, and the live path
+        // (softirqs, the API, health checks) never waits for them.
+        std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || {
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(shadow_reader(ring, engine)),
+                    Err(e) => tracing::warn!("shadow runtime: {e}"),
+                }
+            })?;
     }
     tracing::info!("API on {}", d.api.display());
     // systemd Type=notify: ready once the API serves.

@@ -146,18 +146,33 @@ impl Daemon {
         Ok(())
     }
 
-    /// The daemon's effective capabilities (CapEff of /proc/PID/status).
-    pub fn cap_eff(&self) -> Result<u64> {
+    /// Every thread of the daemon with its effective and permitted
+    /// capabilities (CapEff, CapPrm of /proc/PID/task/TID/status):
+    /// capabilities are per thread.
+    pub fn thread_caps(&self) -> Result<Vec<(String, u64, u64)>> {
         let pid = self.child.as_ref().context("daemon not running")?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("CapEff:"))
-            .context("no CapEff")?;
-        Ok(u64::from_str_radix(
-            line.split_whitespace().nth(1).unwrap_or(""),
-            16,
-        )?)
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            let field = |name: &str| -> Result<u64> {
+                let line = status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .with_context(|| format!("no {name}"))?;
+                Ok(u64::from_str_radix(
+                    line.split_whitespace().nth(1).unwrap_or(""),
+                    16,
+                )?)
+            };
+            let name = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Name:"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            out.push((name, field("CapEff:")?, field("CapPrm:")?));
+        }
+        Ok(out)
     }
 
     /// Resident memory of the daemon, in KiB.

@@ -140,6 +140,31 @@ fn fifty_flips_under_load_fail_no_connection() {
     );
 }
 
+/// Once serving, no thread of the daemon holds more than CAP_BPF,
+/// CAP_NET_ADMIN and CAP_PERFMON (capabilities are per thread: one started
+/// before the drop would keep them all).
+#[test]
+fn every_thread_keeps_only_the_kept_capabilities() {
+    let lab = Lab::new().unwrap();
+    servers(&lab);
+    let d = Daemon::start(&lab, "caps", SERVICE).unwrap();
+    // Traffic and a command, so worker threads exist too.
+    lab.cli.run(|| Stream::open(vip()).ask()).unwrap();
+    d.ok(&["status"]).unwrap();
+    let kept = switch_user::privileges::kept_mask();
+    let threads = d.thread_caps().unwrap();
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (name, eff, prm) in &threads {
+        assert_eq!(eff & !kept, 0, "thread {name} keeps CapEff {eff:#x}");
+        assert_eq!(prm & !kept, 0, "thread {name} keeps CapPrm {prm:#x}");
+    }
+    assert!(
+        threads.iter().any(|(n, _, _)| n == "clock"),
+        "the clock thread runs: {threads:?}"
+    );
+    drop(d);
+}
+
 #[test]
 fn metrics_are_served_read_only() {
     let lab = Lab::new().unwrap();
