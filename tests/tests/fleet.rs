@@ -231,6 +231,14 @@ fn hosts_without_a_configured_seed_agree_on_one_through_etcd() -> Result<()> {
     for d in &ds {
         d.wait_for("web", 5, |st| weight(st, "green") == 50)?;
     }
+    // The fleet's tasks (etcd watch, heartbeats, the leader) run on threads
+    // that hold no more than a single host's do.
+    let kept = switch_user::privileges::kept_mask();
+    for d in &ds {
+        for (name, eff, prm) in d.thread_caps()? {
+            assert_eq!((eff | prm) & !kept, 0, "thread {name}: {eff:#x}/{prm:#x}");
+        }
+    }
     Ok(())
 }
 
