@@ -32,7 +32,8 @@ pub fn replace<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 
 }
 
 /// The same for a UDP checksum over IPv4, where 0 means "no checksum": it
-/// stays 0, and a computed 0 is sent as 0xffff (RFC 768).
+/// stays 0, and a computed 0 is sent as 0xffff (RFC 768). (The data plane
+/// uses `ne_*`; this byte-wise form is what they are tested against.)
 #[inline(always)]
 pub fn replace_udp<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
     if check == 0 {

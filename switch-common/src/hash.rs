@@ -44,30 +44,20 @@ fn mix_addr(h: u32, a: &[u32; 4]) -> u32 {
     mix(mix(mix(mix(h, a[0]), a[1]), a[2]), a[3])
 }
 
-/// Hash of a connection (per-connection balancing). Ports are the raw
-/// network-order `u16`s as read from the packet.
+/// Hash of a connection (per-connection balancing): the client address in
+/// words (`words`), the port the raw network-order `u16` read from the
+/// packet.
 #[inline(always)]
-pub fn connection_hash(seed: u32, src: &[u8; 16], sport: u16, proto: u8) -> u32 {
-    connection_hash_w(seed, &words(src), sport, proto)
-}
-
-/// `connection_hash` of an address in words.
-#[inline(always)]
-pub fn connection_hash_w(seed: u32, src: &[u32; 4], sport: u16, proto: u8) -> u32 {
+pub fn connection_hash(seed: u32, src: &[u32; 4], sport: u16, proto: u8) -> u32 {
     // The destination (the VIP) is the same for every flow of a service, so
     // only the client side varies.
     let h = mix_addr(seed, src);
     finish(mix(h, ((sport as u32) << 8) | proto as u32))
 }
 
-/// Hash of a client address only (per-client affinity).
+/// Hash of a client address only (per-client affinity), in words.
 #[inline(always)]
-pub fn client_hash(seed: u32, src: &[u8; 16]) -> u32 {
-    client_hash_w(seed, &words(src))
-}
-
-#[inline(always)]
-pub fn client_hash_w(seed: u32, src: &[u32; 4]) -> u32 {
+pub fn client_hash(seed: u32, src: &[u32; 4]) -> u32 {
     finish(mix_addr(seed ^ 0x5bd1_e995, src))
 }
 
@@ -139,7 +129,7 @@ mod tests {
 
     #[test]
     fn seed_changes_the_hash() {
-        let a = [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let a = words(&[198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_ne!(connection_hash(1, &a, 80, 6), connection_hash(2, &a, 80, 6));
         assert_ne!(connection_hash(1, &a, 80, 6), connection_hash(1, &a, 81, 6));
         assert_ne!(client_hash(1, &a), client_hash(2, &a));

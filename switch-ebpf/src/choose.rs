@@ -8,7 +8,7 @@ use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, FLOW_SHADOW, Flow, FlowKey, Mode,
     NO_BACKEND, NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
     ServiceKey,
-    hash::{client_hash_w, connection_hash_w, slot_of},
+    hash::{client_hash, connection_hash, slot_of},
 };
 
 use crate::{
@@ -83,7 +83,7 @@ fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool 
     if cfg.sample == 0 || (pkt.proto == PROTO_TCP && !syn) {
         return false;
     }
-    let h = connection_hash_w(config.seed ^ 0x5ad0_0f11, &pkt.src, pkt.sport, pkt.proto);
+    let h = connection_hash(config.seed ^ 0x5ad0_0f11, &pkt.src, pkt.sport, pkt.proto);
     h & 0xffff < cfg.sample
 }
 
@@ -301,9 +301,9 @@ fn table_lookup(
         service.table
     };
     let hash = if service.flags & SERVICE_CLIENT_AFFINITY != 0 {
-        client_hash_w(config.seed, src)
+        client_hash(config.seed, src)
     } else {
-        connection_hash_w(config.seed, src, sport, proto)
+        connection_hash(config.seed, src, sport, proto)
     };
     // slot_of's multiply-and-shift keeps the index provably < TABLE_SIZE.
     let slot = slot_of(hash);

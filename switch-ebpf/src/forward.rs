@@ -38,10 +38,7 @@ pub fn to_backend(
     backend: &[u8; 16],
     routed_mode: bool,
 ) -> (u32, Reason) {
-    if let Some(hop) = NEXTHOPS.get(index)
-        && hop.flags & NEXTHOP_VALID != 0
-        && pkt.ip_len <= hop.mtu
-    {
+    if let Some(hop) = usable_hop(pkt, index) {
         return via(ctx, pkt, hop, routed_mode);
     }
     // Slow path: not known yet, stale, or a packet above the cached MTU
@@ -62,11 +59,16 @@ pub fn cached(
     index: u32,
     routed_mode: bool,
 ) -> Option<(u32, Reason)> {
-    let hop = NEXTHOPS.get(index)?;
-    if hop.flags & NEXTHOP_VALID == 0 || pkt.ip_len > hop.mtu {
-        return None;
-    }
+    let hop = usable_hop(pkt, index)?;
     Some(through(ctx, pkt, hop, routed_mode))
+}
+
+/// The backend's cached next hop, if it is valid and the packet fits its MTU.
+#[inline(always)]
+fn usable_hop(pkt: &Packet, index: u32) -> Option<&'static NextHop> {
+    NEXTHOPS
+        .get(index)
+        .filter(|hop| hop.flags & NEXTHOP_VALID != 0 && pkt.ip_len <= hop.mtu)
 }
 
 /// Sends through a cached next hop: two MACs, the TTL, one redirect.

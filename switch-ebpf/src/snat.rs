@@ -3,7 +3,7 @@
 //! find the client again.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use switch_common::{Service, SnatKey, SnatValue, hash::connection_hash_w};
+use switch_common::{Service, SnatKey, SnatValue, hash::connection_hash};
 
 use crate::{
     choose::Chosen,
@@ -38,7 +38,7 @@ pub fn allocate(seed: u32, service: &Service, b: &Chosen, pkt: &Packet) -> Optio
         vip_port: pkt.dport,
         backend: b.index,
     };
-    let h = connection_hash_w(seed ^ 0x6a09_e667, &pkt.src, pkt.sport, pkt.proto);
+    let h = connection_hash(seed ^ 0x6a09_e667, &pkt.src, pkt.sport, pkt.proto);
     for i in 0..TRIES {
         let port = FIRST_PORT + h.wrapping_add(i.wrapping_mul(40_503)) % PORTS;
         key.snat_port = (port as u16).to_be();
