@@ -662,3 +662,87 @@ fn a_drain_waits_for_the_flows_of_every_host() -> Result<()> {
     }
     Ok(())
 }
+
+/// The leader's housekeeping on a real etcd: history pruned to the newest
+/// events, only by the current leader (fenced), and etcd compacted (an old
+/// revision is gone, the current state is not).
+#[test]
+fn history_is_pruned_by_the_leader_only_and_etcd_is_compacted() -> Result<()> {
+    use switch_user::{config::FleetConfig, fleet::store::Store};
+    let lab = FleetLab::new(1)?;
+    lab.etcd_ns.run(|| -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let cfg = FleetConfig {
+                host: "sw-1".into(),
+                etcd: vec![switch_tests::fleet::ETCD.into()],
+                prefix: "/switch".into(),
+                lease: Duration::from_secs(5),
+            };
+            let store = Store::connect(&cfg).await?;
+            let lease = store.grant(cfg.lease).await?;
+            let Some(fence) = store.campaign(lease).await? else {
+                bail!("no leader with an empty fleet");
+            };
+            let mut c = store.client();
+            for i in 0..30u64 {
+                c.put(store.keys.event("web", 1000 + i, "sw-1", 0), "{}", None)
+                    .await?;
+            }
+            let prefix = store.keys.history("web");
+            let count = |mut c: etcd_client::Client| {
+                let prefix = prefix.clone();
+                async move {
+                    let r = c
+                        .get(
+                            prefix,
+                            Some(
+                                etcd_client::GetOptions::new()
+                                    .with_prefix()
+                                    .with_keys_only(),
+                            ),
+                        )
+                        .await?;
+                    let first = r
+                        .kvs()
+                        .first()
+                        .map(|k| k.key_str().unwrap_or("").to_string());
+                    anyhow::Ok((r.kvs().len(), first.unwrap_or_default()))
+                }
+            };
+            // A stale fence (not the leader key's revision) deletes nothing.
+            assert_eq!(store.prune_history("web", 10, fence + 1000).await?, 0);
+            assert_eq!(count(store.client()).await?.0, 30);
+            // The leader keeps the newest ten.
+            assert_eq!(store.prune_history("web", 10, fence).await?, 20);
+            let (n, first) = count(store.client()).await?;
+            assert_eq!(n, 10);
+            assert_eq!(first, store.keys.event("web", 1020, "sw-1", 0));
+            assert_eq!(store.prune_history("web", 10, fence).await?, 0);
+            // Compaction: a read at a revision before it fails, the newest
+            // state stays.
+            let old = c.put("/switch/x", "1", None).await?;
+            let old = old.header().map(|h| h.revision()).unwrap_or(0);
+            let new = c.put("/switch/x", "2", None).await?;
+            let new = new.header().map(|h| h.revision()).unwrap_or(0);
+            store.compact(new).await?;
+            let at_old = c
+                .get(
+                    "/switch/x",
+                    Some(etcd_client::GetOptions::new().with_revision(old)),
+                )
+                .await;
+            assert!(
+                at_old.is_err(),
+                "revision {old} survived compaction at {new}"
+            );
+            let now = c.get("/switch/x", None).await?;
+            assert_eq!(now.kvs()[0].value_str()?, "2");
+            assert_eq!(count(store.client()).await?.0, 10);
+            Ok(())
+        })
+    })??;
+    Ok(())
+}
