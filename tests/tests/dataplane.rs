@@ -131,10 +131,16 @@ fn nat_forward_and_reply_every_family_and_protocol() {
 }
 
 fn setup_standalone(spec: &ServiceConfig) -> (Dataplane, Programmer) {
+    setup(spec, false)
+}
+
+/// `filters_open`: as the daemon starts (see `Programmer::filters_open`).
+fn setup(spec: &ServiceConfig, filters_open: bool) -> (Dataplane, Programmer) {
     let mut dp = Dataplane::load(None, Capacity::small()).expect("load");
     dp.add_device("c0").unwrap();
     dp.add_device("b0").unwrap();
     let mut p = Programmer::new(0x5eed, Capacity::small());
+    p.filters_open = filters_open;
     p.init(&mut dp, &DaemonConfig::default()).unwrap();
     p.apply(&mut dp, spec, &BTreeSet::new()).unwrap();
     (dp, p)
@@ -940,13 +946,7 @@ fn address_filters_stay_open_until_closed() {
     lab.ns
         .run(move || {
             let spec = service(false, Protocol::Tcp, ForwardMode::Nat, 100, 0);
-            let mut dp = Dataplane::load(None, Capacity::small()).unwrap();
-            dp.add_device("c0").unwrap();
-            dp.add_device("b0").unwrap();
-            let mut p = Programmer::new(0x5eed, Capacity::small());
-            p.filters_open = true;
-            p.init(&mut dp, &DaemonConfig::default()).unwrap();
-            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let (mut dp, mut p) = setup(&spec, true);
             let ones = |f: &switch_common::AddrFilter| -> u32 {
                 f.words.iter().map(|w| w.count_ones()).sum()
             };
