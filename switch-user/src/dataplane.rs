@@ -118,9 +118,12 @@ impl Dataplane {
             capacity,
             devices: Default::default(),
         };
-        // Flow timeouts count from here; the daemon keeps it moving
-        // (`Clock::run`).
-        dp.clock()?.tick()?;
+        // A fresh clock starts at CLOCK_MONOTONIC; an adopted one stays
+        // where it stood (the daemon's `Clock::run` moves it on).
+        let mut clock = dp.clock()?;
+        if clock.read()? == 0 {
+            clock.set(monotonic_ns())?;
+        }
         Ok(dp)
     }
 
@@ -131,9 +134,12 @@ impl Dataplane {
             _ => bail!("map CLOCK is not an array"),
         };
         let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
-        Ok(Clock {
+        let mut clock = Clock {
             map: aya::maps::Map::from_map_data(data)?,
-        })
+            behind: 0,
+        };
+        clock.behind = monotonic_ns().saturating_sub(clock.read()?);
+        Ok(clock)
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
@@ -260,6 +266,7 @@ impl Dataplane {
             flows: dup(names::FLOWS)?,
             backends: dup(names::BACKENDS)?,
             config: dup(names::CONFIG)?,
+            clock: self.clock()?,
         })
     }
 
@@ -437,17 +444,29 @@ impl Maps for Dataplane {
 
 /// The data plane's time for flow timeouts: pins' idle and closing timers
 /// advance only while something ticks it (the daemon, every 100 ms). A
-/// stopped clock keeps pins longer, never shorter.
+/// stopped clock keeps pins longer, never shorter, and a new daemon goes on
+/// from where the last one left it: time while no daemon ran does not
+/// count, or every flow that stayed busy through a restart would look idle
+/// for that long (its packets refreshed it with the stopped time).
 pub struct Clock {
     map: aya::maps::Map,
+    /// CLOCK_MONOTONIC minus the data plane's time when the handle was
+    /// made: the time no daemon ticked.
+    behind: u64,
 }
 
 impl Clock {
     pub const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-    /// Writes the current CLOCK_MONOTONIC time.
+    /// Moves the data plane's time on to now (CLOCK_MONOTONIC less the
+    /// time no daemon ticked).
     pub fn tick(&mut self) -> Result<()> {
-        self.set(monotonic_ns())
+        self.set(self.now())
+    }
+
+    /// The data plane's time as this handle keeps it.
+    pub fn now(&self) -> u64 {
+        monotonic_ns().saturating_sub(self.behind)
     }
 
     /// Sets the data plane's time (ns); tests move it to age pins.
@@ -488,6 +507,7 @@ pub struct FlowScanner {
     flows: aya::maps::Map,
     backends: aya::maps::Map,
     config: aya::maps::Map,
+    clock: Clock,
 }
 
 impl FlowScanner {
@@ -499,7 +519,8 @@ impl FlowScanner {
             HashMap::try_from(&self.flows)?;
         let config = Array::<&MapData, Config>::try_from(&self.config)?.get(&0, 0)?;
         let backends: Array<&MapData, Backend> = Array::try_from(&self.backends)?;
-        let now = monotonic_ns();
+        // The pins' own clock, not the host's.
+        let now = self.clock.read()?;
         let mut generations = std::collections::HashMap::new();
         let mut out = std::collections::HashMap::new();
         for (k, f) in m.iter().flatten() {

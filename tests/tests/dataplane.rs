@@ -982,3 +982,46 @@ fn address_filters_stay_open_until_closed() {
         })
         .unwrap();
 }
+
+/// A new daemon's clock goes on from where the data plane's clock stood, so
+/// time while no daemon ran does not count against pins that packets kept
+/// refreshing with the stopped time.
+#[test]
+fn the_clock_resumes_where_it_stood() {
+    let lab = Lab::new().unwrap();
+    lab.ns
+        .run(move || {
+            // Pinned, as the daemon runs it, so a second load adopts the maps.
+            struct Pins(std::path::PathBuf);
+            impl Drop for Pins {
+                fn drop(&mut self) {
+                    let _ = switch_user::dataplane::detach(&self.0);
+                    let _ = std::fs::remove_dir_all(&self.0);
+                }
+            }
+            let pins = Pins(std::path::PathBuf::from(format!(
+                "/sys/fs/bpf/switch-clock-{}",
+                std::process::id()
+            )));
+            let dp = Dataplane::load(Some(&pins.0), Capacity::small()).unwrap();
+            let mut stopped = dp.clock().unwrap();
+            let host = stopped.read().unwrap();
+            assert!(host > 0, "a fresh clock starts at the host's");
+            // As if the last daemon stopped ticking 100 s ago.
+            let left = host - 100_000_000_000;
+            stopped.set(left).unwrap();
+            let mut next = dp.clock().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            next.tick().unwrap();
+            let now = next.read().unwrap();
+            assert!(
+                now >= left + 20_000_000 && now < left + 5_000_000_000,
+                "the clock jumped from {left} to {now}"
+            );
+            // Loading again (a restart adopts the pinned maps) leaves it be.
+            drop(dp);
+            let again = Dataplane::load(Some(&pins.0), Capacity::small()).unwrap();
+            assert_eq!(again.clock().unwrap().read().unwrap(), now);
+        })
+        .unwrap();
+}
