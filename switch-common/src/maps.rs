@@ -13,6 +13,8 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 16_384;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Source cohorts (CIDR -> pool) across all services.
 pub const DEFAULT_MAX_COHORTS: u32 = 1024;
+/// Route answers kept for nat replies (client, backend, link): see `ReplyHop`.
+pub const DEFAULT_MAX_REPLY_HOPS: u32 = 65_536;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -43,6 +45,9 @@ pub mod names {
     pub const SHADOW_RING: &str = "SHADOW_RING";
     pub const SHADOW_LOST: &str = "SHADOW_LOST";
     pub const CLOCK: &str = "CLOCK";
+    /// A cache, not state: every daemon starts its program with empty ones.
+    pub const REPLY_HOPS: &str = "REPLY_HOPS";
+    pub const REPLY_HOPS_EPOCH: &str = "REPLY_HOPS_EPOCH";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
     pub const PINNED: [&str; 20] = [
         CLOCK,
@@ -234,6 +239,41 @@ pub struct NextHop {
 }
 
 pub const NEXTHOP_VALID: u16 = 1;
+
+/// Key of `REPLY_HOPS`: what the kernel's route lookup for a nat reply
+/// (backend -> client) reads, but the ports: the client (destination), the
+/// backend (source), the link it came in on, the TOS and the protocol.
+/// 8-aligned, built in words like `FlowKey`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyHopKey {
+    pub dst: [u8; 16],
+    pub src: [u8; 16],
+    pub ifindex: u32,
+    pub family: u8,
+    pub tos: u8,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `REPLY_HOPS`: the kernel's answer for that key (egress device,
+/// both MACs), valid while `epoch` equals `REPLY_HOPS_EPOCH[0]`, for
+/// packets of up to `fits` bytes (the largest one the kernel forwarded:
+/// a larger packet asks again, so the MTU check stays the kernel's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    pub fits: u16,
+    pub _pad: u16,
+    pub epoch: u32,
+}
+
+/// `REPLY_HOPS_EPOCH[0]` when nat replies must ask the kernel every time
+/// (routing rules that select by port, which the key leaves out).
+pub const REPLY_HOPS_OFF: u32 = u32::MAX;
 
 /// A set of addresses as a bitmap, one bit per `hash::filter_bit`: every
 /// nat/fullnat backend address (`REPLY_FILTER`), every VIP (`VIP_FILTER`).
@@ -542,6 +582,8 @@ mod pod {
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ReplyHopKey {}
+    unsafe impl aya::Pod for ReplyHop {}
     unsafe impl aya::Pod for AddrFilter {}
     unsafe impl aya::Pod for MissStats {}
     unsafe impl aya::Pod for ShadowConfig {}
@@ -574,5 +616,7 @@ mod tests {
     fn flow_keys_are_word_aligned_and_unpadded() {
         assert_eq!(core::mem::align_of::<FlowKey>(), 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::align_of::<ReplyHopKey>(), 8);
+        assert_eq!(core::mem::size_of::<ReplyHopKey>(), 40);
     }
 }

@@ -7,12 +7,12 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use switch_common::{FAMILY_V4, NEXTHOP_VALID, NextHop, Reason};
+use switch_common::{FAMILY_V4, NEXTHOP_VALID, NextHop, REPLY_HOPS_OFF, Reason, ReplyHopKey};
 
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{DEVICES, FIB_SCRATCH, NEXTHOPS},
+    maps::{DEVICES, FIB_SCRATCH, NEXTHOPS, REPLY_HOPS, REPLY_HOPS_EPOCH, REPLY_SCRATCH},
     parse,
     parse::Packet,
     rewrite,
@@ -129,11 +129,84 @@ pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) 
     if !parse::l3_fits(ctx, pkt) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
+    let v = cached_reply(ctx, pkt, vip);
+    if v != NOT_CACHED {
+        return named(v, Reason::ReplyForwarded);
+    }
     let dst = destination(pkt);
     named(
         send(ctx, pkt, &dst, true, Some(vip)),
         Reason::ReplyForwarded,
     )
+}
+
+/// `cached_reply` has no answer: ask the kernel.
+const NOT_CACHED: u64 = u64::MAX;
+
+/// A nat reply by the kernel's last answer for its key (`REPLY_HOPS`),
+/// when it still holds and the packet is no larger than one the kernel
+/// forwarded; else `NOT_CACHED`, with the key left in `REPLY_SCRATCH` for
+/// `remember_reply_hop`. Key and answer live in that per-CPU scratch
+/// map: on the stack they would take the deepest call chain past 512
+/// bytes.
+// Not inlined: its own frame, and verified once rather than inside every
+// caller of `send`.
+#[inline(never)]
+fn cached_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> u64 {
+    let Some(r) = REPLY_SCRATCH.get_ptr_mut(0) else {
+        return NOT_CACHED;
+    };
+    // SAFETY: this CPU's own scratch value, used by this program only.
+    let r = unsafe { &mut *r };
+    // OFF until the key is this packet's: nothing is remembered under a
+    // key left from another packet.
+    r.hop.epoch = REPLY_HOPS_OFF;
+    let epoch = REPLY_HOPS_EPOCH.get(0).copied().unwrap_or(REPLY_HOPS_OFF);
+    if epoch == REPLY_HOPS_OFF || !parse::l3_fits(ctx, pkt) {
+        return NOT_CACHED;
+    }
+    set_reply_hop_key(ctx, pkt, &mut r.key);
+    r.hop.epoch = epoch;
+    // SAFETY: hash map values stay valid for the program's run (RCU).
+    let Some(hop) = (unsafe { REPLY_HOPS.get(&r.key) }) else {
+        return NOT_CACHED;
+    };
+    if hop.epoch != epoch || pkt.ip_len > hop.fits {
+        return NOT_CACHED;
+    }
+    if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN)
+        || !rewrite::source(ctx, pkt, &vip.addr, vip.port)
+    {
+        return pack(xdp_action::XDP_PASS, Reason::Malformed);
+    }
+    set_macs(pkt.eth as usize, &hop.dmac, &hop.smac);
+    rewrite::decrement_ttl(ctx, pkt);
+    match DEVICES.redirect(hop.ifindex, 0) {
+        Ok(v) => pack(v, Reason::Forwarded),
+        Err(_) => pack(xdp_action::XDP_DROP, Reason::FibFailed),
+    }
+}
+
+/// Keeps the kernel's answer for a nat reply that `cached_reply` left
+/// its key for (unless caching is off).
+#[inline(always)]
+fn remember_reply_hop(pkt: &Packet, p: &FibParams) {
+    let Some(r) = REPLY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in cached_reply.
+    let r = unsafe { &mut *r };
+    if r.hop.epoch == REPLY_HOPS_OFF {
+        return;
+    }
+    r.hop.dmac = p.dmac;
+    r.hop.smac = p.smac;
+    r.hop.ifindex = p.ifindex;
+    r.hop.fits = pkt.ip_len;
+    r.hop._pad = 0;
+    // A full LRU drops its oldest answer; a failed insert only means
+    // asking the kernel next time.
+    let _ = REPLY_HOPS.insert(&r.key, &r.hop, 0);
 }
 
 /// A source address and port to write once the route is known (4-aligned:
@@ -241,6 +314,9 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
         // The kernel can still route it, just more slowly.
         return pack(xdp_action::XDP_PASS, Reason::NotRedirectable);
     }
+    if src.is_some() {
+        remember_reply_hop(pkt, p);
+    }
     set_macs(pkt.eth as usize, &p.dmac, &p.smac);
     if route {
         rewrite::decrement_ttl(ctx, pkt);
@@ -249,4 +325,21 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
         Ok(v) => pack(v, Reason::Forwarded),
         Err(_) => pack(xdp_action::XDP_DROP, Reason::FibFailed),
     }
+}
+
+/// What the route lookup of a nat reply depends on (see `ReplyHopKey`).
+#[inline(always)]
+fn set_reply_hop_key(ctx: &XdpContext, pkt: &Packet, key: &mut ReplyHopKey) {
+    key.tos = if pkt.family == FAMILY_V4 {
+        // SAFETY: the caller checked the L3 header's bounds.
+        unsafe { (*(pkt.l3 as *const network_types::ip::Ipv4Hdr)).tos }
+    } else {
+        0
+    };
+    key.dst = parse::bytes(&pkt.dst);
+    key.src = parse::bytes(&pkt.src);
+    key.ifindex = ctx.ingress_ifindex() as u32;
+    key.family = pkt.family;
+    key.proto = pkt.proto;
+    key._pad = 0;
 }

@@ -760,14 +760,27 @@ fn is_neighbour_event(line: &str) -> bool {
 /// Every NEIGHBOURS_EVERY, and at once when the kernel reports a neighbour,
 /// route or link change (`ip monitor`), so a backend's new MAC is followed
 /// within milliseconds.
+///
+/// The same watch keeps the nat replies' route cache honest: every event
+/// (any neighbour, route, link or rule) and every round move its epoch on,
+/// and routing rules that select by port turn it off.
 async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
     let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let routes_dirty = dirty.clone();
+    let reply_hops = match shared.lock().map(|s| s.dp.reply_hops()) {
+        Ok(Ok(h)) => Some(Arc::new(Mutex::new(h))),
+        Ok(Err(e)) => {
+            tracing::warn!("nat replies' route cache: {e:#}");
+            None
+        }
+        Err(_) => None,
+    };
+    let on_event = reply_hops.clone();
     tokio::spawn(async move {
         let mut cmd = tokio::process::Command::new("ip");
-        cmd.args(["-o", "monitor", "neigh", "route", "link"])
+        cmd.args(["-o", "monitor", "neigh", "route", "link", "rule"])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         // It dies with the daemon, even with a kill -9.
@@ -788,6 +801,9 @@ async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
         };
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(h) = &on_event {
+                advance_reply_hops(h);
+            }
             // Route and link events mean the routes are looked up again;
             // a neighbour event matters only for one of our next hops (a
             // busy host sees many about other addresses).
@@ -822,8 +838,44 @@ async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
         };
         let routes = event && dirty.swap(false, std::sync::atomic::Ordering::Relaxed);
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || refresh_neighbours_with(&s, routes)).await;
+        let hops = reply_hops.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            refresh_neighbours_with(&s, routes);
+            if let Some(h) = hops {
+                check_reply_hops(&h);
+            }
+        })
+        .await;
     }
+}
+
+fn advance_reply_hops(hops: &Mutex<crate::dataplane::ReplyHops>) {
+    if let Ok(mut h) = hops.lock()
+        && let Err(e) = h.advance()
+    {
+        tracing::warn!("nat replies' route cache: {e:#}");
+    }
+}
+
+/// A round of the network watch for the nat replies' route cache: off
+/// while a routing rule selects by port (its key has no ports), and moved
+/// on in any case, so no answer is older than a round.
+fn check_reply_hops(hops: &Mutex<crate::dataplane::ReplyHops>) {
+    let by_port = crate::neighbours::rules_select_by_port();
+    if let Ok(mut h) = hops.lock()
+        && let Some(by_port) = by_port
+        && by_port != h.is_off()
+    {
+        if by_port {
+            tracing::info!(
+                "a routing rule selects by port: nat replies ask the kernel for every packet"
+            );
+        }
+        if let Err(e) = h.set_off(by_port) {
+            tracing::warn!("nat replies' route cache: {e:#}");
+        }
+    }
+    advance_reply_hops(hops);
 }
 
 /// A stable offset in `0..interval` for a backend's first probe.

@@ -142,6 +142,27 @@ impl Dataplane {
         Ok(clock)
     }
 
+    /// A handle on the nat replies' route cache (`REPLY_HOPS_EPOCH`), for
+    /// the daemon's network watch.
+    pub fn reply_hops(&self) -> Result<ReplyHops> {
+        let data = match self.map_ref(names::REPLY_HOPS_EPOCH)? {
+            aya::maps::Map::Array(d) => d,
+            _ => bail!("map REPLY_HOPS_EPOCH is not an array"),
+        };
+        let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
+        let map = aya::maps::Map::from_map_data(data)?;
+        let now = {
+            let a: Array<&MapData, u32> = Array::try_from(&map)?;
+            a.get(&0, 0)?
+        };
+        let off = now == switch_common::REPLY_HOPS_OFF;
+        Ok(ReplyHops {
+            map,
+            epoch: if off { 0 } else { now },
+            off,
+        })
+    }
+
     pub fn program(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
@@ -498,6 +519,63 @@ impl Clock {
             }
             std::thread::sleep(Self::EVERY);
         }
+    }
+}
+
+/// The data plane keeps the kernel's route answer for nat replies
+/// (`REPLY_HOPS`) while the epoch stands: whoever watches the network moves
+/// it on when something changed (a neighbour, a route, a link, a rule) and
+/// every second, or turns the cache off.
+pub struct ReplyHops {
+    map: aya::maps::Map,
+    /// The last epoch written other than `REPLY_HOPS_OFF`.
+    epoch: u32,
+    off: bool,
+}
+
+impl ReplyHops {
+    /// Every cached answer is asked again (unless the cache is off).
+    pub fn advance(&mut self) -> Result<()> {
+        if self.off {
+            return Ok(());
+        }
+        self.next_epoch()
+    }
+
+    /// Off: every nat reply asks the kernel (routing rules that select by
+    /// port, which the cache's key leaves out). On again: a new epoch, so
+    /// nothing cached before counts.
+    pub fn set_off(&mut self, off: bool) -> Result<()> {
+        if off == self.off {
+            return Ok(());
+        }
+        if off {
+            self.write(switch_common::REPLY_HOPS_OFF)?;
+            self.off = true;
+            Ok(())
+        } else {
+            self.off = false;
+            self.next_epoch()
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.off
+    }
+
+    fn next_epoch(&mut self) -> Result<()> {
+        let next = match self.epoch.wrapping_add(1) {
+            switch_common::REPLY_HOPS_OFF => 0,
+            n => n,
+        };
+        self.write(next)?;
+        self.epoch = next;
+        Ok(())
+    }
+
+    fn write(&mut self, epoch: u32) -> Result<()> {
+        let mut a: Array<&mut MapData, u32> = Array::try_from(&mut self.map)?;
+        a.set(0, epoch, 0).context("writing REPLY_HOPS_EPOCH")
     }
 }
 

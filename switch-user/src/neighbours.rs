@@ -321,3 +321,42 @@ pub fn cache_nexthops(
     n.reconcile(backends);
     crate::dataplane::sync_nexthops(dp, programmer, &n.resolved(), &mut Default::default())
 }
+
+/// Whether a routing rule (IPv4 or IPv6) selects by source or destination
+/// port; `None` when iproute2 cannot say.
+pub fn rules_select_by_port() -> Option<bool> {
+    let mut any = false;
+    for family in ["-4", "-6"] {
+        any |= by_port(&ip(&["-j", family, "rule", "show"])?)?;
+    }
+    Some(any)
+}
+
+/// `ip -j rule show` output: does a rule name a port (`sport`, `dport`,
+/// or a range `sport_start`...)?
+fn by_port(json: &[u8]) -> Option<bool> {
+    let rules: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(json).ok()?;
+    Some(rules.iter().any(|r| {
+        r.keys()
+            .any(|k| k.starts_with("sport") || k.starts_with("dport"))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_port;
+
+    #[test]
+    fn port_rules_are_recognised_in_iproute2_json() {
+        let plain = br#"[{"priority":0,"src":"all","table":"local"},{"priority":32766,"src":"all","table":"main"}]"#;
+        assert_eq!(by_port(plain), Some(false));
+        let proto = br#"[{"priority":100,"src":"all","ipproto":"tcp","table":"102"}]"#;
+        assert_eq!(by_port(proto), Some(false));
+        let dport = br#"[{"priority":32765,"src":"all","dport":80,"table":"100"}]"#;
+        assert_eq!(by_port(dport), Some(true));
+        let range = br#"[{"priority":32764,"src":"all","sport_start":1000,"sport_end":2000,"table":"101"}]"#;
+        assert_eq!(by_port(range), Some(true));
+        assert_eq!(by_port(b"not json"), None);
+    }
+}

@@ -130,6 +130,102 @@ fn nat_forward_and_reply_every_family_and_protocol() {
         .unwrap();
 }
 
+/// A nat reply asks the kernel for its route once per (client, backend,
+/// link) and keeps the answer until the network watch moves the epoch on;
+/// a packet larger than any the kernel forwarded asks again, and with the
+/// cache off every reply asks.
+#[test]
+fn nat_replies_keep_the_kernels_route_answer_until_the_network_changes() {
+    let lab = Lab::new().unwrap();
+    let (c0, b0, c0_mac, b0_mac) = (lab.c0, lab.b0, lab.c0_mac, lab.b0_mac);
+    lab.ns
+        .run(move || {
+            for v6 in [false, true] {
+                let spec = service(v6, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+                let (mut dp, _p) = setup_standalone(&spec);
+                let f = frame(
+                    [2, 0, 0, 0, 0, 9],
+                    c0_mac,
+                    client(v6),
+                    40_000,
+                    spec.vip.ip(),
+                    80,
+                    L4::Tcp { flags: SYN },
+                    b"",
+                );
+                let (verdict, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                let to = check(&out).unwrap();
+                let i = match to.dst {
+                    IpAddr::V4(a) => a.octets()[3],
+                    IpAddr::V6(a) => a.octets()[15],
+                };
+                let reply = |len: usize| {
+                    frame(
+                        backend_mac(i),
+                        b0_mac,
+                        to.dst,
+                        to.dport,
+                        client(v6),
+                        40_000,
+                        L4::Tcp { flags: ACK },
+                        &vec![7u8; len],
+                    )
+                };
+                // The reply as it leaves: from the VIP, to the client, its
+                // frame; whatever answered the route, it must be whole.
+                let send = |dp: &mut Dataplane, len: usize| -> (Vec<u8>, [u8; 6]) {
+                    let (verdict, out) = run(dp.program().unwrap(), b0, &reply(len)).unwrap();
+                    assert_eq!(verdict, XDP_REDIRECT, "v6={v6}");
+                    let seen = check(&out).unwrap();
+                    assert_eq!(SocketAddr::new(seen.src, seen.sport), spec.vip);
+                    assert_eq!(seen.dst, client(v6));
+                    assert_eq!(seen.smac, c0_mac);
+                    assert_eq!(seen.ttl, 63);
+                    assert_eq!(seen.payload.len(), len);
+                    (out, seen.dmac)
+                };
+                let neigh = |mac: &str| {
+                    switch_tests::sh(&format!(
+                        "ip neigh replace {} lladdr {mac} dev c0 nud permanent",
+                        client(v6)
+                    ))
+                    .unwrap();
+                };
+                let (asked, mac) = send(&mut dp, 100);
+                assert_eq!(mac, CLIENT_MAC);
+                let (kept, mac) = send(&mut dp, 100);
+                assert_eq!(mac, CLIENT_MAC);
+                assert_eq!(asked, kept, "the kept answer gives the kernel's frame");
+
+                // The kernel learns another MAC: the kept answer holds
+                // until the epoch moves...
+                neigh("02:00:00:00:0a:01");
+                assert_eq!(send(&mut dp, 100).1, CLIENT_MAC);
+                // ...except for a packet larger than the kernel forwarded
+                // (the MTU check stays the kernel's); its answer is kept.
+                assert_eq!(send(&mut dp, 1000).1, [2, 0, 0, 0, 0x0a, 1]);
+                neigh("02:00:00:00:0a:02");
+                assert_eq!(send(&mut dp, 100).1, [2, 0, 0, 0, 0x0a, 1]);
+                let mut hops = dp.reply_hops().unwrap();
+                hops.advance().unwrap();
+                assert_eq!(send(&mut dp, 100).1, [2, 0, 0, 0, 0x0a, 2]);
+
+                // Off (routing rules by port): every reply asks.
+                hops.set_off(true).unwrap();
+                neigh("02:00:00:00:0a:03");
+                assert_eq!(send(&mut dp, 100).1, [2, 0, 0, 0, 0x0a, 3]);
+                neigh("02:00:00:00:00:02");
+                assert_eq!(send(&mut dp, 100).1, CLIENT_MAC);
+                // On again: nothing kept from before counts.
+                hops.set_off(false).unwrap();
+                assert_eq!(send(&mut dp, 100).1, CLIENT_MAC);
+                assert_eq!(reason(&dp, Reason::ReplyForwarded), 9);
+            }
+        })
+        .unwrap();
+}
+
 fn setup_standalone(spec: &ServiceConfig) -> (Dataplane, Programmer) {
     setup(spec, false)
 }

@@ -266,6 +266,64 @@ fn traffic_follows_a_backend_whose_mac_changes() {
     drop(d);
 }
 
+/// The client's NIC is replaced (its MAC changes): nat replies, whose route
+/// the data plane keeps per client, follow the switch host's neighbour
+/// table at once (the daemon's network watch moves the cache on), and
+/// nothing goes to the old MAC after that.
+#[test]
+fn nat_replies_follow_a_client_whose_mac_changes() {
+    let lab = Lab3::new().unwrap();
+    let b = Lab3::backend(false, 1, 8080);
+    line_servers(&lab, vec![b]);
+    let config = format!(
+        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [ {{ name = \"blue\", weight = 100, backends = [\"{b}\"] }} ]\n"
+    );
+    let d = Daemon::start(&lab, "climac", &config).unwrap();
+    let vip = Lab3::vip(false, 80);
+    let ask = |n: usize| {
+        lab.cli
+            .run(move || {
+                (0..n)
+                    .map(|_| switch_tests::traffic::ask_once(vip, None))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    let answers = ask(5);
+    assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+    let old = lab
+        .cli
+        .exec("cat /sys/class/net/cli0/address")
+        .unwrap()
+        .trim()
+        .to_string();
+    let new = "02:aa:bb:cc:dd:02";
+    lab.cli
+        .exec(&format!("ip link set cli0 address {new}"))
+        .unwrap();
+    lab.sw
+        .exec(&format!("ip neigh replace 198.18.0.2 lladdr {new} dev sw0"))
+        .unwrap();
+    // Well inside the daemon's one-second round: the event must do it.
+    std::thread::sleep(Duration::from_millis(150));
+    let cap = lab.cli.name.clone();
+    let capture = std::thread::spawn(move || {
+        switch_tests::sh(&format!(
+            "ip netns exec {cap} timeout 2 tcpdump -e -n -i cli0 -c 1000 ether dst {old} 2>/dev/null; true"
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = ask(20);
+    assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+    let seen = capture.join().unwrap().unwrap_or_default();
+    let to_old: Vec<&str> = seen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        to_old.is_empty(),
+        "replies still sent to the old MAC: {to_old:#?}"
+    );
+    drop(d);
+}
+
 /// The route to a backend moves to another link of the switch host: the
 /// cached next hop follows (frames leave through the new link).
 #[test]
