@@ -14,7 +14,7 @@ use network_types::eth::EthHdr;
 use crate::{
     maps::{DEVICES, FIB_SCRATCH, NEXTHOPS, REPLY_HOPS, REPLY_HOPS_EPOCH, REPLY_SCRATCH},
     parse,
-    parse::Packet,
+    parse::{Addr, Packet},
     rewrite,
     verdict::{pack, unpack},
 };
@@ -109,15 +109,15 @@ fn set_macs(eth: usize, dmac: &[u8; 6], smac: &[u8; 6]) {
     }
 }
 
-/// Route a packet whose L3 header now holds its final destination (nat mode
-/// and replies).
+/// Route a packet whose L3 header now holds its final destination (nat
+/// mode).
 #[inline(always)]
-pub fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
+fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
     if !parse::l3_fits(ctx, pkt) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
     let dst = destination(pkt);
-    named(send(ctx, pkt, &dst, true, None), ok)
+    named(send(ctx, pkt, &dst, ROUTED, None), ok)
 }
 
 /// A nat reply: the source becomes the VIP, but only once the route is
@@ -129,13 +129,33 @@ pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) 
     if !parse::l3_fits(ctx, pkt) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
-    let v = cached_reply(ctx, pkt, vip);
+    // The kernel is asked before the rewrite (the source is still the
+    // backend), so that is the key.
+    let v = cached_reply(ctx, pkt, &pkt.dst, &pkt.src, Some(vip));
     if v != NOT_CACHED {
         return named(v, Reason::ReplyForwarded);
     }
     let dst = destination(pkt);
     named(
-        send(ctx, pkt, &dst, true, Some(vip)),
+        send(ctx, pkt, &dst, ROUTED | REPLY, Some(vip)),
+        Reason::ReplyForwarded,
+    )
+}
+
+/// A fullnat reply, already rewritten to go from the VIP to the client:
+/// routed like a nat reply, by the kernel's kept answer when there is one.
+#[inline(always)]
+pub fn fullnat_reply(ctx: &XdpContext, pkt: &Packet, client: &Addr, vip: &Addr) -> (u32, Reason) {
+    if !parse::l3_fits(ctx, pkt) {
+        return (xdp_action::XDP_PASS, Reason::Malformed);
+    }
+    let v = cached_reply(ctx, pkt, client, vip, None);
+    if v != NOT_CACHED {
+        return named(v, Reason::ReplyForwarded);
+    }
+    let dst = destination(pkt);
+    named(
+        send(ctx, pkt, &dst, ROUTED | REPLY, None),
         Reason::ReplyForwarded,
     )
 }
@@ -143,16 +163,23 @@ pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) 
 /// `cached_reply` has no answer: ask the kernel.
 const NOT_CACHED: u64 = u64::MAX;
 
-/// A nat reply by the kernel's last answer for its key (`REPLY_HOPS`),
-/// when it still holds and the packet is no larger than one the kernel
-/// forwarded; else `NOT_CACHED`, with the key left in `REPLY_SCRATCH` for
-/// `remember_reply_hop`. Key and answer live in that per-CPU scratch
+/// A reply (backend -> client) by the kernel's last answer for its key
+/// (`REPLY_HOPS`: `dst`, `src` as the kernel is asked), when it still
+/// holds and the packet is no larger than one the kernel forwarded; nat
+/// replies get their source rewritten to `vip` here. Else `NOT_CACHED`,
+/// with the key left in `REPLY_SCRATCH` for `remember_reply_hop`. Key and answer live in that per-CPU scratch
 /// map: on the stack they would take the deepest call chain past 512
 /// bytes.
 // Not inlined: its own frame, and verified once rather than inside every
 // caller of `send`.
 #[inline(never)]
-fn cached_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> u64 {
+fn cached_reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    dst: &Addr,
+    src: &Addr,
+    vip: Option<&Source>,
+) -> u64 {
     let Some(r) = REPLY_SCRATCH.get_ptr_mut(0) else {
         return NOT_CACHED;
     };
@@ -165,7 +192,7 @@ fn cached_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> u64 {
     if epoch == REPLY_HOPS_OFF || !parse::l3_fits(ctx, pkt) {
         return NOT_CACHED;
     }
-    set_reply_hop_key(ctx, pkt, &mut r.key);
+    set_reply_hop_key(ctx, pkt, dst, src, &mut r.key);
     r.hop.epoch = epoch;
     // SAFETY: hash map values stay valid for the program's run (RCU).
     let Some(hop) = (unsafe { REPLY_HOPS.get(&r.key) }) else {
@@ -174,8 +201,11 @@ fn cached_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> u64 {
     if hop.epoch != epoch || pkt.ip_len > hop.fits {
         return NOT_CACHED;
     }
-    if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN)
-        || !rewrite::source(ctx, pkt, &vip.addr, vip.port)
+    if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
+        return pack(xdp_action::XDP_PASS, Reason::Malformed);
+    }
+    if let Some(vip) = vip
+        && !rewrite::source(ctx, pkt, &vip.addr, vip.port)
     {
         return pack(xdp_action::XDP_PASS, Reason::Malformed);
     }
@@ -233,7 +263,7 @@ fn destination(pkt: &Packet) -> [u8; 16] {
 /// header is addressed to the backend, which holds the VIP itself.
 #[inline(always)]
 pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &[u8; 16]) -> (u32, Reason) {
-    named(send(ctx, pkt, backend, false, None), Reason::Forwarded)
+    named(send(ctx, pkt, backend, 0, None), Reason::Forwarded)
 }
 
 /// `send` reports success as `Forwarded`; the caller names what was sent.
@@ -245,10 +275,15 @@ fn named(v: u64, ok: Reason) -> (u32, Reason) {
     }
 }
 
+/// `send`: the TTL goes down (nat, fullnat and replies; not dsr).
+const ROUTED: u32 = 1;
+/// `send`: a reply whose key `cached_reply` left: keep the kernel's answer.
+const REPLY: u32 = 2;
+
 // Not inlined: its 64-byte route-lookup struct gets a stack frame of its
 // own instead of adding to try_switch's (the BPF stack is 512 bytes).
 #[inline(never)]
-fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Option<&Source>) -> u64 {
+fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], how: u32, src: Option<&Source>) -> u64 {
     if !parse::l3_fits(ctx, pkt) || !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
         return pack(xdp_action::XDP_PASS, Reason::Malformed);
     }
@@ -314,11 +349,11 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
         // The kernel can still route it, just more slowly.
         return pack(xdp_action::XDP_PASS, Reason::NotRedirectable);
     }
-    if src.is_some() {
+    if how & REPLY != 0 {
         remember_reply_hop(pkt, p);
     }
     set_macs(pkt.eth as usize, &p.dmac, &p.smac);
-    if route {
+    if how & ROUTED != 0 {
         rewrite::decrement_ttl(ctx, pkt);
     }
     match DEVICES.redirect(p.ifindex, 0) {
@@ -329,15 +364,21 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], route: bool, src: Optio
 
 /// What the route lookup of a nat reply depends on (see `ReplyHopKey`).
 #[inline(always)]
-fn set_reply_hop_key(ctx: &XdpContext, pkt: &Packet, key: &mut ReplyHopKey) {
+fn set_reply_hop_key(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    dst: &Addr,
+    src: &Addr,
+    key: &mut ReplyHopKey,
+) {
     key.tos = if pkt.family == FAMILY_V4 {
         // SAFETY: the caller checked the L3 header's bounds.
         unsafe { (*(pkt.l3 as *const network_types::ip::Ipv4Hdr)).tos }
     } else {
         0
     };
-    key.dst = parse::bytes(&pkt.dst);
-    key.src = parse::bytes(&pkt.src);
+    key.dst = parse::bytes(dst);
+    key.src = parse::bytes(src);
     key.ifindex = ctx.ingress_ifindex() as u32;
     key.family = pkt.family;
     key.proto = pkt.proto;

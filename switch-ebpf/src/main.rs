@@ -167,7 +167,12 @@ mod program {
             {
                 return pack(xdp_action::XDP_PASS, Reason::Malformed);
             }
-            let (v, why) = forward::routed(ctx, pkt, Reason::ReplyForwarded);
+            let (v, why) = forward::fullnat_reply(
+                ctx,
+                pkt,
+                &parse::aligned(&r.client),
+                &parse::aligned(&r.vip),
+            );
             return pack(v, why);
         }
         if config.flags & CONFIG_NAT != 0 {

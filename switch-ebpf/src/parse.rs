@@ -122,7 +122,8 @@ pub fn v4_addr(b: [u8; 4]) -> [u8; 16] {
 
 /// An address field of a map value or `Chosen` as words, in four loads.
 /// Every such field sits at a 4-aligned offset of a 4-aligned struct
-/// (`Backend::addr`, `Real::vip`, `Service::snat_addr`, ...).
+/// (`Backend::addr`, `Real::vip`, `Service::snat_addr`, `SnatValue`'s
+/// `client` and `vip`, ...).
 #[inline(always)]
 pub fn aligned(a: &[u8; 16]) -> Addr {
     // SAFETY: see above; every bit pattern is a valid `Addr`.

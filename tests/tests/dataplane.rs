@@ -756,6 +756,7 @@ fn fullnat_rewrites_both_ends_and_replies_find_the_client() {
                     spec.source = Some(source);
                     let (mut dp, _p) = setup_standalone(&spec);
                     let mut ports = BTreeSet::new();
+                    let mut replies = Vec::new();
                     for cport in [40_000u16, 40_001, 40_002] {
                         let f = frame(
                             [2; 6],
@@ -802,7 +803,28 @@ fn fullnat_rewrites_both_ends_and_replies_find_the_client() {
                         );
                         assert_eq!(back.dmac, CLIENT_MAC);
                         assert_eq!(back.payload, b"pong");
+                        replies.push(r);
                     }
+                    // The kernel's route answer for the client is kept (the
+                    // second and third replies above used it) until the
+                    // network watch moves the epoch on.
+                    let to = |dp: &mut Dataplane| {
+                        let (verdict, out) = run(dp.program().unwrap(), b0, &replies[0]).unwrap();
+                        assert_eq!(verdict, XDP_REDIRECT);
+                        check(&out).unwrap().dmac
+                    };
+                    let neigh = |mac: &str| {
+                        switch_tests::sh(&format!(
+                            "ip neigh replace {} lladdr {mac} dev c0 nud permanent",
+                            client(v6)
+                        ))
+                        .unwrap();
+                    };
+                    neigh("02:00:00:00:0a:05");
+                    assert_eq!(to(&mut dp), CLIENT_MAC);
+                    dp.reply_hops().unwrap().advance().unwrap();
+                    assert_eq!(to(&mut dp), [2, 0, 0, 0, 0x0a, 5]);
+                    neigh("02:00:00:00:00:02");
                     // The same flow keeps its source port.
                     let f = frame(
                         [2; 6],
