@@ -240,10 +240,11 @@ pub struct NextHop {
 
 pub const NEXTHOP_VALID: u16 = 1;
 
-/// Key of `REPLY_HOPS`: what the kernel's route lookup for a nat reply
+/// Key of `REPLY_HOPS`: what the kernel's route lookup for a reply
 /// (backend -> client) reads, but the ports: the client (destination), the
-/// backend (source), the link it came in on, the TOS and the protocol.
-/// 8-aligned, built in words like `FlowKey`.
+/// source as the kernel is asked (nat: the backend, before the rewrite;
+/// fullnat: the VIP, after it), the link it came in on, the TOS and the
+/// protocol. 8-aligned, built in words like `FlowKey`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplyHopKey {

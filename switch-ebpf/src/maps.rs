@@ -77,21 +77,21 @@ pub static COHORTS: LpmTrie<CohortKey, u32> = LpmTrie::with_max_entries(DEFAULT_
 #[map]
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
-/// The kernel's route answers for nat replies, so a reply asks the kernel
-/// once per (client, backend, link) rather than per packet. Not pinned: a
-/// cache every daemon starts empty with its program.
+/// The kernel's route answers for replies (nat, fullnat), so a reply asks
+/// the kernel once per (client, backend, link) rather than per packet. Not
+/// pinned: a cache every daemon starts empty with its program.
 #[map]
 pub static REPLY_HOPS: LruHashMap<ReplyHopKey, ReplyHop> =
     LruHashMap::with_max_entries(DEFAULT_MAX_REPLY_HOPS, 0);
 
 /// Which `REPLY_HOPS` entries hold: the daemon moves it on at every
-/// neighbour, route or link event and every second (`REPLY_HOPS_OFF`: no
+/// neighbour, route, link or rule event and every second (`REPLY_HOPS_OFF`: no
 /// caching at all).
 #[map]
 pub static REPLY_HOPS_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
-/// A nat reply's `REPLY_HOPS` key and answer, built here rather than on
-/// the 512-byte stack (see `forward::send`).
+/// A reply's `REPLY_HOPS` key and answer, built here rather than on
+/// the 512-byte stack (see `forward::cached_reply`).
 #[repr(C)]
 pub struct ReplyScratch {
     pub key: ReplyHopKey,

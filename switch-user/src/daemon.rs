@@ -761,7 +761,7 @@ fn is_neighbour_event(line: &str) -> bool {
 /// route or link change (`ip monitor`), so a backend's new MAC is followed
 /// within milliseconds.
 ///
-/// The same watch keeps the nat replies' route cache honest: every event
+/// The same watch keeps the replies' route cache honest: every event
 /// (any neighbour, route, link or rule) and every round move its epoch on,
 /// and routing rules that select by port turn it off.
 async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
@@ -772,7 +772,7 @@ async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
     let reply_hops = match shared.lock().map(|s| s.dp.reply_hops()) {
         Ok(Ok(h)) => Some(Arc::new(Mutex::new(h))),
         Ok(Err(e)) => {
-            tracing::warn!("nat replies' route cache: {e:#}");
+            tracing::warn!("replies' route cache: {e:#}");
             None
         }
         Err(_) => None,
@@ -853,11 +853,11 @@ fn advance_reply_hops(hops: &Mutex<crate::dataplane::ReplyHops>) {
     if let Ok(mut h) = hops.lock()
         && let Err(e) = h.advance()
     {
-        tracing::warn!("nat replies' route cache: {e:#}");
+        tracing::warn!("replies' route cache: {e:#}");
     }
 }
 
-/// A round of the network watch for the nat replies' route cache: off
+/// A round of the network watch for the replies' route cache: off
 /// while a routing rule selects by port (its key has no ports), and moved
 /// on in any case, so no answer is older than a round.
 fn check_reply_hops(hops: &Mutex<crate::dataplane::ReplyHops>) {
@@ -868,11 +868,11 @@ fn check_reply_hops(hops: &Mutex<crate::dataplane::ReplyHops>) {
     {
         if by_port {
             tracing::info!(
-                "a routing rule selects by port: nat replies ask the kernel for every packet"
+                "a routing rule selects by port: replies ask the kernel for every packet"
             );
         }
         if let Err(e) = h.set_off(by_port) {
-            tracing::warn!("nat replies' route cache: {e:#}");
+            tracing::warn!("replies' route cache: {e:#}");
         }
     }
     advance_reply_hops(hops);

@@ -142,7 +142,7 @@ impl Dataplane {
         Ok(clock)
     }
 
-    /// A handle on the nat replies' route cache (`REPLY_HOPS_EPOCH`), for
+    /// A handle on the replies' route cache (`REPLY_HOPS_EPOCH`), for
     /// the daemon's network watch.
     pub fn reply_hops(&self) -> Result<ReplyHops> {
         let data = match self.map_ref(names::REPLY_HOPS_EPOCH)? {
@@ -522,7 +522,7 @@ impl Clock {
     }
 }
 
-/// The data plane keeps the kernel's route answer for nat replies
+/// The data plane keeps the kernel's route answer for replies
 /// (`REPLY_HOPS`) while the epoch stands: whoever watches the network moves
 /// it on when something changed (a neighbour, a route, a link, a rule) and
 /// every second, or turns the cache off.
