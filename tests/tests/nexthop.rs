@@ -463,3 +463,26 @@ fn unpinned_flows_return_to_their_previous_owner_after_a_canary_step() {
         })
         .unwrap();
 }
+
+/// The replies' route cache has no ports in its key, so the daemon turns it
+/// off while a routing rule (IPv4 or IPv6) selects by port: it must see such
+/// rules as iproute2 shows them, and only those.
+#[test]
+fn routing_rules_by_port_are_seen() {
+    let ns = switch_tests::Netns::new("rules").unwrap();
+    let by_port = |ns: &switch_tests::Netns| {
+        ns.run(switch_user::neighbours::rules_select_by_port)
+            .unwrap()
+    };
+    assert_eq!(by_port(&ns), Some(false));
+    ns.exec("ip rule add ipproto tcp table 100 && ip rule add from 198.18.0.0/24 table 101")
+        .unwrap();
+    assert_eq!(by_port(&ns), Some(false), "no port in these rules");
+    ns.exec("ip -6 rule add dport 8000-8080 table 102").unwrap();
+    assert_eq!(by_port(&ns), Some(true));
+    ns.exec("ip -6 rule del dport 8000-8080 table 102 && ip rule add sport 8080 table 103")
+        .unwrap();
+    assert_eq!(by_port(&ns), Some(true));
+    ns.exec("ip rule del sport 8080 table 103").unwrap();
+    assert_eq!(by_port(&ns), Some(false));
+}
