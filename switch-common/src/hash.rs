@@ -27,6 +27,30 @@ pub fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The `REPLY_HOPS` slot of a key (its five words), below `slots` (a
+/// power of two).
+#[inline(always)]
+pub fn reply_hop_slot(key: &[u64; 5], slots: u32) -> u32 {
+    let mut h: u64 = 0x243f_6a88_85a3_08d3;
+    for w in key {
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    (h >> 32) as u32 & (slots - 1)
+}
+
+/// The check word of a `REPLY_HOPS` slot (its last word): a hash of the
+/// eight before it (key and answer). A copy taken while another CPU wrote
+/// the slot mixes two entries and all but never passes.
+#[inline(always)]
+pub fn reply_hop_check(slot: &[u64; crate::REPLY_HOP_WORDS]) -> u64 {
+    let mut h: u64 = 0x1319_8a2e_0370_7344;
+    for w in &slot[..crate::REPLY_HOP_WORDS - 1] {
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+    }
+    h
+}
+
 /// An address as the four native-order words the data plane keeps it in
 /// (word loads instead of byte loads on BPF).
 #[inline(always)]
@@ -97,6 +121,61 @@ pub fn backend_ident(seed: u32, addr: &[u8; 16], port: u16) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader's copy of a slot that another CPU was overwriting holds the
+    /// first words of one entry and the rest of another (or its words in any
+    /// mix): the check must refuse every such copy.
+    #[test]
+    fn a_torn_reply_hop_slot_fails_its_check() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let entry = |next: &mut dyn FnMut() -> u64, same_key: bool, base: &[u64; 9]| {
+            let mut e = [0u64; 9];
+            for w in e.iter_mut().take(8) {
+                *w = next();
+            }
+            if same_key {
+                e[..5].copy_from_slice(&base[..5]);
+            }
+            e[8] = reply_hop_check(&e);
+            e
+        };
+        for _ in 0..2_000 {
+            let a = entry(&mut next, false, &[0; 9]);
+            // Another answer for the same key (the epoch moved), or another key.
+            let same = next() & 1 == 0;
+            let b = entry(&mut next, same, &a);
+            assert_eq!(reply_hop_check(&a), a[8]);
+            for mask in 1..(1u32 << 9) - 1 {
+                let torn: [u64; 9] =
+                    core::array::from_fn(|i| if mask >> i & 1 == 1 { b[i] } else { a[i] });
+                if torn == a || torn == b {
+                    continue;
+                }
+                assert_ne!(reply_hop_check(&torn), torn[8], "a torn copy passed");
+            }
+        }
+    }
+
+    #[test]
+    fn reply_hop_slots_are_in_range_and_spread() {
+        let mut seen = std::collections::BTreeSet::new();
+        for client in 0..4096u64 {
+            let slot = reply_hop_slot(&[client << 32 | 0x0a00_0002, 0, 0x0b01_12c6, 0, 4], 1 << 17);
+            assert!(slot < 1 << 17);
+            seen.insert(slot);
+        }
+        assert!(
+            seen.len() > 4000,
+            "{} distinct slots of 4096 keys",
+            seen.len()
+        );
+    }
 
     #[test]
     fn slot_is_always_in_range() {

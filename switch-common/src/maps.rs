@@ -13,8 +13,8 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 16_384;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Source cohorts (CIDR -> pool) across all services.
 pub const DEFAULT_MAX_COHORTS: u32 = 1024;
-/// Route answers kept for nat replies (client, backend, link): see `ReplyHop`.
-pub const DEFAULT_MAX_REPLY_HOPS: u32 = 65_536;
+/// Slots of `REPLY_HOPS` (a power of two: a slot is a hash's low bits).
+pub const REPLY_HOP_SLOTS: u32 = 1 << 17;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -257,20 +257,29 @@ pub struct ReplyHopKey {
     pub _pad: u8,
 }
 
-/// Value of `REPLY_HOPS`: the kernel's answer for that key (egress device,
-/// both MACs), valid while `epoch` equals `REPLY_HOPS_EPOCH[0]`, for
-/// packets of up to `fits` bytes (the largest one the kernel forwarded:
-/// a larger packet asks again, so the MTU check stays the kernel's).
-#[repr(C)]
+/// A slot of `REPLY_HOPS`, a direct-mapped cache (an array indexed by
+/// `hash::reply_hop_slot` of the key): the kernel's answer for `key`
+/// (egress device, both MACs), valid while `epoch` equals
+/// `REPLY_HOPS_EPOCH[0]`, for packets of up to `fits` bytes (the largest
+/// the kernel forwarded: a larger packet asks again, so the MTU check
+/// stays the kernel's). Any CPU may overwrite a slot while another reads
+/// it; `check` (`hash::reply_hop_check` of the first eight words) lets a
+/// reader that copied a slot tell a torn copy from a whole one.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplyHop {
+    pub key: ReplyHopKey,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     pub ifindex: u32,
     pub fits: u16,
     pub _pad: u16,
     pub epoch: u32,
+    pub check: u64,
 }
+
+/// `ReplyHop` as 64-bit words (the last one is `check`).
+pub const REPLY_HOP_WORDS: usize = 9;
 
 /// `REPLY_HOPS_EPOCH[0]` when nat replies must ask the kernel every time
 /// (routing rules that select by port, which the key leaves out).
@@ -619,5 +628,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::align_of::<ReplyHopKey>(), 8);
         assert_eq!(core::mem::size_of::<ReplyHopKey>(), 40);
+        assert_eq!(core::mem::size_of::<ReplyHop>(), 8 * crate::REPLY_HOP_WORDS);
+        assert_eq!(core::mem::offset_of!(ReplyHop, dmac), 40);
+        assert_eq!(core::mem::offset_of!(ReplyHop, ifindex), 52);
+        assert_eq!(core::mem::offset_of!(ReplyHop, fits), 56);
+        assert_eq!(core::mem::offset_of!(ReplyHop, epoch), 60);
+        assert_eq!(core::mem::offset_of!(ReplyHop, check), 64);
     }
 }

@@ -7,7 +7,11 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use switch_common::{FAMILY_V4, NEXTHOP_VALID, NextHop, REPLY_HOPS_OFF, Reason, ReplyHopKey};
+use switch_common::{
+    FAMILY_V4, NEXTHOP_VALID, NextHop, REPLY_HOP_SLOTS, REPLY_HOP_WORDS, REPLY_HOPS_OFF, Reason,
+    ReplyHop, ReplyHopKey,
+    hash::{reply_hop_check, reply_hop_slot},
+};
 
 use network_types::eth::EthHdr;
 
@@ -99,9 +103,17 @@ fn through(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, routed_mode: bool) -> 
 /// a byte-at-a-time memmove call on BPF.
 #[inline(always)]
 fn set_macs(eth: usize, dmac: &[u8; 6], smac: &[u8; 6]) {
-    let w0 = u32::from_ne_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]);
-    let w1 = u32::from_ne_bytes([dmac[4], dmac[5], smac[0], smac[1]]);
-    let w2 = u32::from_ne_bytes([smac[2], smac[3], smac[4], smac[5]]);
+    set_mac_words(
+        eth,
+        u32::from_ne_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]),
+        u32::from_ne_bytes([dmac[4], dmac[5], smac[0], smac[1]]),
+        u32::from_ne_bytes([smac[2], smac[3], smac[4], smac[5]]),
+    );
+}
+
+/// The twelve MAC bytes (destination, then source) as three native words.
+#[inline(always)]
+fn set_mac_words(eth: usize, w0: u32, w1: u32, w2: u32) {
     unsafe {
         core::ptr::write_unaligned(eth as *mut u32, w0);
         core::ptr::write_unaligned((eth + 4) as *mut u32, w1);
@@ -164,11 +176,11 @@ pub fn fullnat_reply(ctx: &XdpContext, pkt: &Packet, client: &Addr, vip: &Addr) 
 const NOT_CACHED: u64 = u64::MAX;
 
 /// A reply (backend -> client) by the kernel's last answer for its key
-/// (`REPLY_HOPS`: `dst`, `src` as the kernel is asked), when it still
-/// holds and the packet is no larger than one the kernel forwarded; nat
-/// replies get their source rewritten to `vip` here. Else `NOT_CACHED`,
-/// with the key left in `REPLY_SCRATCH` for `remember_reply_hop`. Key and answer live in that per-CPU scratch
-/// map: on the stack they would take the deepest call chain past 512
+/// (`dst`, `src` as the kernel is asked), when it still holds and the
+/// packet is no larger than one the kernel forwarded; nat replies get their
+/// source rewritten to `vip` here. Else `NOT_CACHED`, with the key left in
+/// `REPLY_SCRATCH` for `remember_reply_hop`. The key lives in that per-CPU
+/// scratch map: on the stack it would take the deepest call chain past 512
 /// bytes.
 // Not inlined: its own frame, and verified once rather than inside every
 // caller of `send`.
@@ -187,18 +199,32 @@ fn cached_reply(
     let r = unsafe { &mut *r };
     // OFF until the key is this packet's: nothing is remembered under a
     // key left from another packet.
-    r.hop.epoch = REPLY_HOPS_OFF;
+    r.epoch = REPLY_HOPS_OFF;
     let epoch = REPLY_HOPS_EPOCH.get(0).copied().unwrap_or(REPLY_HOPS_OFF);
     if epoch == REPLY_HOPS_OFF || !parse::l3_fits(ctx, pkt) {
         return NOT_CACHED;
     }
     set_reply_hop_key(ctx, pkt, dst, src, &mut r.key);
-    r.hop.epoch = epoch;
-    // SAFETY: hash map values stay valid for the program's run (RCU).
-    let Some(hop) = (unsafe { REPLY_HOPS.get(&r.key) }) else {
+    r.epoch = epoch;
+    let key = key_words(&r.key);
+    let Some(slot) = REPLY_HOPS.get_ptr(reply_hop_slot(&key, REPLY_HOP_SLOTS)) else {
         return NOT_CACHED;
     };
-    if hop.epoch != epoch || pkt.ip_len > hop.fits {
+    // One copy of the slot, a word at a time (another CPU may be writing
+    // it), then only the copy is used: whole (its check holds), for this
+    // key, of this epoch.
+    let slot = slot as *const u64;
+    let w: [u64; REPLY_HOP_WORDS] =
+        core::array::from_fn(|i| unsafe { core::ptr::read_volatile(slot.add(i)) });
+    if w[0] != key[0]
+        || w[1] != key[1]
+        || w[2] != key[2]
+        || w[3] != key[3]
+        || w[4] != key[4]
+        || (w[7] >> 32) as u32 != epoch
+        || pkt.ip_len > w[7] as u16
+        || reply_hop_check(&w) != w[REPLY_HOP_WORDS - 1]
+    {
         return NOT_CACHED;
     }
     if !parse::fits(ctx, pkt.eth as usize, EthHdr::LEN) {
@@ -209,16 +235,23 @@ fn cached_reply(
     {
         return pack(xdp_action::XDP_PASS, Reason::Malformed);
     }
-    set_macs(pkt.eth as usize, &hop.dmac, &hop.smac);
+    // Words 5 and 6: both MACs, then the egress device (see `ReplyHop`).
+    set_mac_words(
+        pkt.eth as usize,
+        w[5] as u32,
+        (w[5] >> 32) as u32,
+        w[6] as u32,
+    );
     rewrite::decrement_ttl(ctx, pkt);
-    match DEVICES.redirect(hop.ifindex, 0) {
+    match DEVICES.redirect((w[6] >> 32) as u32, 0) {
         Ok(v) => pack(v, Reason::Forwarded),
         Err(_) => pack(xdp_action::XDP_DROP, Reason::FibFailed),
     }
 }
 
-/// Keeps the kernel's answer for a nat reply that `cached_reply` left
-/// its key for (unless caching is off).
+/// Keeps the kernel's answer for a reply that `cached_reply` left its key
+/// for (unless caching is off): the slot is written a word at a time,
+/// its check last.
 #[inline(always)]
 fn remember_reply_hop(pkt: &Packet, p: &FibParams) {
     let Some(r) = REPLY_SCRATCH.get_ptr_mut(0) else {
@@ -226,17 +259,34 @@ fn remember_reply_hop(pkt: &Packet, p: &FibParams) {
     };
     // SAFETY: as in cached_reply.
     let r = unsafe { &mut *r };
-    if r.hop.epoch == REPLY_HOPS_OFF {
+    if r.epoch == REPLY_HOPS_OFF {
         return;
     }
-    r.hop.dmac = p.dmac;
-    r.hop.smac = p.smac;
-    r.hop.ifindex = p.ifindex;
-    r.hop.fits = pkt.ip_len;
-    r.hop._pad = 0;
-    // A full LRU drops its oldest answer; a failed insert only means
-    // asking the kernel next time.
-    let _ = REPLY_HOPS.insert(&r.key, &r.hop, 0);
+    r.dmac = p.dmac;
+    r.smac = p.smac;
+    r.ifindex = p.ifindex;
+    r.fits = pkt.ip_len;
+    r._pad = 0;
+    // SAFETY: ReplyHop is REPLY_HOP_WORDS 8-aligned words (a test in
+    // switch-common checks the layout).
+    let w = unsafe { &*(r as *const ReplyHop as *const [u64; REPLY_HOP_WORDS]) };
+    let check = reply_hop_check(w);
+    let key = key_words(&r.key);
+    let Some(slot) = REPLY_HOPS.get_ptr_mut(reply_hop_slot(&key, REPLY_HOP_SLOTS)) else {
+        return;
+    };
+    let slot = slot as *mut u64;
+    for (i, word) in w.iter().enumerate().take(REPLY_HOP_WORDS - 1) {
+        unsafe { core::ptr::write_volatile(slot.add(i), *word) };
+    }
+    unsafe { core::ptr::write_volatile(slot.add(REPLY_HOP_WORDS - 1), check) };
+}
+
+/// A key's five words (it is 8-aligned: `ReplyHopKey`).
+#[inline(always)]
+fn key_words(key: &ReplyHopKey) -> [u64; 5] {
+    // SAFETY: 40 bytes, 8-aligned, every bit pattern a valid u64.
+    unsafe { core::ptr::read(key as *const ReplyHopKey as *const [u64; 5]) }
 }
 
 /// A source address and port to write once the route is known (4-aligned:

@@ -78,28 +78,24 @@ pub static COHORTS: LpmTrie<CohortKey, u32> = LpmTrie::with_max_entries(DEFAULT_
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// The kernel's route answers for replies (nat, fullnat), so a reply asks
-/// the kernel once per (client, backend, link) rather than per packet. Not
-/// pinned: a cache every daemon starts empty with its program.
+/// the kernel once per (client, backend, link) rather than per packet: a
+/// direct-mapped cache (see `ReplyHop`). An array, not an LRU hash: an
+/// answer is kept with a few stores, where an LRU insert (hundreds of
+/// nanoseconds) would make a cache with more clients than slots slower
+/// than none. Not pinned: every daemon's program starts with an empty one.
 #[map]
-pub static REPLY_HOPS: LruHashMap<ReplyHopKey, ReplyHop> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_REPLY_HOPS, 0);
+pub static REPLY_HOPS: Array<ReplyHop> = Array::with_max_entries(REPLY_HOP_SLOTS, 0);
 
 /// Which `REPLY_HOPS` entries hold: the daemon moves it on at every
-/// neighbour, route, link or rule event and every second (`REPLY_HOPS_OFF`: no
-/// caching at all).
+/// neighbour, route, link or rule event and every second (`REPLY_HOPS_OFF`:
+/// no caching at all).
 #[map]
 pub static REPLY_HOPS_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
-/// A reply's `REPLY_HOPS` key and answer, built here rather than on
-/// the 512-byte stack (see `forward::cached_reply`).
-#[repr(C)]
-pub struct ReplyScratch {
-    pub key: ReplyHopKey,
-    pub hop: ReplyHop,
-}
-
+/// A reply's key and the answer to keep, built here rather than on the
+/// 512-byte stack (see `forward::cached_reply`).
 #[map]
-pub static REPLY_SCRATCH: PerCpuArray<ReplyScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static REPLY_SCRATCH: PerCpuArray<ReplyHop> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scratch space for `bpf_fib_lookup`'s parameters (one per CPU), so they
 /// are not on the stack.

@@ -226,6 +226,82 @@ fn nat_replies_keep_the_kernels_route_answer_until_the_network_changes() {
         .unwrap();
 }
 
+/// Two clients whose replies share a slot of the replies' route cache
+/// (direct-mapped): each reply takes the slot from the other, and every
+/// one still reaches its own client's MAC.
+#[test]
+fn replies_of_clients_that_share_a_cache_slot_each_reach_their_client() {
+    let lab = Lab::new().unwrap();
+    let (c0, b0, c0_mac, b0_mac) = (lab.c0, lab.b0, lab.c0_mac, lab.b0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(true, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+            spec.pools[0].backends.truncate(1);
+            let backend_ip: std::net::Ipv6Addr = "2001:2:1::b".parse().unwrap();
+            // The key exactly as the data plane builds it (see ReplyHopKey).
+            let slot = |client: std::net::Ipv6Addr| {
+                let key = switch_common::ReplyHopKey {
+                    dst: client.octets(),
+                    src: backend_ip.octets(),
+                    ifindex: b0,
+                    family: switch_common::FAMILY_V6,
+                    tos: 0,
+                    proto: switch_common::PROTO_TCP,
+                    _pad: 0,
+                };
+                let words: [u64; 5] = unsafe { core::mem::transmute(key) };
+                switch_common::hash::reply_hop_slot(&words, switch_common::REPLY_HOP_SLOTS)
+            };
+            let a: std::net::Ipv6Addr = "2001:2::2".parse().unwrap();
+            let b = (3u64..)
+                .map(|i| std::net::Ipv6Addr::from(u128::from(a) & !0xffff_ffff_ffff | i as u128))
+                .find(|&c| slot(c) == slot(a))
+                .unwrap();
+            switch_tests::sh(&format!(
+                "ip neigh replace {b} lladdr 02:00:00:00:0b:0b dev c0 nud permanent"
+            ))
+            .unwrap();
+            let (mut dp, _p) = setup_standalone(&spec);
+            for c in [a, b] {
+                let f = frame(
+                    [2, 0, 0, 0, 0, 9],
+                    c0_mac,
+                    IpAddr::V6(c),
+                    40_000,
+                    spec.vip.ip(),
+                    80,
+                    L4::Tcp { flags: SYN },
+                    b"",
+                );
+                let (verdict, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(check(&out).unwrap().dst, IpAddr::V6(backend_ip));
+            }
+            for round in 0..4 {
+                for (c, mac) in [(a, CLIENT_MAC), (b, [2, 0, 0, 0, 0x0b, 0x0b])] {
+                    let r = frame(
+                        backend_mac(11),
+                        b0_mac,
+                        IpAddr::V6(backend_ip),
+                        8080,
+                        IpAddr::V6(c),
+                        40_000,
+                        L4::Tcp { flags: ACK },
+                        b"data",
+                    );
+                    let (verdict, out) = run(dp.program().unwrap(), b0, &r).unwrap();
+                    assert_eq!(verdict, XDP_REDIRECT, "round {round}, {c}");
+                    let seen = check(&out).unwrap();
+                    assert_eq!(seen.dst, IpAddr::V6(c));
+                    assert_eq!(seen.dmac, mac, "round {round}: the reply to {c}");
+                    assert_eq!(SocketAddr::new(seen.src, seen.sport), spec.vip);
+                }
+            }
+            switch_tests::sh(&format!("ip neigh del {b} dev c0")).unwrap();
+        })
+        .unwrap();
+}
+
 fn setup_standalone(spec: &ServiceConfig) -> (Dataplane, Programmer) {
     setup(spec, false)
 }
