@@ -185,13 +185,7 @@ fn nat_replies_keep_the_kernels_route_answer_until_the_network_changes() {
                     assert_eq!(seen.payload.len(), len);
                     (out, seen.dmac)
                 };
-                let neigh = |mac: &str| {
-                    switch_tests::sh(&format!(
-                        "ip neigh replace {} lladdr {mac} dev c0 nud permanent",
-                        client(v6)
-                    ))
-                    .unwrap();
-                };
+                let neigh = |mac: &str| client_neighbour(client(v6), mac);
                 let (asked, mac) = send(&mut dp, 100);
                 assert_eq!(mac, CLIENT_MAC);
                 let (kept, mac) = send(&mut dp, 100);
@@ -257,10 +251,7 @@ fn replies_of_clients_that_share_a_cache_slot_each_reach_their_client() {
                 .map(|i| std::net::Ipv6Addr::from(u128::from(a) & !0xffff_ffff_ffff | i as u128))
                 .find(|&c| slot(c) == slot(a))
                 .unwrap();
-            switch_tests::sh(&format!(
-                "ip neigh replace {b} lladdr 02:00:00:00:0b:0b dev c0 nud permanent"
-            ))
-            .unwrap();
+            client_neighbour(IpAddr::V6(b), "02:00:00:00:0b:0b");
             let (mut dp, _p) = setup_standalone(&spec);
             for c in [a, b] {
                 let f = frame(
@@ -300,6 +291,14 @@ fn replies_of_clients_that_share_a_cache_slot_each_reach_their_client() {
             switch_tests::sh(&format!("ip neigh del {b} dev c0")).unwrap();
         })
         .unwrap();
+}
+
+/// The lab's neighbour entry for a client (on c0), as the kernel learns it.
+fn client_neighbour(addr: IpAddr, mac: &str) {
+    switch_tests::sh(&format!(
+        "ip neigh replace {addr} lladdr {mac} dev c0 nud permanent"
+    ))
+    .unwrap();
 }
 
 fn setup_standalone(spec: &ServiceConfig) -> (Dataplane, Programmer) {
@@ -889,13 +888,7 @@ fn fullnat_rewrites_both_ends_and_replies_find_the_client() {
                         assert_eq!(verdict, XDP_REDIRECT);
                         check(&out).unwrap().dmac
                     };
-                    let neigh = |mac: &str| {
-                        switch_tests::sh(&format!(
-                            "ip neigh replace {} lladdr {mac} dev c0 nud permanent",
-                            client(v6)
-                        ))
-                        .unwrap();
-                    };
+                    let neigh = |mac: &str| client_neighbour(client(v6), mac);
                     neigh("02:00:00:00:0a:05");
                     assert_eq!(to(&mut dp), CLIENT_MAC);
                     dp.reply_hops().unwrap().advance().unwrap();

@@ -211,6 +211,13 @@ fn be_mac(lab: &Lab3) -> String {
         .to_string()
 }
 
+/// A nat service on the lab's VIP with one backend and no health check.
+fn one_backend(b: std::net::SocketAddr) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [ {{ name = \"blue\", weight = 100, backends = [\"{b}\"] }} ]\n"
+    )
+}
+
 /// Another host takes the backend's address (its MAC changes): once the
 /// switch host knows the new MAC, traffic follows it within a second, and
 /// nothing goes to the old MAC after that.
@@ -219,9 +226,7 @@ fn traffic_follows_a_backend_whose_mac_changes() {
     let lab = Lab3::new().unwrap();
     let b = Lab3::backend(false, 1, 8080);
     line_servers(&lab, vec![b]);
-    let config = format!(
-        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [ {{ name = \"blue\", weight = 100, backends = [\"{b}\"] }} ]\n"
-    );
+    let config = one_backend(b);
     let d = Daemon::start(&lab, "mac", &config).unwrap();
     let vip = Lab3::vip(false, 80);
     let ok = lab
@@ -275,9 +280,7 @@ fn nat_replies_follow_a_client_whose_mac_changes() {
     let lab = Lab3::new().unwrap();
     let b = Lab3::backend(false, 1, 8080);
     line_servers(&lab, vec![b]);
-    let config = format!(
-        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [ {{ name = \"blue\", weight = 100, backends = [\"{b}\"] }} ]\n"
-    );
+    let config = one_backend(b);
     let d = Daemon::start(&lab, "climac", &config).unwrap();
     let vip = Lab3::vip(false, 80);
     let ask = |n: usize| {
@@ -345,9 +348,7 @@ fn traffic_follows_a_backend_whose_route_changes() {
         .exec("ip link set sw3 up && ip addr add 198.18.3.1/24 dev sw3 && ethtool -K sw3 tx off gro on >/dev/null")
         .unwrap();
     lab.be.exec("ip addr add 198.18.3.2/24 dev be1").unwrap();
-    let config = format!(
-        "[[service]]\nname = \"web\"\nvip = \"198.18.10.10:80\"\nprotocol = \"tcp\"\npools = [ {{ name = \"blue\", weight = 100, backends = [\"{b}\"] }} ]\n"
-    );
+    let config = one_backend(b);
     let d = Daemon::start_on(&lab, "route", &["sw0", "sw1", "sw3"], "", &config).unwrap();
     let vip = Lab3::vip(false, 80);
     let rx = |dev: &str| -> u64 {
