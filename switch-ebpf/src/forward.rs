@@ -132,42 +132,31 @@ fn routed(ctx: &XdpContext, pkt: &Packet, ok: Reason) -> (u32, Reason) {
     named(send(ctx, pkt, &dst, ROUTED, None), ok)
 }
 
-/// A nat reply: the source becomes the VIP, but only once the route is
-/// known and it is not for this host. Traffic from a backend to the switch
-/// itself (health checks, the operator's curl) must reach the local stack
-/// untouched.
+/// A reply to a client. nat (`vip` given): the source becomes the VIP, but
+/// only once the route is known and it is not for this host — traffic from
+/// a backend to the switch itself (health checks, the operator's curl) must
+/// reach the local stack untouched; the kernel is asked before that
+/// rewrite, so the key's source is the backend. fullnat (`vip` none): the
+/// packet already goes from the VIP to the client. Either way the kernel's
+/// kept answer is used when there is one.
 #[inline(always)]
-pub fn nat_reply(ctx: &XdpContext, pkt: &Packet, vip: &Source) -> (u32, Reason) {
+pub fn reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    client: &Addr,
+    from: &Addr,
+    vip: Option<&Source>,
+) -> (u32, Reason) {
     if !parse::l3_fits(ctx, pkt) {
         return (xdp_action::XDP_PASS, Reason::Malformed);
     }
-    // The kernel is asked before the rewrite (the source is still the
-    // backend), so that is the key.
-    let v = cached_reply(ctx, pkt, &pkt.dst, &pkt.src, Some(vip));
+    let v = cached_reply(ctx, pkt, client, from, vip);
     if v != NOT_CACHED {
         return named(v, Reason::ReplyForwarded);
     }
     let dst = destination(pkt);
     named(
-        send(ctx, pkt, &dst, ROUTED | REPLY, Some(vip)),
-        Reason::ReplyForwarded,
-    )
-}
-
-/// A fullnat reply, already rewritten to go from the VIP to the client:
-/// routed like a nat reply, by the kernel's kept answer when there is one.
-#[inline(always)]
-pub fn fullnat_reply(ctx: &XdpContext, pkt: &Packet, client: &Addr, vip: &Addr) -> (u32, Reason) {
-    if !parse::l3_fits(ctx, pkt) {
-        return (xdp_action::XDP_PASS, Reason::Malformed);
-    }
-    let v = cached_reply(ctx, pkt, client, vip, None);
-    if v != NOT_CACHED {
-        return named(v, Reason::ReplyForwarded);
-    }
-    let dst = destination(pkt);
-    named(
-        send(ctx, pkt, &dst, ROUTED | REPLY, None),
+        send(ctx, pkt, &dst, ROUTED | REPLY, vip),
         Reason::ReplyForwarded,
     )
 }
@@ -412,7 +401,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, next: &[u8; 16], how: u32, src: Option<&
     }
 }
 
-/// What the route lookup of a nat reply depends on (see `ReplyHopKey`).
+/// What the route lookup of a reply depends on (see `ReplyHopKey`).
 #[inline(always)]
 fn set_reply_hop_key(
     ctx: &XdpContext,

@@ -167,11 +167,12 @@ mod program {
             {
                 return pack(xdp_action::XDP_PASS, Reason::Malformed);
             }
-            let (v, why) = forward::fullnat_reply(
+            let (v, why) = forward::reply(
                 ctx,
                 pkt,
                 &parse::aligned(&r.client),
                 &parse::aligned(&r.vip),
+                None,
             );
             return pack(v, why);
         }
@@ -208,7 +209,7 @@ mod program {
                     port: real.vip_port,
                 };
                 let backend = real.backend;
-                let (v, why) = forward::nat_reply(ctx, pkt, &vip);
+                let (v, why) = forward::reply(ctx, pkt, &pkt.dst, &pkt.src, Some(&vip));
                 if why != Reason::NotVip {
                     stats::backend_packet(backend, pkt.len, pkt.tcp_flags);
                 }
