@@ -542,7 +542,7 @@ impl ReplyHops {
         self.next_epoch()
     }
 
-    /// Off: every nat reply asks the kernel (routing rules that select by
+    /// Off: every reply asks the kernel (routing rules that select by
     /// port, which the cache's key leaves out). On again: a new epoch, so
     /// nothing cached before counts.
     pub fn set_off(&mut self, off: bool) -> Result<()> {
