@@ -3,7 +3,7 @@
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use switch_common::{
     Backend, BackendState, CohortKey, Config, FLOW_CLOSING, FLOW_SHADOW, Flow, FlowKey, Mode,
     NO_BACKEND, NO_PREV_TABLE, PROTO_TCP, Real, Reason, SERVICE_CLIENT_AFFINITY, Service,
@@ -13,6 +13,7 @@ use switch_common::{
 
 use crate::{
     maps::{BACKENDS, CLOCK, COHORTS, FLOWS, SERVICES, SHADOWS, TABLES},
+    parse,
     parse::{Addr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bytes},
     snat, stats,
 };
@@ -242,8 +243,15 @@ fn pinned(
 /// A nat reply (backend -> client) belongs to a flow this host pinned
 /// through the VIP to exactly that backend: its flags (`FLOW_*`), or
 /// `NOT_OURS`.
+///
+/// A SYN-ACK that does not answer the pinned connection's SYN answers a new
+/// connection on the same addresses and ports: one to the backend's own
+/// address, from a client port a VIP connection used before (the backend
+/// sees both as the same 4-tuple, so the old one has ended there). Not
+/// ours, and the stale pin goes, so the rest of that connection's replies
+/// pass untouched as well.
 #[inline(always)]
-pub fn our_reply(pkt: &Packet, real: &Real) -> u32 {
+pub fn our_reply(ctx: &XdpContext, pkt: &Packet, real: &Real) -> u32 {
     let key = FlowKey {
         src: bytes(&pkt.dst),
         dst: real.vip,
@@ -254,10 +262,35 @@ pub fn our_reply(pkt: &Packet, real: &Real) -> u32 {
         _pad: [0; 2],
     };
     // SAFETY: hash map values stay valid for the program's run (RCU).
-    match unsafe { FLOWS.get(&key) } {
-        Some(flow) if flow.backend == real.backend => flow.flags,
-        _ => NOT_OURS,
+    let Some(flow) = (unsafe { FLOWS.get(&key) }) else {
+        return NOT_OURS;
+    };
+    if flow.backend != real.backend {
+        return NOT_OURS;
     }
+    if pkt.proto == PROTO_TCP
+        && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        && flow.syn_seq != 0
+        && !answers_syn(ctx, pkt, flow.syn_seq)
+    {
+        let _ = FLOWS.remove(&key);
+        return NOT_OURS;
+    }
+    flow.flags
+}
+
+/// Whether a SYN-ACK acknowledges the SYN with sequence `syn_seq` (network
+/// order): its acknowledgement is that sequence + 1, or a little more when
+/// the SYN carried data (TCP Fast Open).
+#[inline(always)]
+fn answers_syn(ctx: &XdpContext, pkt: &Packet, syn_seq: u32) -> bool {
+    // The acknowledgement number is the TCP header's third word; the
+    // verifier does not carry parse's bounds check into this subprogram.
+    if !parse::fits(ctx, pkt.l4, 12) {
+        return true;
+    }
+    let ack = u32::from_be(parse::word_at(pkt.l4 + 8));
+    ack.wrapping_sub(u32::from_be(syn_seq).wrapping_add(1)) < 65_536
 }
 
 pub const NOT_OURS: u32 = u32::MAX;

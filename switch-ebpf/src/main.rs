@@ -187,7 +187,7 @@ mod program {
                 // Only a connection that came through the VIP gets its
                 // replies rewritten: a client talking to the backend's own
                 // address (routed through this host) must see them as sent.
-                let mut flags = choose::our_reply(pkt, real);
+                let mut flags = choose::our_reply(ctx, pkt, real);
                 if flags == choose::NOT_OURS
                     && config.flags & switch_common::CONFIG_TABLE_REPLIES != 0
                     && choose::table_reply(config, pkt, real)

@@ -162,7 +162,9 @@ pub fn frame(
                 t = t.syn();
             }
             if flags & ACK != 0 {
-                t = t.ack(1);
+                // Acknowledges the other side's SYN (sequence 1000, as
+                // every frame here has): a SYN-ACK answers the SYN.
+                t = t.ack(1001);
             }
             if flags & FIN != 0 {
                 t = t.fin();

@@ -293,6 +293,83 @@ fn replies_of_clients_that_share_a_cache_slot_each_reach_their_client() {
         .unwrap();
 }
 
+/// A client's VIP connection ends, and the client then reaches the
+/// backend's own address from the same port (the backend sees the same
+/// 4-tuple, reused): its SYN-ACK answers another SYN than the pin's, so
+/// it and everything after it pass untouched. The VIP connection's own
+/// SYN-ACK (retransmitted, or with TCP Fast Open data acknowledged) is
+/// still rewritten.
+#[test]
+fn a_direct_connection_reusing_a_vip_connections_port_gets_its_replies_untouched() {
+    let lab = Lab::new().unwrap();
+    let (c0, b0, c0_mac, b0_mac) = (lab.c0, lab.b0, lab.c0_mac, lab.b0_mac);
+    lab.ns
+        .run(move || {
+            for v6 in [false, true] {
+                let mut spec = service(v6, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+                spec.pools[0].backends.truncate(1);
+                let (mut dp, _p) = setup_standalone(&spec);
+                let b = backend(v6, 11, 8080);
+                let to_vip = |flags: u8| {
+                    frame(
+                        [2, 0, 0, 0, 0, 9],
+                        c0_mac,
+                        client(v6),
+                        40_000,
+                        spec.vip.ip(),
+                        80,
+                        L4::Tcp { flags },
+                        b"",
+                    )
+                };
+                // From the backend to the client's port 40000, acknowledging
+                // `ack` (the client's SYN had sequence 1000).
+                let from_backend = |syn: bool, ack: u32| {
+                    let builder = etherparse::PacketBuilder::ethernet2(backend_mac(11), b0_mac);
+                    let builder = match (b.ip(), client(v6)) {
+                        (IpAddr::V4(s), IpAddr::V4(d)) => builder.ipv4(s.octets(), d.octets(), 64),
+                        (IpAddr::V6(s), IpAddr::V6(d)) => builder.ipv6(s.octets(), d.octets(), 64),
+                        _ => unreachable!(),
+                    };
+                    let mut t = builder.tcp(8080, 40_000, 7_000, 64_240).ack(ack);
+                    if syn {
+                        t = t.syn();
+                    }
+                    let mut out = Vec::new();
+                    t.write(&mut out, b"").unwrap();
+                    out
+                };
+                let verdict_of = |dp: &mut Dataplane, f: &[u8]| {
+                    let (verdict, out) = run(dp.program().unwrap(), b0, f).unwrap();
+                    (verdict, out)
+                };
+                // The VIP connection: its SYN, and the backend's SYN-ACK
+                // (plain, and acknowledging 200 bytes of Fast Open data).
+                let (verdict, _) = run(dp.program().unwrap(), c0, &to_vip(SYN)).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                for ack in [1001, 1201] {
+                    let (verdict, out) = verdict_of(&mut dp, &from_backend(true, ack));
+                    assert_eq!(verdict, XDP_REDIRECT, "v6={v6} ack={ack}");
+                    let seen = check(&out).unwrap();
+                    assert_eq!(SocketAddr::new(seen.src, seen.sport), spec.vip);
+                }
+                // It ends; the client connects to the backend directly
+                // from the same port (another sequence number).
+                let (verdict, _) = run(dp.program().unwrap(), c0, &to_vip(FIN | ACK)).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                let before = reason(&dp, Reason::ReplyNotOurs);
+                for (syn, ack) in [(true, 90_001), (false, 90_001), (false, 90_101)] {
+                    let f = from_backend(syn, ack);
+                    let (verdict, out) = verdict_of(&mut dp, &f);
+                    assert_eq!(verdict, XDP_PASS, "v6={v6} syn={syn}: not the VIP's reply");
+                    assert_eq!(out, f, "passed untouched");
+                }
+                assert_eq!(reason(&dp, Reason::ReplyNotOurs), before + 3);
+            }
+        })
+        .unwrap();
+}
+
 /// The lab's neighbour entry for a client (on c0), as the kernel learns it.
 fn client_neighbour(addr: IpAddr, mac: &str) {
     switch_tests::sh(&format!(
