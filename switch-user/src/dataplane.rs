@@ -129,13 +129,8 @@ impl Dataplane {
 
     /// A handle on the data plane's clock (`CLOCK`), for a thread of its own.
     pub fn clock(&self) -> Result<Clock> {
-        let data = match self.map_ref(names::CLOCK)? {
-            aya::maps::Map::Array(d) => d,
-            _ => bail!("map CLOCK is not an array"),
-        };
-        let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
         let mut clock = Clock {
-            map: aya::maps::Map::from_map_data(data)?,
+            map: self.second_handle(names::CLOCK)?,
             behind: 0,
         };
         clock.behind = monotonic_ns().saturating_sub(clock.read()?);
@@ -145,12 +140,7 @@ impl Dataplane {
     /// A handle on the replies' route cache (`REPLY_HOPS_EPOCH`), for
     /// the daemon's network watch.
     pub fn reply_hops(&self) -> Result<ReplyHops> {
-        let data = match self.map_ref(names::REPLY_HOPS_EPOCH)? {
-            aya::maps::Map::Array(d) => d,
-            _ => bail!("map REPLY_HOPS_EPOCH is not an array"),
-        };
-        let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
-        let map = aya::maps::Map::from_map_data(data)?;
+        let map = self.second_handle(names::REPLY_HOPS_EPOCH)?;
         let now = {
             let a: Array<&MapData, u32> = Array::try_from(&map)?;
             a.get(&0, 0)?
@@ -273,22 +263,25 @@ impl Dataplane {
     /// A second handle on the flow table (and what counting needs), for a
     /// thread that scans it without holding the daemon's state lock.
     pub fn flow_scanner(&self) -> Result<FlowScanner> {
-        let dup = |name: &str| -> Result<aya::maps::Map> {
-            let data = match self.map_ref(name)? {
-                aya::maps::Map::LruHashMap(d)
-                | aya::maps::Map::HashMap(d)
-                | aya::maps::Map::Array(d) => d,
-                _ => bail!("map {name} is not a hash or array map"),
-            };
-            let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
-            Ok(aya::maps::Map::from_map_data(data)?)
-        };
         Ok(FlowScanner {
-            flows: dup(names::FLOWS)?,
-            backends: dup(names::BACKENDS)?,
-            config: dup(names::CONFIG)?,
+            flows: self.second_handle(names::FLOWS)?,
+            backends: self.second_handle(names::BACKENDS)?,
+            config: self.second_handle(names::CONFIG)?,
             clock: self.clock()?,
         })
+    }
+
+    /// A handle of its own on a hash or array map, for a thread that uses
+    /// it without holding the daemon's state lock.
+    fn second_handle(&self, name: &str) -> Result<aya::maps::Map> {
+        let data = match self.map_ref(name)? {
+            aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d) => d,
+            _ => bail!("map {name} is not a hash or array map"),
+        };
+        let data = MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?;
+        Ok(aya::maps::Map::from_map_data(data)?)
     }
 
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
