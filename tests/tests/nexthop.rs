@@ -211,6 +211,25 @@ fn be_mac(lab: &Lab3) -> String {
         .to_string()
 }
 
+/// Frames addressed to `mac` on `dev` in namespace `ns` over the next
+/// `secs` seconds (tcpdump, started and given time to listen before this
+/// returns), one line each.
+fn frames_to(ns: &str, dev: &str, mac: &str, secs: u32) -> std::thread::JoinHandle<Vec<String>> {
+    let cmd = format!(
+        "ip netns exec {ns} timeout {secs} tcpdump -e -n -i {dev} -c 1000 ether dst {mac} 2>/dev/null; true"
+    );
+    let capture = std::thread::spawn(move || {
+        switch_tests::sh(&cmd)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    capture
+}
+
 /// A nat service on the lab's VIP with one backend and no health check.
 fn one_backend(b: std::net::SocketAddr) -> String {
     format!(
@@ -246,13 +265,7 @@ fn traffic_follows_a_backend_whose_mac_changes() {
         .exec(&format!("ip neigh replace {} lladdr {new} dev sw1", b.ip()))
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    let cap = lab.be.name.clone();
-    let capture = std::thread::spawn(move || {
-        switch_tests::sh(&format!(
-            "ip netns exec {cap} timeout 3 tcpdump -e -n -i be0 -c 1000 ether dst {old} 2>/dev/null; true"
-        ))
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let capture = frames_to(&lab.be.name, "be0", &old, 3);
     let answers = lab
         .cli
         .run(move || {
@@ -262,8 +275,7 @@ fn traffic_follows_a_backend_whose_mac_changes() {
         })
         .unwrap();
     assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
-    let seen = capture.join().unwrap().unwrap_or_default();
-    let to_old: Vec<&str> = seen.lines().filter(|l| !l.trim().is_empty()).collect();
+    let to_old = capture.join().unwrap();
     assert!(
         to_old.is_empty(),
         "frames still sent to the old MAC: {to_old:#?}"
@@ -309,17 +321,10 @@ fn nat_replies_follow_a_client_whose_mac_changes() {
         .unwrap();
     // Well inside the daemon's one-second round: the event must do it.
     std::thread::sleep(Duration::from_millis(150));
-    let cap = lab.cli.name.clone();
-    let capture = std::thread::spawn(move || {
-        switch_tests::sh(&format!(
-            "ip netns exec {cap} timeout 2 tcpdump -e -n -i cli0 -c 1000 ether dst {old} 2>/dev/null; true"
-        ))
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let capture = frames_to(&lab.cli.name, "cli0", &old, 2);
     let answers = ask(20);
     assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
-    let seen = capture.join().unwrap().unwrap_or_default();
-    let to_old: Vec<&str> = seen.lines().filter(|l| !l.trim().is_empty()).collect();
+    let to_old = capture.join().unwrap();
     assert!(
         to_old.is_empty(),
         "replies still sent to the old MAC: {to_old:#?}"
