@@ -4,14 +4,21 @@
 //!   the next flow (source port and low source-address bits) and sends it
 //!   with XDP_TX. Live frames recycle pages without re-initialising them, so
 //!   every varied field and its checksums are written on every run.
+//! - `gen_loop` and `gen_bounce`: the same generator for kernels that refuse
+//!   live frames, with nothing but attached XDP programs. A few frames
+//!   injected into a veth pair circulate in it (`gen_bounce` sends each
+//!   back with XDP_TX); on every turn `gen_loop` patches the frame into the
+//!   next flow and broadcasts it through a devmap to both the outgoing
+//!   interface and the loop again. One copy per turn, no skb, no syscall;
+//!   once the allowed count is reached the frames are dropped.
 //! - `sink`: counts and drops what arrives (the receiving side).
 //! - `bench_redirect`: redirects everything to one device, nothing else: the
 //!   forwarding ceiling of the machine.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_BROADCAST, xdp_action},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
 use switch_common::{FAMILY_V4, GenConfig};
@@ -37,6 +44,20 @@ pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static REDIRECT_TARGET: Array<u32> = Array::with_max_entries(1, 0);
 
+/// `gen_loop`'s control words, written by userspace: frames emitted so
+/// far, how many may be emitted by now (raised over time to keep a rate),
+/// and a stop flag that ends the loop (every circulating frame is dropped).
+#[map]
+pub static GEN_LOOP: Array<u64> = Array::with_max_entries(3, 0);
+pub const LOOP_EMITTED: u32 = 0;
+pub const LOOP_ALLOWED: u32 = 1;
+pub const LOOP_STOP: u32 = 2;
+
+/// Where `gen_loop` broadcasts each turn: the outgoing interface and the
+/// loop's own interface (back round the loop).
+#[map]
+pub static GEN_OUT: DevMap = DevMap::with_max_entries(2, 0);
+
 #[inline(always)]
 fn fold(mut s: u32) -> u16 {
     s = (s & 0xffff) + (s >> 16);
@@ -54,12 +75,57 @@ pub fn packet_gen(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_gen(ctx: &XdpContext) -> Option<u32> {
-    let cfg = GEN_CONFIG.get(0)?;
     let count = GEN_COUNT.get_ptr_mut(0)?;
     let n = unsafe {
         *count += 1;
         *count
     };
+    fill(ctx, n)?;
+    Some(xdp_action::XDP_TX)
+}
+
+#[xdp]
+pub fn gen_loop(ctx: XdpContext) -> u32 {
+    match try_loop(&ctx) {
+        Some(v) => v,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn try_loop(ctx: &XdpContext) -> Option<u32> {
+    if *GEN_LOOP.get(LOOP_STOP)? != 0 {
+        return Some(xdp_action::XDP_DROP);
+    }
+    let allowed = *GEN_LOOP.get(LOOP_ALLOWED)?;
+    let emitted = GEN_LOOP.get_ptr_mut(LOOP_EMITTED)?;
+    // A veth with one receive queue runs this program on one CPU at a time
+    // (one NAPI instance), so a plain increment counts exactly.
+    let n = unsafe { core::ptr::read_volatile(emitted) };
+    if n >= allowed {
+        // Done for now: the loop empties (userspace injects again for the
+        // next slice), so a paused generator costs no CPU.
+        return Some(xdp_action::XDP_DROP);
+    }
+    unsafe { core::ptr::write_volatile(emitted, n + 1) };
+    fill(ctx, n + 1)?;
+    Some(
+        GEN_OUT
+            .redirect(0, BPF_F_BROADCAST as u64)
+            .unwrap_or(xdp_action::XDP_DROP),
+    )
+}
+
+/// The loop's other end: every frame straight back.
+#[xdp]
+pub fn gen_bounce(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Turns the frame into number `n` of the flows `GEN_CONFIG` describes.
+#[inline(always)]
+fn fill(ctx: &XdpContext, n: u64) -> Option<()> {
+    let cfg = GEN_CONFIG.get(0)?;
     let flow = (n % cfg.flows.max(1) as u64) as u32;
     // Flow number -> (source port, low 16 bits of the source address).
     let sport = (1024 + flow % 60_000) as u16;
@@ -105,7 +171,7 @@ fn try_gen(ctx: &XdpContext) -> Option<u32> {
             *(ip_csum_at as *mut [u8; 2]) = ip.to_be_bytes();
         }
     }
-    Some(xdp_action::XDP_TX)
+    Some(())
 }
 
 #[xdp]

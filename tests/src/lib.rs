@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo_fleet;
 pub mod fixture;
 pub mod fleet;
+pub mod generator;
 pub mod http;
 pub mod lab;
 pub mod rate;

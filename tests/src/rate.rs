@@ -1,25 +1,29 @@
-//! The forwarding-rate lab: a generator namespace sending with XDP live
-//! frames, the switch host, and a sink namespace counting what arrives.
+//! The forwarding-rate lab: a generator namespace sending by the first path
+//! the kernel accepts (see `generator`), the switch host, and a sink
+//! namespace counting what arrives.
 //!
 //! ```text
 //!  gen: g0 198.18.0.2  ->  sw: s0 198.18.0.1 | s1 198.18.1.1  ->  sink: k0 198.18.1.11-14
 //! ```
 
-use std::{collections::BTreeSet, net::IpAddr, sync::mpsc, thread::JoinHandle, time::Duration};
+use std::{collections::BTreeSet, sync::mpsc, thread::JoinHandle, time::Duration};
 
 use anyhow::{Context, Result};
-use switch_common::{FAMILY_V4, FAMILY_V6, GenConfig};
 use switch_user::{
     config::{BackendConfig, DaemonConfig, ForwardMode, PoolConfig, Protocol, ServiceConfig},
     dataplane::{Capacity, Dataplane},
     programmer::Programmer,
 };
 
-use crate::{L4, Netns, fixture::live_frames, frame, reference::Reference, sh};
+pub use crate::generator::{Choice, Load, SendPath, Sent};
+use crate::{Netns, reference::Reference, sh};
 
 /// What forwards between s0 and s1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarder {
+    /// Nothing: the sink counts on s0 itself. What the generator offers on
+    /// its own, the limit of every other row.
+    Alone,
     /// A program that only redirects s0 -> s1: the machine's ceiling.
     Redirect,
     /// `switch`, nat mode, 4 backends.
@@ -31,44 +35,10 @@ pub enum Forwarder {
 impl Forwarder {
     pub fn name(self) -> &'static str {
         match self {
+            Forwarder::Alone => "generator alone (into a sink, no forwarder)",
             Forwarder::Redirect => "plain XDP redirect (ceiling)",
             Forwarder::Switch => "switch (nat, 4 backends)",
             Forwarder::Nftables => "nftables DNAT, numgen weights",
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Load {
-    pub flows: u32,
-    /// Frame size in bytes (at least the headers).
-    pub size: usize,
-    pub v6: bool,
-    pub udp: bool,
-    pub packets: u32,
-    /// Frames per second to offer; 0: as fast as the generator goes.
-    pub pps: u64,
-    /// Where to send (default: the lab's VIP, port 80).
-    pub to: Option<std::net::SocketAddr>,
-    /// First source address; flows vary its low 16 bits (default 198.19.0.0
-    /// or 2001:2:19::).
-    pub from: Option<IpAddr>,
-    /// Run this long instead of stopping after `packets` (0: by count).
-    pub secs: u64,
-}
-
-impl Load {
-    pub fn new(flows: u32, size: usize, v6: bool, udp: bool, packets: u32, pps: u64) -> Load {
-        Load {
-            flows,
-            size,
-            v6,
-            udp,
-            packets,
-            pps,
-            to: None,
-            from: None,
-            secs: 0,
         }
     }
 }
@@ -120,13 +90,14 @@ impl RateLab {
 }
 
 /// A thread in a namespace that holds its data plane until told to stop.
-struct Holder {
+pub struct Holder {
     stop: mpsc::Sender<()>,
     handle: JoinHandle<Result<u64>>,
 }
 
 impl Holder {
-    fn finish(self) -> Result<u64> {
+    /// Stops it; what it counted.
+    pub fn finish(self) -> Result<u64> {
         let _ = self.stop.send(());
         self.handle
             .join()
@@ -197,67 +168,11 @@ fn service(v6: bool, udp: bool) -> ServiceConfig {
     }
 }
 
-/// The template frame and where the generator varies it.
-fn template(load: &Load, s0_mac: [u8; 6]) -> (Vec<u8>, GenConfig) {
-    let (src, dst): (IpAddr, IpAddr) = if load.v6 {
-        ("2001:2:19::".parse().unwrap(), VIP6.parse().unwrap())
-    } else {
-        ("198.19.0.0".parse().unwrap(), VIP4.parse().unwrap())
-    };
-    let dst = load.to.map(|a| a.ip()).unwrap_or(dst);
-    let dport = load.to.map(|a| a.port()).unwrap_or(80);
-    // The generator writes the low 16 bits of the source address.
-    let src = match load.from.unwrap_or(src) {
-        IpAddr::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a) & !0xffff)),
-        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !0xffff)),
-    };
-    let l3 = if load.v6 { 40 } else { 20 };
-    let l4len = if load.udp { 8 } else { 20 };
-    let payload = load.size.saturating_sub(14 + l3 + l4len);
-    let l4 = if load.udp {
-        L4::Udp
-    } else {
-        L4::Tcp { flags: crate::SYN }
-    };
-    // Source port 0 and the low address bits 0: the generator fills them.
-    let f = frame(
-        [2, 0, 0, 0, 0, 0x99],
-        s0_mac,
-        src,
-        0,
-        dst,
-        dport,
-        l4,
-        &vec![0x5a; payload],
-    );
-    let l4_off = 14 + l3;
-    let csum_off = l4_off + if load.udp { 6 } else { 16 };
-    let src_low_off = if load.v6 { 14 + 8 + 14 } else { 14 + 12 + 2 };
-    let l4c = u16::from_be_bytes([f[csum_off], f[csum_off + 1]]);
-    let ipc = if load.v6 {
-        0
-    } else {
-        u16::from_be_bytes([f[24], f[25]])
-    };
-    let cfg = GenConfig {
-        flows: load.flows,
-        sport_off: l4_off as u16,
-        src_low_off: src_low_off as u16,
-        l4_csum_off: csum_off as u16,
-        ip_csum_off: 24,
-        l4_csum_inv: !l4c,
-        ip_csum_inv: !ipc,
-        family: if load.v6 { FAMILY_V6 } else { FAMILY_V4 },
-        _pad: 0,
-        // Whole 8-byte words of headers; the payload is never rewritten.
-        hdr_len: ((l4_off + l4len) / 8 * 8) as u16,
-    };
-    (f, cfg)
-}
-
 #[derive(Clone, Debug)]
 pub struct RateResult {
     pub forwarder: Forwarder,
+    /// How the generator sent.
+    pub path: SendPath,
     pub offered_pps: f64,
     pub delivered_pps: f64,
 }
@@ -275,9 +190,13 @@ impl RateResult {
 /// Starts `forwarder` in the switch namespace; the returned holder keeps it
 /// running.
 fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
-    let (v6, udp) = (load.v6, load.udp);
+    let (v6, udp) = (load.v6(), load.udp);
     let flows = load.flows;
     match f {
+        Forwarder::Alone => hold(&lab.sw, || {
+            let done: Box<dyn FnOnce() -> Result<u64>> = Box::new(|| Ok(0));
+            Ok(done)
+        }),
         Forwarder::Nftables => {
             let (fam, vip, proto) = if v6 {
                 ("ip6", VIP6, if udp { "udp" } else { "tcp" })
@@ -339,79 +258,45 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
     }
 }
 
-/// Sends `load` out of `ifname` in namespace `ns` with the live-frames
-/// generator, addressed to `dst_mac` (the switch's interface) and the VIP;
-/// returns how long it took.
-pub fn generate(ns: &Netns, ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
+/// Sends `load` out of `ifname` in namespace `ns`, addressed to `dst_mac`
+/// (the switch's interface).
+pub fn generate(ns: &Netns, ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Sent> {
     let load = load.clone();
     let ifname = ifname.to_string();
-    ns.run(move || generate_here(&ifname, dst_mac, &load))?
+    ns.run(move || crate::generator::run(&ifname, dst_mac, &load))?
 }
 
-/// The same in the caller's own network namespace: the generator as an
-/// operator's tool. Returns how long it ran; `load.packets` is updated to
-/// what was sent when running by time.
-pub fn generate_here(ifname: &str, dst_mac: [u8; 6], load: &Load) -> Result<Duration> {
-    let (frame_t, cfg) = template(load, dst_mac);
-    let ifindex = switch_user::dataplane::ifindex(ifname)?;
-    let mut r = Reference::load()?;
-    r.set_gen_config(&cfg)?;
-    r.set_gen_template(&frame_t[..cfg.hdr_len as usize])?;
-    let prog = r.program("packet_gen")?;
-    // Offer in slices so a rate limit or a duration can be kept.
-    let slice = match (load.pps, load.secs) {
-        (0, 0) => load.packets,
-        (0, _) => 100_000,
-        (pps, _) => (pps / 100).clamp(1000, 1_000_000) as u32,
-    };
-    let t = std::time::Instant::now();
-    let mut sent = 0u64;
-    loop {
-        let left = if load.secs > 0 {
-            u64::MAX
-        } else {
-            load.packets as u64 - sent
-        };
-        if left == 0 || (load.secs > 0 && t.elapsed().as_secs_f64() >= load.secs as f64) {
-            break;
-        }
-        let n = (slice as u64).min(left) as u32;
-        live_frames(prog, ifindex, &frame_t, n, 64)?;
-        sent += n as u64;
-        if load.pps > 0 {
-            let due = Duration::from_secs_f64(sent as f64 / load.pps as f64);
-            if let Some(wait) = due.checked_sub(t.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    let took = t.elapsed();
-    eprintln!(
-        "sent {sent} frames in {:.2} s ({:.3} Mpps)",
-        took.as_secs_f64(),
-        sent as f64 / took.as_secs_f64() / 1e6
-    );
-    Ok(took)
+/// Counts (and drops) every frame arriving on `dev` in `ns` until finished.
+pub fn sink(ns: &Netns, dev: &str) -> Result<Holder> {
+    let dev = dev.to_string();
+    hold(ns, move || {
+        let mut r = Reference::load()?;
+        r.attach("sink", &dev)?;
+        let done: Box<dyn FnOnce() -> Result<u64>> = Box::new(move || r.sink_count());
+        Ok(done)
+    })
 }
 
 /// One measurement: offer `load` through `forwarder`, count what arrives.
 pub fn measure(lab: &RateLab, forwarder: Forwarder, load: &Load) -> Result<RateResult> {
     let s0_mac = crate::parse_mac(lab.sw.exec("cat /sys/class/net/s0/address")?.trim())?;
-    let sink = hold(&lab.sink, || {
-        let mut r = Reference::load()?;
-        r.attach("sink", "k0")?;
-        Ok(Box::new(move || r.sink_count()))
-    })?;
+    // Alone: the sink takes the switch's place on s0.
+    let (sink_ns, sink_dev) = match forwarder {
+        Forwarder::Alone => (&lab.sw, "s0"),
+        _ => (&lab.sink, "k0"),
+    };
+    let sink = sink(sink_ns, sink_dev)?;
     let fwd = start_forwarder(lab, forwarder, load)?;
-    let elapsed = generate(&lab.generator, "g0", s0_mac, load)?;
+    let sent = generate(&lab.generator, "g0", s0_mac, load);
     std::thread::sleep(Duration::from_millis(100));
     fwd.finish()?;
-
     let delivered = sink.finish()?;
-    let secs = elapsed.as_secs_f64();
+    let sent = sent?;
+    let secs = sent.took.as_secs_f64();
     Ok(RateResult {
         forwarder,
-        offered_pps: load.packets as f64 / secs,
+        path: sent.path,
+        offered_pps: sent.packets as f64 / secs,
         delivered_pps: delivered as f64 / secs,
     })
 }

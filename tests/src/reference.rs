@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use switch_common::{GenConfig, Service, ServiceKey};
@@ -89,6 +89,26 @@ impl Reference {
         self.add_device(ifname)?;
         let mut a: Array<&mut MapData, u32> = Array::try_from(self.map("REDIRECT_TARGET")?)?;
         a.set(0, i, 0)?;
+        Ok(())
+    }
+
+    /// One of `gen_loop`'s control words (`LOOP_*`).
+    pub fn set_loop_word(&mut self, i: u32, v: u64) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map("GEN_LOOP")?)?;
+        a.set(i, v, 0)?;
+        Ok(())
+    }
+
+    pub fn loop_word(&mut self, i: u32) -> Result<u64> {
+        let a: Array<&MapData, u64> = Array::try_from(&*self.map("GEN_LOOP")?)?;
+        Ok(a.get(&i, 0)?)
+    }
+
+    /// `gen_loop`'s broadcast targets: the outgoing interface and the loop.
+    pub fn set_loop_targets(&mut self, out: u32, back: u32) -> Result<()> {
+        let mut d: DevMap<&mut MapData> = DevMap::try_from(self.map("GEN_OUT")?)?;
+        d.set(0, out, None, 0)?;
+        d.set(1, back, None, 0)?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 mod demo;
 mod dist;
+mod layers;
 mod setup;
 
 use std::process::Command;
@@ -32,6 +33,9 @@ enum Cmd {
     /// The release binary with its man page, shell completions, systemd
     /// unit, alert rules and dashboard in target/dist/.
     Dist,
+    /// The module graph of switch-user: fails on an import cycle or a layer
+    /// importing one above it.
+    Layers,
     /// The benchmark harness.
     Bench {
         #[arg(trailing_var_arg = true)]
@@ -58,6 +62,7 @@ fn run() -> Result<()> {
             demo::run(args)
         }
         Cmd::Dist => dist::run(),
+        Cmd::Layers => layers::run(),
         Cmd::Bench { args } => {
             setup::run()?;
             // The harness and generator live in the tests crate, beside the

@@ -64,6 +64,10 @@ struct Args {
     /// Forwarding rate: UDP instead of TCP SYNs.
     #[arg(long)]
     udp: bool,
+    /// Forwarding rate: how the generator sends (auto: the first the kernel
+    /// accepts of live-frames, xdp-loop, sendmmsg, packet-ring).
+    #[arg(long, default_value = "auto", value_parser = switch_tests::generator::Choice::parse)]
+    send_path: switch_tests::generator::Choice,
     /// Real HTTP: seconds of wrk per forwarder (0 skips this part).
     #[arg(long, default_value_t = 5)]
     http_secs: u64,
@@ -124,6 +128,10 @@ struct GenArgs {
     /// UDP instead of TCP SYNs.
     #[arg(long)]
     udp: bool,
+    /// How frames leave: auto (the first the kernel accepts of live-frames,
+    /// xdp-loop, sendmmsg, packet-ring) or one of them.
+    #[arg(long, default_value = "auto", value_parser = switch_tests::generator::Choice::parse)]
+    send_path: switch_tests::generator::Choice,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -134,12 +142,21 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("generate") {
         let g = GenArgs::parse_from(std::env::args().skip(1));
-        let mut load =
-            switch_tests::rate::Load::new(g.flows, g.size, g.to.is_ipv6(), g.udp, g.packets, g.pps);
-        load.to = Some(g.to);
-        load.from = g.from;
+        let mut load = switch_tests::generator::Load::new(
+            g.flows,
+            g.size,
+            g.to.is_ipv6(),
+            g.udp,
+            g.packets,
+            g.pps,
+        );
+        load.to = g.to;
+        if let Some(from) = g.from {
+            load.from = from;
+        }
         load.secs = g.secs;
-        if let Err(e) = switch_tests::rate::generate_here(&g.dev, g.dst_mac, &load) {
+        load.path = g.send_path;
+        if let Err(e) = switch_tests::generator::run(&g.dev, g.dst_mac, &load) {
             eprintln!("generate failed: {e:#}");
             std::process::exit(1);
         }
@@ -670,12 +687,15 @@ fn health_cost(n: u32, secs: u64) -> Result<String> {
     ))
 }
 
-/// Part 2: frames offered by the live-frames generator through each
-/// forwarder, counted on the far side.
+/// Part 2: frames offered by the generator through each forwarder,
+/// counted on the far side. First the generator alone on every send path
+/// the kernel accepts (so the choice is measured, and the ceiling row can
+/// be seen to be the path's limit, not the generator's), then every
+/// forwarder on the chosen path.
 fn rate_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
-    use switch_tests::rate::{Forwarder, Load, RateLab, measure};
+    use switch_tests::rate::{Choice, Forwarder, Load, RateLab, RateResult, SendPath, measure};
     let lab = RateLab::new()?;
-    let load = Load::new(
+    let mut load = Load::new(
         args.flows,
         args.size,
         args.v6,
@@ -683,32 +703,62 @@ fn rate_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
         args.rate_packets,
         args.pps,
     );
-    let mut rows = Vec::new();
-    for f in [Forwarder::Redirect, Forwarder::Switch, Forwarder::Nftables] {
+    load.path = args.send_path;
+    let median = |f: Forwarder, load: &Load| -> Result<(RateResult, f64, f64)> {
         let mut runs = Vec::new();
         for _ in 0..args.rate_runs.max(1) {
-            runs.push(measure(&lab, f, &load)?);
+            runs.push(measure(&lab, f, load)?);
         }
         runs.sort_by(|a, b| a.delivered_pps.total_cmp(&b.delivered_pps));
-        let mid = runs[runs.len() / 2].clone();
-        eprintln!(
-            "  {}: {:.2} Mpps delivered",
-            f.name(),
-            mid.delivered_pps / 1e6
-        );
-        rows.push((
-            f,
-            mid,
-            runs.first().unwrap().delivered_pps,
-            runs.last().unwrap().delivered_pps,
-        ));
+        let (lo, hi) = (runs[0].delivered_pps, runs[runs.len() - 1].delivered_pps);
+        Ok((runs.swap_remove(runs.len() / 2), lo, hi))
+    };
+    // The generator on its own, path by path.
+    let mut alone =
+        String::from("| send path | generator alone, Mpps delivered (min–max) |\n|---|---:|\n");
+    let paths = match args.send_path {
+        Choice::Auto => SendPath::ALL.to_vec(),
+        Choice::Only(p) => vec![p],
+    };
+    for p in paths {
+        let mut l = load.clone();
+        l.path = Choice::Only(p);
+        match median(Forwarder::Alone, &l) {
+            Ok((m, lo, hi)) => {
+                eprintln!("  generator alone, {p}: {:.2} Mpps", m.delivered_pps / 1e6);
+                alone.push_str(&format!(
+                    "| {p} | {:.2} ({:.2}–{:.2}) |\n",
+                    m.delivered_pps / 1e6,
+                    lo / 1e6,
+                    hi / 1e6
+                ));
+            }
+            Err(e) => alone.push_str(&format!("| {p} | refused: {} |\n", one_line(&e))),
+        }
     }
-    let ceiling = rows[0].1.delivered_pps;
+    let mut rows = Vec::new();
+    for f in [
+        Forwarder::Alone,
+        Forwarder::Redirect,
+        Forwarder::Switch,
+        Forwarder::Nftables,
+    ] {
+        let (mid, lo, hi) = median(f, &load)?;
+        eprintln!(
+            "  {}: {:.2} Mpps delivered ({})",
+            f.name(),
+            mid.delivered_pps / 1e6,
+            mid.path
+        );
+        rows.push((f, mid, lo, hi));
+    }
+    let path = rows[0].1.path;
+    let ceiling = rows[1].1.delivered_pps;
     let mut out = format!(
-        "{} frames of {} bytes ({} {}, {} flows) per measurement from an XDP live-frames generator on one veth, through the forwarder in the switch namespace, counted by an XDP program on the far veth; median of {} measurements (min–max). On this 2-core VM the generator, the forwarder and the sink share the cores, so \"offered\" is what the whole path accepted. HAProxy is not in this table: a proxy terminates TCP, so a flood of SYNs never reaches the backends to be counted; it is compared on real connections in the next section.\n\n",
+        "{} frames of {} bytes ({} {}, {} flows) per measurement from the generator on one veth, sent by **{path}** (the first send path this kernel accepted), through the forwarder in the switch namespace, counted by an XDP program on the far veth; median of {} measurements (min–max). On this 2-core VM the generator, the forwarder and the sink share the cores, so \"offered\" is what the whole path accepted. HAProxy is not in this table: a proxy terminates TCP, so a flood of SYNs never reaches the backends to be counted; it is compared on real connections in the next section.\n\nWhat each send path offers on its own (the sink on the switch's own interface, no forwarder):\n\n{alone}\n",
         load.packets,
         load.size,
-        if load.v6 { "IPv6" } else { "IPv4" },
+        if args.v6 { "IPv6" } else { "IPv4" },
         if load.udp { "UDP" } else { "TCP SYN" },
         load.flows,
         args.rate_runs.max(1)
@@ -726,11 +776,37 @@ fn rate_report(args: &Args) -> Result<(String, Vec<(String, f64)>)> {
             m.delivered_pps / ceiling
         ));
     }
+    if rows[0].1.delivered_pps < ceiling * 1.1 {
+        out.push_str("\n**The generator alone is within 10% of the ceiling: on this path the rows below measure the generator as much as the forwarders.**\n");
+    }
     let bars = rows
         .iter()
         .map(|(f, m, _, _)| (f.name().to_string(), m.delivered_pps / 1e6))
         .collect();
     Ok((out, bars))
+}
+
+/// An error as one line of a markdown table or paragraph.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace(['\n', '|'], " ")
+}
+
+/// Runs one part of the report after the per-packet table: a part that
+/// fails is reported as failed, with its reason, and the others still run.
+fn part<T: Default>(name: &str, f: impl FnOnce() -> Result<T>) -> (T, Option<String>) {
+    match f() {
+        Ok(v) => (v, None),
+        Err(e) => {
+            eprintln!("  {name} failed: {e:#}");
+            (
+                T::default(),
+                Some(format!(
+                    "**This part failed in this run**: {}\n",
+                    one_line(&e)
+                )),
+            )
+        }
+    }
 }
 
 fn run(args: Args) -> Result<()> {
@@ -1007,29 +1083,48 @@ fn run(args: Args) -> Result<()> {
         ));
     }
     println!("{report}");
-    let (rate, rate_bars) = if args.rate_packets > 0 {
-        rate_report(&args)?
-    } else {
-        Default::default()
+    let mut failed = Vec::new();
+    let mut note = |name: &str, f: Option<String>| {
+        if f.is_some() {
+            failed.push(name.to_string());
+        }
+        f.unwrap_or_default()
     };
+    let ((rate, rate_bars), e) = part("forwarding rate", || {
+        if args.rate_packets > 0 {
+            rate_report(&args)
+        } else {
+            Ok(Default::default())
+        }
+    });
+    let rate = note("forwarding rate", e) + &rate;
     println!("{rate}");
-    let (http, http_bars) = if args.http_secs > 0 {
-        http_report(&args)?
-    } else {
-        Default::default()
-    };
+    let ((http, http_bars), e) = part("HTTP", || {
+        if args.http_secs > 0 {
+            http_report(&args)
+        } else {
+            Ok(Default::default())
+        }
+    });
+    let http = note("HTTP", e) + &http;
     println!("{http}");
-    let control = if args.health_backends > 0 {
-        control_report(&args)?
-    } else {
-        String::new()
-    };
+    let (control, e) = part("control plane", || {
+        if args.health_backends > 0 {
+            control_report(&args)
+        } else {
+            Ok(String::new())
+        }
+    });
+    let control = note("control plane", e) + &control;
     println!("{control}");
-    let fleet = if args.fleet_tries > 0 {
-        fleet_report(args.fleet_tries)?
-    } else {
-        String::new()
-    };
+    let (fleet, e) = part("fleet", || {
+        if args.fleet_tries > 0 {
+            fleet_report(args.fleet_tries)
+        } else {
+            Ok(String::new())
+        }
+    });
+    let fleet = note("fleet", e) + &fleet;
     println!("{fleet}");
     if let Some(path) = args.write {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
@@ -1072,6 +1167,12 @@ fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
         std::fs::write(&path, doc)?;
         eprintln!("wrote {}", path.display());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "these parts of the report failed (the others ran): {}",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
