@@ -1,24 +1,33 @@
-//! `switch` userspace: the daemon, the CLI and the data-plane programmer.
+//! `switch` userspace: the daemon, the CLI and the data-plane programmer,
+//! in layers that import only downwards (`cargo xtask layers` checks it):
 //!
-//! Path of `switch flip web --to green`: `main.rs` parses it into
-//! `api::Command::Flip` and sends it over the Unix socket (`daemon::call`);
-//! the daemon (`daemon.rs`) hands it to `Controller::handle`
-//! (`controller.rs`), which validates it and calls `Programmer::apply`
-//! (`programmer.rs`); that builds the new table and writes it, then the one
-//! service entry that makes it live, through `Dataplane` (`dataplane.rs`).
-pub mod api;
-pub mod bgp;
-pub mod config;
-pub mod controller;
+//! - [`model`]: config and API types and their validation; no logic, no I/O;
+//! - [`engine`]: pure logic — the controller, the strategies, the
+//!   programmer and the `Maps` seam it writes through;
+//! - [`adapters`]: what touches the world — the kernel data plane, next
+//!   hops, shadow replays, etcd and the fleet agent, BIRD, Prometheus,
+//!   health probes, privileges; adapters never import each other;
+//! - [`daemon`]: wiring and tasks, persistence, the API server, metrics;
+//! - [`cli`] and [`client`]: the command line and the API client.
+//!
+//! Path of `switch flip web --to green`: `cli` parses it into
+//! `model::api::Command::Flip` and sends it over the Unix socket
+//! (`client::call`); the daemon's API server (`daemon::server`) hands it to
+//! `Controller::handle` (`engine::controller`), which validates it, plans
+//! the changes and calls `Programmer::apply` (`engine::programmer`); that
+//! builds the new table and writes it, then the one service entry that
+//! makes it live, through `Dataplane` (`adapters::dataplane`); only then is
+//! the state committed and recorded.
+pub mod adapters;
+pub mod cli;
+pub mod client;
 pub mod daemon;
-pub mod dataplane;
-pub mod fleet;
-pub mod health;
-pub mod metrics;
-pub mod neighbours;
-pub mod privileges;
-pub mod programmer;
-pub mod prometheus;
-pub mod replica;
-pub mod shadow;
-pub mod strategy;
+pub mod engine;
+pub mod model;
+
+// The paths the binary, the tests and the bench use.
+pub use adapters::{bgp, dataplane, fleet, health, neighbours, privileges, prometheus, shadow};
+pub use daemon::metrics;
+pub use engine::controller::replica;
+pub use engine::{controller, programmer, strategy};
+pub use model::{api, config};

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use switch_user::{
     api::Command,
+    client::call_with_timeout,
     controller::Controller,
-    daemon::{STATE_SCHEMA, call_with_timeout, read_state, write_state},
+    daemon::{STATE_SCHEMA, read_state, write_state},
     dataplane::Capacity,
     programmer::Programmer,
 };

@@ -169,7 +169,7 @@ pub fn start_switch(lab: &Lab, vip: &str) -> Result<mpsc::Sender<()>> {
             p.apply(&mut dp, &spec, &BTreeSet::new())?;
             dp.attach("sw0")?;
             dp.attach("sw1")?;
-            switch_user::neighbours::cache_nexthops(&mut dp, &p)?;
+            switch_user::daemon::cache_nexthops(&mut dp, &p)?;
             Ok(dp)
         })();
         match r {

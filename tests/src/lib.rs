@@ -11,9 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-pub mod chart;
 pub mod daemon;
-pub mod demo_fleet;
 pub mod fixture;
 pub mod fleet;
 pub mod generator;
@@ -21,6 +19,7 @@ pub mod http;
 pub mod lab;
 pub mod rate;
 pub mod reference;
+pub mod service;
 pub mod traffic;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

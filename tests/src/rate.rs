@@ -243,7 +243,7 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
             p.apply(&mut dp, &service(v6, udp), &BTreeSet::new())?;
             dp.attach("s0")?;
             dp.attach("s1")?;
-            switch_user::neighbours::cache_nexthops(&mut dp, &p)?;
+            switch_user::daemon::cache_nexthops(&mut dp, &p)?;
             Ok(Box::new(move || {
                 let forwarded = dp
                     .reasons()?

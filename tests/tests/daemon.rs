@@ -9,17 +9,6 @@ use switch_tests::{
     traffic::{Load, Stream, line_servers},
 };
 
-pub const SERVICE: &str = r#"
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-pools = [
-  { name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] },
-  { name = "green", weight = 0,   backends = ["198.18.1.13:8080", "198.18.1.14:8080"] },
-]
-"#;
-
 fn vip() -> SocketAddr {
     "198.18.10.10:80".parse().unwrap()
 }
@@ -36,7 +25,7 @@ fn ask(lab: &Lab, mut s: Stream) -> (String, Stream) {
 fn kill_9_and_restart_under_load_breaks_nothing() {
     let lab = Lab::new().unwrap();
     servers(&lab);
-    let mut d = Daemon::start(&lab, "kill9", SERVICE).unwrap();
+    let mut d = Daemon::start(&lab, "kill9", &service()).unwrap();
     // The API socket is 0660; the hash seed was made at random and persisted.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -100,7 +89,7 @@ fn kill_9_and_restart_under_load_breaks_nothing() {
 fn fifty_flips_under_load_fail_no_connection() {
     let lab = Lab::new().unwrap();
     servers(&lab);
-    let d = Daemon::start(&lab, "flips", SERVICE).unwrap();
+    let d = Daemon::start(&lab, "flips", &service()).unwrap();
     // A long-lived stream opened before the first flip.
     let stream = lab.cli.run(|| Stream::open(vip())).unwrap();
     let (first, mut stream) = ask(&lab, stream);
@@ -147,7 +136,7 @@ fn fifty_flips_under_load_fail_no_connection() {
 fn every_thread_keeps_only_the_kept_capabilities() {
     let lab = Lab::new().unwrap();
     servers(&lab);
-    let d = Daemon::start(&lab, "caps", SERVICE).unwrap();
+    let d = Daemon::start(&lab, "caps", &service()).unwrap();
     // Traffic and a command, so worker threads exist too.
     lab.cli.run(|| Stream::open(vip()).ask()).unwrap();
     d.ok(&["status"]).unwrap();
@@ -169,7 +158,8 @@ fn every_thread_keeps_only_the_kept_capabilities() {
 fn metrics_are_served_read_only() {
     let lab = Lab::new().unwrap();
     servers(&lab);
-    let d = Daemon::start_with(&lab, "metrics", "metrics = \"127.0.0.1:9560\"", SERVICE).unwrap();
+    let d =
+        Daemon::start_with(&lab, "metrics", "metrics = \"127.0.0.1:9560\"", &service()).unwrap();
     for _ in 0..5 {
         lab.cli.run(|| Stream::open(vip()).ask()).unwrap();
     }
@@ -198,7 +188,7 @@ fn metrics_are_served_read_only() {
 #[test]
 fn bad_cli_input_is_refused_and_changes_nothing() {
     let lab = Lab::new().unwrap();
-    let d = Daemon::start(&lab, "badinput", SERVICE).unwrap();
+    let d = Daemon::start(&lab, "badinput", &service()).unwrap();
     let before = d.ok(&["status", "--json"]).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["weights", "nosuch", "blue=1"], "no service named"),
@@ -293,7 +283,7 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
 fn stopping_the_daemon_keeps_forwarding_and_detach_stops_it() {
     let lab = Lab::new().unwrap();
     servers(&lab);
-    let mut d = Daemon::start(&lab, "detach", SERVICE).unwrap();
+    let mut d = Daemon::start(&lab, "detach", &service()).unwrap();
     assert!(
         lab.cli
             .run(|| switch_tests::traffic::ask_once(vip(), None))
@@ -364,4 +354,8 @@ fn the_shipped_systemd_unit_is_well_formed() {
             "{err}"
         );
     }
+}
+
+fn service() -> String {
+    switch_tests::service::blue_green(8080, "")
 }

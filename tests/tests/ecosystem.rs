@@ -31,16 +31,7 @@ fn a_real_prometheus_rolls_back_a_canary_of_a_resetting_version() {
         &lab,
         (3..=4).map(|i| Lab::backend(false, i, 8080)).collect(),
     );
-    let config = r#"
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-pools = [
-  { name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] },
-  { name = "green", weight = 0,   backends = ["198.18.1.13:8080", "198.18.1.14:8080"] },
-]
-"#;
+    let config = &switch_tests::service::blue_green(8080, "");
     let d = Daemon::start_with(&lab, "realprom", "metrics = \"127.0.0.1:19560\"", config).unwrap();
     let dir = d.dir.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();

@@ -11,17 +11,6 @@ use switch_tests::{
     traffic::{Stream, line_servers},
 };
 
-const SERVICE: &str = r#"
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-pools = [
-  { name = "blue",  weight = 100, backends = ["198.18.1.11:80", "198.18.1.12:80"] },
-  { name = "green", weight = 0,   backends = ["198.18.1.13:80", "198.18.1.14:80"] },
-]
-"#;
-
 #[test]
 fn a_syn_flood_during_flips_breaks_no_established_connection() {
     let lab = Lab::new().unwrap();
@@ -32,7 +21,7 @@ fn a_syn_flood_during_flips_breaks_no_established_connection() {
         "flood",
         &["sw0", "sw1", "sw2"],
         "max_flows = 65536",
-        SERVICE,
+        &service(),
     )
     .unwrap();
     let vip: SocketAddr = "198.18.10.10:80".parse().unwrap();
@@ -118,4 +107,8 @@ fn a_syn_flood_during_flips_breaks_no_established_connection() {
         rss_after < rss_before + 64 * 1024,
         "daemon RSS grew from {rss_before} to {rss_after} KiB"
     );
+}
+
+fn service() -> String {
+    switch_tests::service::blue_green(80, "")
 }

@@ -16,8 +16,8 @@ use switch_tests::{
 };
 use switch_user::{
     config::{BackendConfig, DaemonConfig, ForwardMode, PoolConfig, Protocol, ServiceConfig},
+    daemon::cache_nexthops,
     dataplane::{Capacity, Dataplane},
-    neighbours::cache_nexthops,
     programmer::Programmer,
 };
 

@@ -15,20 +15,7 @@ const LIVE: [&str; 2] = ["198.18.1.11:8080", "198.18.1.12:8080"];
 const SHADOW: [&str; 2] = ["198.18.1.13:8080", "198.18.1.14:8080"];
 
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-{extra}
-pools = [
-  {{ name = "blue",  weight = 100, backends = ["{}", "{}"] }},
-  {{ name = "green", weight = 0,   backends = ["{}", "{}"] }},
-]
-"#,
-        LIVE[0], LIVE[1], SHADOW[0], SHADOW[1]
-    )
+    switch_tests::service::blue_green(8080, extra)
 }
 
 fn tempdir(tag: &str) -> PathBuf {

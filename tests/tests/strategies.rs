@@ -21,19 +21,7 @@ fn is_green(answer: &str) -> bool {
 }
 
 fn service(health: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "web"
-vip = "198.18.10.10:80"
-protocol = "tcp"
-{health}
-pools = [
-  {{ name = "blue",  weight = 100, backends = ["198.18.1.11:8080", "198.18.1.12:8080"] }},
-  {{ name = "green", weight = 0,   backends = ["198.18.1.13:8080", "198.18.1.14:8080"] }},
-]
-"#
-    )
+    switch_tests::service::blue_green(8080, health)
 }
 
 const HEALTH: &str =

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: builds everything and runs the namespace demo
-//! (`tests/src/bin/switch-demo.rs`).
+//! (`bench/src/bin/switch-demo.rs`).
 
 use anyhow::Result;
 
@@ -19,7 +19,7 @@ pub fn run(args: Args) -> Result<()> {
             "-p",
             "switch-user",
             "-p",
-            "switch-tests",
+            "switch-bench",
             "--bins",
         ],
         &[],

@@ -1,7 +1,8 @@
 //! `cargo xtask layers`: the module graph of `switch-user`, one node a
 //! source file, an edge for every `crate::` path it names (in `use` lines
 //! and inline). Prints each cycle and fails if there is one, and fails if a
-//! layer imports one above it (`model ← engine ← adapters ← daemon ← cli`).
+//! layer imports one above it (`model ← engine ← adapters ← daemon ← cli`),
+//! or an adapter imports another adapter.
 //! Plain text scanning, no compiler: paths are resolved to the longest
 //! prefix that is a file's module.
 
@@ -21,9 +22,30 @@ pub fn run() -> Result<()> {
     collect(&src, &src, &mut files)?;
     let modules: BTreeSet<String> = files.keys().cloned().collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (m, text) in &files {
+    for (m, (text, is_dir)) in &files {
         let deps = graph.entry(m.clone()).or_default();
-        for path in crate_paths(text) {
+        let mut paths = crate_paths(text);
+        // `super::x` names a sibling of a file module, or a sibling of a
+        // folder's module from its mod.rs; `self::x` (in a mod.rs) a child.
+        let parent = match m.rsplit_once("::") {
+            Some((p, _)) => p.to_string(),
+            None => String::new(),
+        };
+        let (sup, this) = if *is_dir {
+            (parent.clone(), m.clone())
+        } else {
+            (parent.clone(), parent.clone())
+        };
+        for (word, base) in [("super::", &sup), ("self::", &this)] {
+            for p in relative_paths(text, word) {
+                paths.push(if base.is_empty() {
+                    p
+                } else {
+                    format!("{base}::{p}")
+                });
+            }
+        }
+        for path in paths {
             if let Some(target) = resolve(&path, &modules)
                 && &target != m
                 && !m.starts_with(&format!("{target}::"))
@@ -51,6 +73,22 @@ pub fn run() -> Result<()> {
             }
         }
     }
+    // Adapters stand side by side: each is wired by the daemon, none
+    // reaches another.
+    let adapter = |m: &str| {
+        m.strip_prefix("adapters::")
+            .map(|r| r.split("::").next().unwrap_or(r).to_string())
+    };
+    for (m, deps) in &graph {
+        for d in deps {
+            if let (Some(a), Some(b)) = (adapter(m), adapter(d))
+                && a != b
+            {
+                failed = true;
+                println!("sideways: {m} -> {d} (an adapter imports another)");
+            }
+        }
+    }
     println!(
         "{} modules, {} edges",
         graph.len(),
@@ -64,8 +102,9 @@ pub fn run() -> Result<()> {
 }
 
 /// Every `.rs` file under `dir`, keyed by module path (`fleet::agent`;
-/// `lib.rs`, `main.rs` and `mod.rs` name their folder's module).
-fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
+/// `lib.rs`, `main.rs` and `mod.rs` name their folder's module), with its
+/// text and whether it is a folder's `mod.rs`.
+fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, (String, bool)>) -> Result<()> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         if p.is_dir() {
@@ -76,6 +115,7 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Resul
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
+            let is_dir = parts.last().is_some_and(|l| l == "mod");
             if parts.last().is_some_and(|l| l == "mod" || l == "lib") {
                 parts.pop();
             }
@@ -84,7 +124,7 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Resul
             } else {
                 parts.join("::")
             };
-            out.insert(name, std::fs::read_to_string(&p)?);
+            out.insert(name, (std::fs::read_to_string(&p)?, is_dir));
         }
     }
     Ok(())
@@ -93,12 +133,23 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Resul
 /// The `crate::a::b` paths a file names, `use crate::{a::{b, c}, d}` groups
 /// expanded.
 fn crate_paths(text: &str) -> Vec<String> {
+    relative_paths(text, "crate::")
+}
+
+/// The paths after every `word` (`crate::`, `super::`, `self::`), groups
+/// expanded. Inline `mod tests` blocks are left out: their `super` is the
+/// file itself.
+fn relative_paths(text: &str, word: &str) -> Vec<String> {
+    let text = text
+        .split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or(text);
     let mut out = Vec::new();
     let mut rest = text;
-    while let Some(i) = rest.find("crate::") {
+    while let Some(i) = rest.find(word) {
         // A word that merely ends in "crate" (`switch_crate::`) is not ours.
         let before = rest[..i].chars().last();
-        rest = &rest[i + "crate::".len()..];
+        rest = &rest[i + word.len()..];
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             continue;
         }

@@ -65,8 +65,7 @@ fn run() -> Result<()> {
         Cmd::Layers => layers::run(),
         Cmd::Bench { args } => {
             setup::run()?;
-            // The harness and generator live in the tests crate, beside the
-            // namespace lab they use.
+            // The harness lives in bench/, on the tests crate's labs.
             // The control-plane part runs the real daemon binary.
             cargo(&["build", "--release", "-q", "-p", "switch-user"], &[])?;
             let args = if args.is_empty() {
@@ -80,7 +79,7 @@ fn run() -> Result<()> {
                     "--release",
                     "-q",
                     "-p",
-                    "switch-tests",
+                    "switch-bench",
                     "--bin",
                     "switch-bench",
                     "--",
@@ -92,7 +91,8 @@ fn run() -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    // clippy and fmt first: a lint failure is a test failure.
+    // The layers, clippy and fmt first: a lint failure is a test failure.
+    layers::run()?;
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(
         &[

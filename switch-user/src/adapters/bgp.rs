@@ -1,0 +1,202 @@
+//! Announcing VIPs over BGP through BIRD 2 (an existing engine; we write its
+//! configuration and ask it to reload, nothing more).
+//!
+//! BIRD runs as its own daemon (it forks away from us), so a crash of the
+//! switch daemon leaves its sessions and announcements in place while the
+//! XDP program goes on forwarding; the next start adopts it. What is
+//! announced is one host route per VIP in a static protocol per family; the
+//! daemon rewrites the configuration and runs `birdc configure`.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+pub use crate::model::bgp::{BgpStatus, Session};
+use crate::model::config::BgpConfig;
+
+pub struct Bird {
+    cfg: BgpConfig,
+    dir: PathBuf,
+    announced: Option<BTreeSet<IpAddr>>,
+}
+
+/// The BIRD control socket under a state directory (also for `detach`).
+pub fn socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("bgp").join("bird.ctl")
+}
+
+fn birdc(sock: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(sock)
+        .args(args)
+        .output()
+        .context("cannot run birdc (install bird2: cargo xtask setup does)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || text.contains("Unable to connect") {
+        bail!(
+            "birdc {}: {}{}",
+            args.join(" "),
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(text)
+}
+
+impl Bird {
+    /// Writes BIRD's configuration (announcing nothing yet) and starts BIRD,
+    /// or reloads the one a previous run of the daemon left running.
+    pub fn start(cfg: &BgpConfig, state_dir: &Path) -> Result<Bird> {
+        let dir = state_dir.join("bgp");
+        std::fs::create_dir_all(&dir)?;
+        let b = Bird {
+            cfg: cfg.clone(),
+            dir,
+            announced: None,
+        };
+        let conf = b.dir.join("bird.conf");
+        // Until the daemon decides, announce what the last run did (a
+        // restart must not withdraw by itself).
+        let kept = std::fs::read_to_string(b.dir.join("announced"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        std::fs::write(&conf, b.config(&kept))?;
+        if birdc(&b.sock(), &["configure"]).is_err() {
+            let status = Command::new("bird")
+                .arg("-c")
+                .arg(&conf)
+                .arg("-s")
+                .arg(b.sock())
+                .arg("-P")
+                .arg(b.dir.join("bird.pid"))
+                .status()
+                .context("cannot start bird (install bird2: cargo xtask setup does)")?;
+            if !status.success() {
+                bail!(
+                    "bird refused its configuration {} ({status})",
+                    conf.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    /// BIRD's whole configuration, announcing `vips`. A reload changes only
+    /// the static protocols' routes; the BGP sessions stay up.
+    fn config(&self, vips: &BTreeSet<IpAddr>) -> String {
+        let c = &self.cfg;
+        let routes = |v4: bool| -> String {
+            vips.iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .map(|a| format!(" route {a}/{} blackhole;", if v4 { 32 } else { 128 }))
+                .collect()
+        };
+        let mut s = format!(
+            "# Written by the switch daemon; changes are overwritten.\nrouter id {};\nprotocol device {{}}\n\
+             protocol static vips4 {{ ipv4;{} }}\n\
+             protocol static vips6 {{ ipv6;{} }}\n",
+            c.router_id,
+            routes(true),
+            routes(false)
+        );
+        for (i, n) in c.neighbors.iter().enumerate() {
+            let (fam, proto) = if n.address.is_ipv4() {
+                ("ipv4", "vips4")
+            } else {
+                ("ipv6", "vips6")
+            };
+            let next_hop = match c.next_hop {
+                Some(h) if h.is_ipv4() == n.address.is_ipv4() => format!("next hop address {h};"),
+                _ => "next hop self;".into(),
+            };
+            s.push_str(&format!(
+                "protocol bgp n{i} {{\n  local as {};\n  neighbor {} as {};\n  hold time {};\n  connect retry time 1;\n  error wait time 1, 5;\n  {fam} {{ import none; export where proto = \"{proto}\"; {next_hop} }};\n}}\n",
+                c.asn,
+                n.address,
+                n.asn,
+                c.hold.as_secs().max(3),
+            ));
+        }
+        s
+    }
+
+    /// Announces exactly `vips` (host routes); withdraws the rest.
+    pub fn announce(&mut self, vips: &BTreeSet<IpAddr>) -> Result<()> {
+        if self.announced.as_ref() == Some(vips) {
+            return Ok(());
+        }
+        std::fs::write(self.dir.join("bird.conf"), self.config(vips))?;
+        birdc(&self.sock(), &["configure"])?;
+        std::fs::write(
+            self.dir.join("announced"),
+            vips.iter().map(|v| format!("{v}\n")).collect::<String>(),
+        )?;
+        tracing::info!(
+            "bgp: announcing {}",
+            if vips.is_empty() {
+                "nothing".to_string()
+            } else {
+                vips.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        self.announced = Some(vips.clone());
+        Ok(())
+    }
+
+    pub fn announced(&self) -> Vec<IpAddr> {
+        self.announced.iter().flatten().copied().collect()
+    }
+
+    /// Each neighbor's session state, from `birdc show protocols`.
+    pub fn sessions(&self) -> Vec<Session> {
+        let text = birdc(&self.sock(), &["show", "protocols"]).unwrap_or_default();
+        self.cfg
+            .neighbors
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let name = format!("n{i}");
+                let state = text
+                    .lines()
+                    .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                    // name, proto, table, state, since, info ("Established", ...)
+                    .and_then(|l| l.split_whitespace().nth(5))
+                    .unwrap_or("unknown")
+                    .to_string();
+                Session {
+                    neighbor: n.address,
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    pub fn asn(&self) -> u32 {
+        self.cfg.asn
+    }
+}
+
+/// Stops the BIRD of a state directory, if one runs: every session closes
+/// and every announcement is withdrawn (`switch detach`).
+pub fn stop(state_dir: &Path) -> Result<bool> {
+    let sock = socket(state_dir);
+    if !sock.exists() {
+        return Ok(false);
+    }
+    Ok(birdc(&sock, &["down"]).is_ok())
+}

@@ -1,0 +1,98 @@
+//! A command on any host: validated on a copy, written to etcd conditioned on the revisions it saw, answered once applied here; and a clean stop's resignation.
+
+use super::*;
+
+/// A state-changing command in fleet mode.
+pub(crate) async fn command(shared: &SharedRef, cmd: Command) -> Response {
+    match run_command(shared, cmd).await {
+        Ok(r) => r,
+        Err(e) => Response::failed(&e),
+    }
+}
+
+pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
+    if let Command::History { service } = &cmd {
+        let (store, known) = with(shared, |s| {
+            (
+                s.fleet.as_ref().and_then(|f| f.store.clone()),
+                s.ctl.service(service).map(|_| ()),
+            )
+        })?;
+        known?;
+        let store =
+            store.ok_or_else(|| anyhow!("etcd has not been reached yet: no fleet history"))?;
+        return Ok(Response {
+            history: Some(store.history(service).await?),
+            ..Response::ok()
+        });
+    }
+    let (store, change) = blocking(shared, move |s| -> Result<(Store, Change)> {
+        let f = s.fleet.as_ref().expect("fleet mode");
+        if let Some(why) = &f.refused {
+            anyhow::bail!("{why}");
+        }
+        let store = match (&f.store, f.reachable) {
+            (Some(st), true) => st.clone(),
+            _ => {
+                return Err(crate::model::error::Refusal::unavailable(
+                    "etcd is unreachable: state changes are refused until it is back; forwarding goes on with the last applied state",
+                )
+                .into());
+            }
+        };
+        let mut trial = s.ctl.clone();
+        trial.handle(&mut NoMaps, &cmd, now_ms())?;
+        let f = s.fleet.as_ref().expect("fleet mode");
+        let services = s.ctl.changed_records(&trial);
+        for (name, r) in &services {
+            if r.as_ref().map(|r| r.spec.mode) == Some(crate::model::config::ForwardMode::Fullnat) {
+                anyhow::bail!("service {name:?}: {}", crate::model::config::FULLNAT_IN_FLEET);
+            }
+        }
+        let base = services
+            .keys()
+            .map(|n| (n.clone(), f.revisions.get(n).copied().unwrap_or(0)))
+            .collect();
+        Ok((
+            store,
+            Change {
+                services,
+                base,
+                events: new_events(&s.ctl.history, &trial.history),
+                ..Default::default()
+            },
+        ))
+    })
+    .await??;
+    if change.is_empty() {
+        return Ok(Response::ok());
+    }
+    let rev = store.commit(&change).await?;
+    // Answer once this host forwards with it (the others follow within
+    // their watch's latency).
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if with(shared, |s| {
+            s.fleet.as_ref().is_some_and(|f| f.applied >= rev)
+        })? {
+            return Ok(Response::ok());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Response::err(format!(
+        "written to etcd (revision {rev}) but not yet applied on this host; see `switch status`"
+    )))
+}
+
+/// Steps down on a clean stop, so another host leads at once.
+pub(crate) async fn resign(shared: &SharedRef) {
+    let Ok((store, token)) = with(shared, |s| {
+        let f = s.fleet.as_ref();
+        (f.and_then(|f| f.store.clone()), f.and_then(|f| f.leading))
+    }) else {
+        return;
+    };
+    if let (Some(store), Some(t)) = (store, token) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), store.resign(t)).await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Every host follows etcd: a snapshot, then the watch; each service record seen is adopted into the maps and cached.
+
+use super::*;
+
+pub(super) async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfig>) {
+    loop {
+        if let Err(e) = sync_once(&shared, &seed_services).await {
+            tracing::debug!("fleet: sync: {e:#}");
+            let _ = with(&shared, |s| set_reachable(s, false));
+        }
+        if with(&shared, |s| {
+            s.fleet.as_ref().is_some_and(|f| f.refused.is_some())
+        })
+        .unwrap_or(true)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig]) -> Result<()> {
+    let (cfg, fp) = with(shared, |s| {
+        let f = s.fleet.as_ref().expect("fleet mode");
+        (f.cfg.clone(), f.fingerprint.clone())
+    })?;
+    let store = Store::connect(&cfg).await?;
+    if let Err(e) = store.check_seed(&fp).await {
+        if e.to_string().contains("refuses to join") {
+            tracing::error!("fleet: {e}");
+            with(shared, |s| {
+                if let Some(f) = s.fleet.as_mut() {
+                    f.refused = Some(e.to_string());
+                }
+            })?;
+        }
+        return Err(e);
+    }
+    if !seed_services.is_empty() {
+        let services = seed_services.to_vec();
+        let records = blocking(
+            shared,
+            move |s| -> Result<BTreeMap<String, ServiceRecord>> {
+                let mut trial = s.ctl.clone();
+                trial.handle(
+                    &mut NoMaps,
+                    &Command::Apply {
+                        services: services.clone(),
+                    },
+                    now_ms(),
+                )?;
+                Ok(services
+                    .iter()
+                    .filter_map(|svc| trial.record_of(&svc.name).map(|r| (svc.name.clone(), r)))
+                    .collect())
+            },
+        )
+        .await??;
+        if store.seed_services(&records).await? {
+            tracing::info!(
+                "fleet: wrote the config's {} service(s) to etcd (first host)",
+                records.len()
+            );
+        }
+    }
+    let snap = store.snapshot().await?;
+    let from = snap.revision + 1;
+    let st = store.clone();
+    blocking(shared, move |s| adopt_snapshot(s, snap, st)).await?;
+    let mut client = store.client();
+    let mut stream = client
+        .watch(
+            store.keys.prefix.clone() + "/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await
+        .map_err(|e| anyhow!("watch: {e}"))?;
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                // The heartbeat noticed etcd is gone: start over when back.
+                if !with(shared, |s| s.fleet.as_ref().is_some_and(|f| f.reachable))? {
+                    return Err(anyhow!("etcd lost"));
+                }
+                continue;
+            }
+        };
+        let resp = msg
+            .map_err(|e| anyhow!("watch: {e}"))?
+            .ok_or_else(|| anyhow!("watch ended"))?;
+        if resp.canceled() {
+            return Err(anyhow!("watch canceled: {}", resp.cancel_reason()));
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let events: Vec<(bool, String, Vec<u8>, i64)> = resp
+            .events()
+            .iter()
+            .filter_map(|e| {
+                let kv = e.kv()?;
+                Some((
+                    e.event_type() == EventType::Put,
+                    kv.key_str().ok()?.to_string(),
+                    kv.value().to_vec(),
+                    kv.mod_revision(),
+                ))
+            })
+            .collect();
+        blocking(shared, move |s| apply_events(s, events, rev)).await?;
+    }
+}
+
+pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
+    let host = {
+        let f = s.fleet.as_mut().expect("fleet mode");
+        f.store = Some(store);
+        f.hosts = snap.hosts;
+        f.verdict = snap.health;
+        f.health_revision = snap.health_revision;
+        f.leader = snap.leader.as_ref().map(|(h, _)| h.clone());
+        f.leader_token = snap.leader.as_ref().map(|(_, t)| *t);
+        if f.leading.is_some() && snap.leader.as_ref().map(|l| l.1) != f.leading {
+            f.leading = None;
+        }
+        if f.leading.is_none() {
+            f.ledger = snap.ledger.unwrap_or_default();
+        }
+        f.cfg.host.clone()
+    };
+    set_reachable(s, true);
+    let fh = s
+        .fleet
+        .as_ref()
+        .map(|f| f.fleet_health())
+        .unwrap_or_default();
+    if let Err(e) = s.ctl.set_fleet_health(&mut *s.dp, fh) {
+        tracing::warn!("fleet: health: {e:#}");
+    }
+    let gone: Vec<String> = s
+        .ctl
+        .services
+        .keys()
+        .filter(|n| !snap.services.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        adopt_one(s, &name, None, 0);
+    }
+    for (name, (rec, rev)) in snap.services {
+        adopt_one(s, &name, Some(rec), rev);
+    }
+    if let Some(f) = s.fleet.as_mut() {
+        f.applied = snap.revision;
+    }
+    s.committed = true;
+    tracing::info!(host, revision = snap.revision, "fleet: in sync");
+}
+
+pub(super) fn adopt_one(s: &mut Parts<'_>, name: &str, rec: Option<ServiceRecord>, rev: i64) {
+    match s.ctl.adopt(&mut *s.dp, name, rec.as_ref()) {
+        Ok(_) => {
+            if let Some(f) = s.fleet.as_mut() {
+                match rec {
+                    Some(_) => f.revisions.insert(name.to_string(), rev),
+                    None => f.revisions.remove(name),
+                };
+            }
+        }
+        // The maps are as they were; the next snapshot tries again.
+        Err(e) => tracing::error!("fleet: cannot apply {name} (revision {rev}): {e:#}"),
+    }
+}
+
+pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>, i64)>, rev: i64) {
+    let Some(keys) = s
+        .fleet
+        .as_ref()
+        .and_then(|f| f.store.as_ref())
+        .map(|st| st.keys.clone())
+    else {
+        return;
+    };
+    let mut services_changed = false;
+    for (put, key, value, mod_rev) in events {
+        let Some((kind, name)) = keys.classify(&key) else {
+            continue;
+        };
+        match kind {
+            "services" => {
+                let rec = if put {
+                    match serde_json::from_slice::<ServiceRecord>(&value) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!("fleet: ignoring unreadable record {key}: {e}");
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                adopt_one(s, name, rec, mod_rev);
+                services_changed = true;
+            }
+            "hosts" => {
+                let f = s.fleet.as_mut().expect("fleet mode");
+                if put {
+                    if let Ok(r) = serde_json::from_slice(&value) {
+                        f.hosts.insert(name.to_string(), r);
+                    }
+                } else {
+                    f.hosts.remove(name);
+                }
+            }
+            "leader" => {
+                let f = s.fleet.as_mut().expect("fleet mode");
+                f.leader = put.then(|| String::from_utf8_lossy(&value).into_owned());
+                // The key is only ever created, never updated.
+                f.leader_token = put.then_some(mod_rev);
+                if !put && f.leading.take().is_some() {
+                    tracing::warn!("fleet: our leader key is gone; no longer leading");
+                }
+                if !put {
+                    f.wake.notify_one();
+                }
+            }
+            "health" => {
+                let verdict = if put {
+                    serde_json::from_slice(&value).unwrap_or_default()
+                } else {
+                    BTreeMap::new()
+                };
+                let f = s.fleet.as_mut().expect("fleet mode");
+                f.verdict = verdict;
+                f.health_revision = if put { mod_rev } else { 0 };
+                let fh = f.fleet_health();
+                if let Err(e) = s.ctl.set_fleet_health(&mut *s.dp, fh) {
+                    tracing::warn!("fleet: health: {e:#}");
+                }
+            }
+            "ledger" => {
+                let f = s.fleet.as_mut().expect("fleet mode");
+                if put && f.leading.is_none() {
+                    f.ledger = serde_json::from_slice(&value).unwrap_or_default();
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(f) = s.fleet.as_mut() {
+        f.applied = f.applied.max(rev);
+    }
+    if services_changed {
+        s.committed = true;
+    }
+}

@@ -1,0 +1,406 @@
+//! The fleet's state in etcd: reads, the conditioned writes, the lease and
+//! the leader key. Nothing here decides anything.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result, anyhow, bail};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+
+use super::{HostReport, Keys, Ledger, Verdict};
+use crate::{
+    engine::controller::replica::ServiceRecord, model::api::Event, model::config::FleetConfig,
+};
+
+/// How long one etcd call may take before the host treats etcd as gone.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    pub keys: Keys,
+    pub host: String,
+}
+
+/// Everything a host needs to catch up, read at one revision.
+#[derive(Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub services: BTreeMap<String, (ServiceRecord, i64)>,
+    pub hosts: BTreeMap<String, HostReport>,
+    /// The leader's name and its key's create revision (its fencing token).
+    pub leader: Option<(String, i64)>,
+    pub health: BTreeMap<SocketAddr, Verdict>,
+    pub health_revision: i64,
+    pub ledger: Option<Ledger>,
+}
+
+/// One atomic change of the fleet's state.
+#[derive(Default)]
+pub struct Change {
+    /// Service records to write (None: delete), each conditioned on the
+    /// revision in `base` (0: must not exist).
+    pub services: BTreeMap<String, Option<ServiceRecord>>,
+    pub base: BTreeMap<String, i64>,
+    pub events: Vec<Event>,
+    pub health: Option<BTreeMap<SocketAddr, Verdict>>,
+    pub ledger: Option<Ledger>,
+    /// A leader's write: only while its leader key is this one.
+    pub fence: Option<i64>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+            && self.events.is_empty()
+            && self.health.is_none()
+            && self.ledger.is_none()
+    }
+}
+
+/// Why a write did not happen.
+#[derive(Debug)]
+pub enum Refused {
+    /// Another change came first (the revision it was validated against).
+    Conflict(String),
+    /// The writer no longer leads.
+    NotLeader,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Conflict(s) => write!(
+                f,
+                "service {s:?} was changed by another command at the same time; nothing was changed: look at `switch status` and try again"
+            ),
+            Refused::NotLeader => write!(f, "this host no longer leads the fleet"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn unreachable(e: etcd_client::Error) -> anyhow::Error {
+    anyhow!(
+        "etcd is unreachable ({e}); state changes are refused until it is back, forwarding goes on with the last applied state"
+    )
+}
+
+impl Store {
+    pub async fn connect(cfg: &FleetConfig) -> Result<Store> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), CALL_TIMEOUT);
+        let client = Client::connect(&cfg.etcd, Some(opts))
+            .await
+            .map_err(unreachable)?;
+        Ok(Store {
+            client,
+            keys: Keys {
+                prefix: cfg.prefix.clone(),
+            },
+            host: cfg.host.clone(),
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    async fn get(&self, key: String) -> Result<Option<(Vec<u8>, i64, i64)>> {
+        let mut c = self.client.clone();
+        let r = c.get(key, None).await.map_err(unreachable)?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision(), kv.create_revision())))
+    }
+
+    /// Compares this host's seed with the fleet's; the first host sets it.
+    pub async fn check_seed(&self, fingerprint: &str) -> Result<()> {
+        let key = self.keys.seed();
+        let mut c = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), fingerprint, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = c.txn(txn).await.map_err(unreachable)?;
+        if r.succeeded() {
+            return Ok(());
+        }
+        let theirs = r
+            .op_responses()
+            .into_iter()
+            .find_map(|o| match o {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if theirs != fingerprint.as_bytes() {
+            bail!(
+                "this host's daemon.seed differs from the fleet's (fingerprint {fingerprint} here, {} in etcd): it refuses to join; give every host the same seed",
+                String::from_utf8_lossy(&theirs)
+            );
+        }
+        Ok(())
+    }
+
+    /// A seed every host of this etcd cluster and prefix derives alike, for
+    /// fleets that configure none (it is not secret: set `daemon.seed` to
+    /// keep the hashing unpredictable to outsiders).
+    pub async fn derived_seed(&self) -> Result<u32> {
+        let mut c = self.client.clone();
+        let r = c.get(self.keys.seed(), None).await.map_err(unreachable)?;
+        let cluster = r.header().map(|h| h.cluster_id()).unwrap_or(0);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in b"switch-derived-seed-v1"
+            .iter()
+            .chain(&cluster.to_le_bytes())
+            .chain(self.keys.prefix.as_bytes())
+        {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok((h ^ (h >> 32)) as u32)
+    }
+
+    /// Writes the config file's services, only if no host ever did.
+    pub async fn seed_services(&self, records: &BTreeMap<String, ServiceRecord>) -> Result<bool> {
+        let seeded = self.keys.seeded();
+        let mut ops = vec![TxnOp::put(seeded.clone(), self.host.clone(), None)];
+        for (name, r) in records {
+            ops.push(TxnOp::put(
+                self.keys.service(name),
+                serde_json::to_vec(r)?,
+                None,
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(seeded, CompareOp::Equal, 0)])
+            .and_then(ops);
+        let mut c = self.client.clone();
+        Ok(c.txn(txn).await.map_err(unreachable)?.succeeded())
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut c = self.client.clone();
+        let r = c
+            .get(
+                self.keys.prefix.clone() + "/",
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(unreachable)?;
+        let mut s = Snapshot {
+            revision: r.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
+        for kv in r.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            match self.keys.classify(key) {
+                Some(("services", name)) => match serde_json::from_slice(kv.value()) {
+                    Ok(rec) => {
+                        s.services
+                            .insert(name.to_string(), (rec, kv.mod_revision()));
+                    }
+                    Err(e) => tracing::warn!("fleet: ignoring unreadable record {key}: {e}"),
+                },
+                Some(("hosts", name)) => {
+                    if let Ok(h) = serde_json::from_slice(kv.value()) {
+                        s.hosts.insert(name.to_string(), h);
+                    }
+                }
+                Some(("leader", _)) => {
+                    s.leader = Some((
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                        kv.create_revision(),
+                    ))
+                }
+                Some(("health", _)) => {
+                    s.health = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    s.health_revision = kv.mod_revision();
+                }
+                Some(("ledger", _)) => s.ledger = serde_json::from_slice(kv.value()).ok(),
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// One transaction: every service conditioned on its base revision, and
+    /// a leader's write on its leader key. The revision it made, or why not.
+    pub async fn commit(&self, ch: &Change) -> Result<i64> {
+        let mut when = Vec::new();
+        let mut ops = Vec::new();
+        for (name, rec) in &ch.services {
+            let key = self.keys.service(name);
+            let base = ch.base.get(name).copied().unwrap_or(0);
+            when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, base));
+            ops.push(match rec {
+                Some(r) => TxnOp::put(key, serde_json::to_vec(r)?, None),
+                None => TxnOp::delete(key, None),
+            });
+        }
+        if let Some(fence) = ch.fence {
+            when.push(Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                fence,
+            ));
+        }
+        for (n, e) in ch.events.iter().enumerate() {
+            ops.push(TxnOp::put(
+                self.keys.event(&e.service, e.at_ms, &self.host, n),
+                serde_json::to_vec(e)?,
+                None,
+            ));
+        }
+        if let Some(h) = &ch.health {
+            ops.push(TxnOp::put(self.keys.health(), serde_json::to_vec(h)?, None));
+        }
+        if let Some(l) = &ch.ledger {
+            ops.push(TxnOp::put(self.keys.ledger(), serde_json::to_vec(l)?, None));
+        }
+        let mut c = self.client.clone();
+        let r = c
+            .txn(Txn::new().when(when).and_then(ops))
+            .await
+            .map_err(unreachable)?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        if r.succeeded() {
+            return Ok(rev);
+        }
+        if let Some(fence) = ch.fence {
+            let now = self.get(self.keys.leader()).await?;
+            if now.is_none_or(|(_, _, created)| created != fence) {
+                return Err(Refused::NotLeader.into());
+            }
+        }
+        for (name, base) in &ch.base {
+            let now = self.get(self.keys.service(name)).await?;
+            if now.map(|(_, m, _)| m).unwrap_or(0) != *base {
+                return Err(Refused::Conflict(name.clone()).into());
+            }
+        }
+        Err(Refused::Conflict(ch.services.keys().next().cloned().unwrap_or_default()).into())
+    }
+
+    pub async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let mut c = self.client.clone();
+        let r = c
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(unreachable)?;
+        Ok(r.id())
+    }
+
+    /// One keep-alive; false when the lease is gone (expired).
+    pub async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        let mut c = self.client.clone();
+        let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.map_err(unreachable)?;
+        keeper.keep_alive().await.map_err(unreachable)?;
+        let r = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+            .await
+            .context("etcd did not answer a lease keep-alive")?
+            .map_err(unreachable)?;
+        Ok(r.is_some_and(|r| r.ttl() > 0))
+    }
+
+    pub async fn publish(&self, report: &HostReport, lease: i64) -> Result<()> {
+        let mut c = self.client.clone();
+        c.put(
+            self.keys.host(&self.host),
+            serde_json::to_vec(report)?,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// Becomes the leader if there is none. Some(fencing token) when it did.
+    pub async fn campaign(&self, lease: i64) -> Result<Option<i64>> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                self.host.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut c = self.client.clone();
+        let r = c.txn(txn).await.map_err(unreachable)?;
+        Ok(r.succeeded()
+            .then(|| r.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Steps down (a clean stop): the others need not wait for the lease.
+    pub async fn resign(&self, fence: i64) -> Result<()> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                fence,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        c.txn(txn).await.map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// Keeps the newest `keep` events of a service's history, fenced like
+    /// every leader write. How many were deleted.
+    pub async fn prune_history(&self, service: &str, keep: usize, fence: i64) -> Result<usize> {
+        let prefix = self.keys.history(service);
+        let mut c = self.client.clone();
+        let r = c
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(unreachable)?;
+        let keys = r.kvs();
+        if keys.len() <= keep {
+            return Ok(0);
+        }
+        let first_kept = keys[keys.len() - keep].key().to_vec();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                fence,
+            )])
+            .and_then([TxnOp::delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_range(first_kept)),
+            )]);
+        let r = c.txn(txn).await.map_err(unreachable)?;
+        Ok(if r.succeeded() { keys.len() - keep } else { 0 })
+    }
+
+    /// Drops etcd's history of changes older than `revision` (reports are
+    /// rewritten every second: without it etcd's database only grows).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let mut c = self.client.clone();
+        c.compact(revision, None).await.map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// The fleet's history of a service, oldest first.
+    pub async fn history(&self, service: &str) -> Result<Vec<Event>> {
+        let mut c = self.client.clone();
+        let r = c
+            .get(
+                self.keys.history(service),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(unreachable)?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+}

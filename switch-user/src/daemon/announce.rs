@@ -1,0 +1,66 @@
+//! Which VIPs BIRD announces, kept in step with state and health.
+
+use super::*;
+
+/// The VIPs this host should announce now, or why none.
+pub(super) fn wanted_vips(s: &Shared) -> (BTreeSet<std::net::IpAddr>, Option<String>) {
+    if s.left {
+        return (
+            BTreeSet::new(),
+            Some("this host left (switch fleet leave); `switch fleet join` announces again".into()),
+        );
+    }
+    if let Some(f) = &s.fleet {
+        if let Some(why) = &f.refused {
+            return (BTreeSet::new(), Some(why.clone()));
+        }
+        if f.applied == 0 && f.revisions.is_empty() && s.ctl.services.is_empty() {
+            return (
+                BTreeSet::new(),
+                Some("no desired state from etcd yet".into()),
+            );
+        }
+    }
+    let unhealthy = s.ctl.unhealthy();
+    let mut vips = BTreeSet::new();
+    let mut idle = vec![];
+    for spec in s.ctl.services.values() {
+        let serves = spec.pools.iter().filter(|p| p.weight > 0).any(|p| {
+            p.backends
+                .iter()
+                .any(|b| b.state() == AdminState::Active && !unhealthy.contains(&b.addr()))
+        });
+        if serves {
+            vips.insert(spec.vip.ip());
+        } else {
+            idle.push(spec.name.clone());
+        }
+    }
+    // A VIP shared by services (ports) stays while any of them serves.
+    let why = (!idle.is_empty()).then(|| format!("no healthy backend: {}", idle.join(", ")));
+    (vips, why)
+}
+
+/// Keeps BIRD's announcements what `wanted_vips` says.
+pub(super) fn sync_bgp(shared: &Mutex<Shared>) {
+    let Some((bird, vips, why)) = shared.lock().ok().and_then(|s| {
+        let (vips, why) = wanted_vips(&s);
+        s.bgp.clone().map(|b| (b, vips, why))
+    }) else {
+        return;
+    };
+    let Ok(mut bird) = bird.lock() else { return };
+    if let Err(e) = bird.announce(&vips) {
+        tracing::warn!("bgp: {e:#}");
+    }
+    let status = crate::model::bgp::BgpStatus {
+        asn: bird.asn(),
+        sessions: bird.sessions(),
+        announced: bird.announced(),
+        withdrawn: why,
+    };
+    drop(bird);
+    if let Ok(mut s) = shared.lock() {
+        s.bgp_status = status;
+    }
+}

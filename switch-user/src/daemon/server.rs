@@ -1,0 +1,368 @@
+//! The API server: the Unix socket, one request a line, each answered after its changes are in the maps and committed.
+
+use super::*;
+
+/// The metrics page for one scrape.
+pub(super) fn metrics_page(shared: &Mutex<Shared>) -> String {
+    let Ok(s) = shared.lock() else {
+        return String::new();
+    };
+    let services = status(&s, None).unwrap_or_default();
+    let reasons =
+        s.dp.reasons()
+            .map(|r| {
+                r.into_iter()
+                    .map(|(r, n)| (r.name().to_string(), n))
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut last = BTreeMap::new();
+    for e in s.ctl.history.iter().filter(|e| e.ok) {
+        last.insert(e.service.clone(), e.at_ms);
+    }
+    metrics::render(&services, &reasons, &last)
+}
+
+/// Gives the API socket to `group` (mode 0660), so its members may steer.
+pub(super) fn socket_group(path: &Path, group: &str) -> Result<()> {
+    let name = std::ffi::CString::new(group)?;
+    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("daemon.api_group: no group named {group:?}");
+    }
+    let gid = unsafe { (*gr).gr_gid };
+    std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    Ok(())
+}
+
+pub(super) async fn serve(
+    shared: Arc<Mutex<Shared>>,
+    d: DaemonConfig,
+    seed_services: Vec<crate::model::config::ServiceConfig>,
+) -> Result<()> {
+    // Before the API socket appears: whoever sees it may send SIGTERM at
+    // once, and it must mean a clean stop, not the default death.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if let Some(addr) = d.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics address {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        let s = shared.clone();
+        tokio::spawn(metrics::serve(listener, move || metrics_page(&s)));
+    }
+    start_tasks(&shared, seed_services)?;
+    // Threads of our own start only once privileges are dropped (below):
+    // capabilities are per thread, and a thread keeps those it was born with.
+    let (clock, shadow_ring) = {
+        let mut g = shared.lock().map_err(|_| anyhow!("lock"))?;
+        sync_shadows(&mut g);
+        let engine = g.shadow.clone();
+        let ring = match g.dp.take_shadow_ring() {
+            Ok(ring) => Some((ring, engine)),
+            Err(e) => {
+                tracing::warn!("shadow ring buffer: {e:#}");
+                None
+            }
+        };
+        (g.dp.clock()?, ring)
+    };
+    if let Some(dir) = d.api.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&d.api);
+    let listener = UnixListener::bind(&d.api)
+        .with_context(|| format!("binding API socket {}", d.api.display()))?;
+    std::fs::set_permissions(&d.api, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = &d.api_group {
+        socket_group(&d.api, g)?;
+    }
+    // Everything that needs privileges is done: maps and links are open,
+    // sockets bound.
+    match privileges::drop_all_but_kept() {
+        Ok(()) => tracing::info!(
+            "keeping only {}",
+            privileges::KEPT
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => tracing::warn!("could not drop capabilities: {e:#}"),
+    }
+    start_threads(clock, shadow_ring)?;
+    tracing::info!("API on {}", d.api.display());
+    // systemd Type=notify: ready once the API serves.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = conn?;
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(stream, shared).await {
+                        tracing::warn!("API client: {e:#}");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&d.api);
+    let host: crate::adapters::fleet::agent::SharedRef = shared.clone();
+    crate::adapters::fleet::agent::resign(&host).await;
+    tracing::info!("stopping; the data plane keeps forwarding");
+    Ok(())
+}
+
+/// The daemon's tasks on its runtime: health probes, the network watch,
+/// the fleet agent, BGP announcements, flow counts and rates, the strategy
+/// tick.
+fn start_tasks(
+    shared: &Arc<Mutex<Shared>>,
+    seed_services: Vec<crate::model::config::ServiceConfig>,
+) -> Result<()> {
+    tokio::spawn(health_loop(shared.clone()));
+    tokio::spawn(neighbour_loop(shared.clone()));
+    if shared.lock().map_err(|_| anyhow!("lock"))?.fleet.is_some() {
+        crate::adapters::fleet::agent::start(shared.clone(), seed_services);
+    }
+    if shared.lock().map_err(|_| anyhow!("lock"))?.bgp.is_some() {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || sync_bgp(&s)).await;
+            }
+        });
+    }
+    let sampler = shared.clone();
+    let scanner = Arc::new(
+        shared
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .dp
+            .flow_scanner()?,
+    );
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let (s, sc) = (sampler.clone(), scanner.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                // Walking a big flow table takes a while: not under the lock.
+                let began = now_ms();
+                let counts = sc.count_by_backend();
+                if let (Ok(c), Ok(mut g)) = (counts, s.lock()) {
+                    g.flow_counts = c;
+                    g.flow_counts_ms = began;
+                }
+                sample_rates(&s);
+            })
+            .await;
+        }
+    });
+    let ticker = shared.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TICK);
+        loop {
+            every.tick().await;
+            let s = ticker.clone();
+            match tokio::task::spawn_blocking(move || tick(&s)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("strategy tick: {e:#}"),
+                Err(e) => tracing::warn!("strategy tick: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The threads of our own, started after the privilege drop: the data
+/// plane's clock, and the shadow replays.
+fn start_threads(
+    clock: crate::adapters::dataplane::Clock,
+    shadow_ring: Option<(
+        aya::maps::RingBuf<aya::maps::MapData>,
+        Arc<crate::adapters::shadow::Engine>,
+    )>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("clock".into())
+        .spawn(move || clock.run())?;
+    if let Some((ring, engine)) = shadow_ring {
+        // Replays run on a thread of their own at the lowest priority: on a
+        // busy switch host they get what is left over, and the live path
+        // (softirqs, the API, health checks) never waits for them.
+        std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || {
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(shadow_reader(ring, engine)),
+                    Err(e) => tracing::warn!("shadow runtime: {e}"),
+                }
+            })?;
+    }
+    Ok(())
+}
+
+pub(super) async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::err(format!("bad request: {e}")),
+            Ok(req) if req.v != api::VERSION => Response::err(format!(
+                "API version {} not supported (this daemon speaks {})",
+                req.v,
+                api::VERSION
+            )),
+            Ok(req)
+                if !matches!(req.cmd, Command::Status { .. } | Command::Membership { .. })
+                    && shared.lock().is_ok_and(|s| s.fleet.is_some()) =>
+            {
+                let span = tracing::info_span!(
+                    "request",
+                    cmd = req.cmd.name(),
+                    service = req.cmd.service().unwrap_or("-")
+                );
+                // The shadows' latest figures into the controller first: a
+                // canary's `--after-shadow` is judged on them.
+                if let Ok(mut s) = shared.lock() {
+                    sync_shadows(&mut s);
+                }
+                let host: crate::adapters::fleet::agent::SharedRef = shared.clone();
+                let resp = tracing::Instrument::instrument(
+                    crate::adapters::fleet::agent::command(&host, req.cmd.clone()),
+                    span,
+                )
+                .await;
+                if !matches!(req.cmd, Command::History { .. }) {
+                    match &resp.error {
+                        None => tracing::info!(cmd = req.cmd.name(), "done"),
+                        Some(e) => tracing::info!(cmd = req.cmd.name(), error = %e, "refused"),
+                    }
+                    if resp.ok {
+                        let s = shared.clone();
+                        let _ = tokio::task::spawn_blocking(move || refresh_neighbours(&s)).await;
+                    }
+                }
+                resp
+            }
+            Ok(req) => {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let span = tracing::info_span!(
+                        "request",
+                        cmd = req.cmd.name(),
+                        service = req.cmd.service().unwrap_or("-")
+                    );
+                    let _enter = span.enter();
+                    let resp = handle(&shared, &req.cmd);
+                    if !matches!(req.cmd, Command::Status { .. } | Command::History { .. }) {
+                        match &resp.error {
+                            None => tracing::info!("done"),
+                            Some(e) => tracing::info!(error = %e, "refused"),
+                        }
+                    }
+                    // New backends forward from their first packet.
+                    if resp.ok
+                        && !matches!(req.cmd, Command::Status { .. } | Command::History { .. })
+                    {
+                        refresh_neighbours(&shared);
+                    }
+                    resp
+                })
+                .await?
+            }
+        };
+        let mut out = serde_json::to_vec(&resp)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
+    let Ok(mut guard) = shared.lock() else {
+        return Response::err("daemon state lock poisoned");
+    };
+    let s = &mut *guard;
+    match cmd {
+        Command::Status { service } => match status(s, service.as_deref()) {
+            Ok(st) => Response {
+                status: Some(st),
+                reasons: s.dp.reasons().ok().map(|r| {
+                    r.into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| (r.name().to_string(), n))
+                        .collect()
+                }),
+                ..Response::ok()
+            },
+            Err(e) => Response::failed(&e),
+        },
+        Command::Membership { join } => {
+            if s.bgp.is_none() {
+                return Response::err(
+                    "this host has no [bgp] section: it announces nothing to join or leave",
+                );
+            }
+            let file = left_file(&s.state_dir);
+            let r = if *join {
+                std::fs::remove_file(&file).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            } else {
+                std::fs::write(&file, "left\n")
+            };
+            if let Err(e) = r {
+                return Response::err(format!("cannot record it in {}: {e}", file.display()));
+            }
+            s.left = !*join;
+            drop(guard);
+            sync_bgp(shared);
+            Response::ok()
+        }
+        Command::History { service } => match s.ctl.service(service) {
+            Ok(_) => Response {
+                history: Some(
+                    s.ctl
+                        .history
+                        .iter()
+                        .filter(|e| &e.service == service)
+                        .cloned()
+                        .collect(),
+                ),
+                ..Response::ok()
+            },
+            Err(e) => Response::failed(&e),
+        },
+        _ => {
+            // Fresh shadow figures for `--after-shadow`; new shadows to the
+            // engine afterwards.
+            sync_shadows(s);
+            let r = s.ctl.handle(&mut s.dp, cmd, now_ms());
+            sync_shadows(s);
+            match r {
+                Ok(()) => match persist(s) {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
+                },
+                // A refused or failed command changed nothing: nothing to persist.
+                Err(e) => Response::failed(&e),
+            }
+        }
+    }
+}

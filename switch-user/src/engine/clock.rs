@@ -1,0 +1,10 @@
+//! The one read of the wall clock. The engine itself takes time as a
+//! parameter (tests drive it with a fake clock); its callers read it here.
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
