@@ -18,16 +18,15 @@
 //! builds the new table and writes it, then the one service entry that
 //! makes it live, through `Dataplane` (`adapters::dataplane`); only then is
 //! the state committed and recorded.
-pub mod adapters;
+pub(crate) mod adapters;
 pub mod cli;
 pub mod client;
 pub mod daemon;
-pub mod engine;
-pub mod model;
+pub(crate) mod engine;
+pub(crate) mod model;
 
-// The paths the binary, the tests and the bench use.
-pub use adapters::{bgp, dataplane, fleet, health, neighbours, privileges, prometheus, shadow};
-pub use daemon::metrics;
-pub use engine::controller::replica;
-pub use engine::{controller, programmer, strategy};
+// What the binary, the tests and the bench use; the rest of each layer is
+// the crate's own.
+pub use adapters::{dataplane, fleet, neighbours, privileges};
+pub use engine::{controller, programmer};
 pub use model::{api, config};

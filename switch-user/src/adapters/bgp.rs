@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub use crate::model::bgp::{BgpStatus, Session};
+pub use crate::model::bgp::Session;
 use crate::model::config::BgpConfig;
 
 pub struct Bird {

@@ -1,7 +1,7 @@
 //! Health probes: TCP connect or HTTP GET within a timeout. What a run of
 //! results means (rise and fall) is `engine::health`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -59,8 +59,4 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
         Ok(r) => r,
         Err(_) => Err(format!("timeout after {:?}", cfg.timeout)),
     }
-}
-
-pub fn interval(cfg: &HealthConfig) -> Duration {
-    cfg.interval
 }

@@ -87,7 +87,8 @@ pub(super) fn is_neighbour_event(line: &str) -> bool {
 ///
 /// The same watch keeps the replies' route cache honest: every event
 /// (any neighbour, route, link or rule) and every round move its epoch on,
-/// and routing rules that select by port turn it off.
+/// and routing rules that select by port turn it off. One piece: the
+/// `ip monitor` child, its lines and the round timer in one select loop.
 pub(super) async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();

@@ -5,7 +5,8 @@ use super::*;
 /// How often strategies are advanced and their gates checked.
 pub(super) const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Advances strategies with fresh signals from the data plane.
+/// Advances strategies with fresh signals from the data plane. One piece:
+/// the signals are read and the strategies ticked under one lock.
 pub(super) fn tick(shared: &Mutex<Shared>) -> Result<()> {
     let fleet = shared
         .lock()

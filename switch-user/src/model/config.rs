@@ -460,6 +460,22 @@ impl ServiceConfig {
             }
             _ => {}
         }
+        let pools = self.validate_pools()?;
+        self.validate_cohorts(&pools)?;
+        if let Some(h) = &self.health {
+            if h.interval.is_zero() || h.timeout.is_zero() || h.rise == 0 || h.fall == 0 {
+                bail!("health: interval, timeout, rise and fall must be above zero");
+            }
+            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
+                bail!("health.path: {:?} must start with '/'", h.path);
+            }
+            h.expected()?;
+        }
+        Ok(())
+    }
+
+    /// Pools and their backends; the pools' names.
+    fn validate_pools(&self) -> Result<BTreeSet<&str>> {
         let mut pools = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (p, pool) in self.pools.iter().enumerate() {
@@ -497,6 +513,10 @@ impl ServiceConfig {
                 }
             }
         }
+        Ok(pools)
+    }
+
+    fn validate_cohorts(&self, pools: &BTreeSet<&str>) -> Result<()> {
         for (c, cohort) in self.cohorts.iter().enumerate() {
             if !pools.contains(cohort.pool.as_str()) {
                 bail!("cohorts[{c}].pool: no pool named {:?}", cohort.pool);
@@ -517,15 +537,6 @@ impl ServiceConfig {
             > 1
         {
             bail!("cohorts: all cohorts of a service must name the same pool");
-        }
-        if let Some(h) = &self.health {
-            if h.interval.is_zero() || h.timeout.is_zero() || h.rise == 0 || h.fall == 0 {
-                bail!("health: interval, timeout, rise and fall must be above zero");
-            }
-            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
-                bail!("health.path: {:?} must start with '/'", h.path);
-            }
-            h.expected()?;
         }
         Ok(())
     }

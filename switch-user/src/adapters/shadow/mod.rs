@@ -25,9 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::model::shadow::{
-    BackendReport, Latency, Report, ShadowSpec, ShadowStatus, Statuses,
-};
+pub use crate::model::shadow::{BackendReport, Latency, Report};
 use switch_common::{PROTO_TCP, PROTO_UDP, SHADOW_REPLY, SHADOW_SEGMENT, ShadowHeader};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

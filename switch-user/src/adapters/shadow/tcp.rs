@@ -15,47 +15,10 @@ impl Engine {
             return;
         };
         if h.tcp_flags & (SYN | ACK) == SYN {
-            if sessions.contains_key(&key) {
-                return; // a retransmitted SYN
+            if !sessions.contains_key(&key) {
+                self.start_session(&mut sessions, &target, h, key);
             }
-            self.figures(&target.service, |f| f.report.sampled += 1);
-            if sessions.len() >= target.max_sessions
-                || self.active.load(Ordering::Relaxed) >= target.max_sessions
-                || target.backends.is_empty()
-            {
-                self.figures(&target.service, |f| f.report.overflow += 1);
-                return;
-            }
-            // The same flow always goes to the same shadow backend.
-            let i = (u16::from_be(h.client_port) as usize
-                + h.client.iter().map(|b| *b as usize).sum::<usize>())
-                % target.backends.len();
-            let to = target.backends[i];
-            let (tx, rx) = mpsc::unbounded_channel();
-            let pending = Arc::new(AtomicUsize::new(0));
-            self.active.fetch_add(1, Ordering::Relaxed);
-            let (engine, service, max) = (self.clone(), target.service.clone(), target.max_buffer);
-            let p = pending.clone();
-            tokio::spawn(async move {
-                replay(engine.clone(), service, to, rx, p, max).await;
-                engine.active.fetch_sub(1, Ordering::Relaxed);
-            });
-            sessions.insert(
-                key,
-                Session {
-                    service: h.service,
-                    next: h.seq.wrapping_add(1),
-                    early: BTreeMap::new(),
-                    early_bytes: 0,
-                    tx: Some(tx),
-                    pending,
-                    fin: None,
-                    first_data_ns: None,
-                    live_answered: false,
-                    last_seen: Instant::now(),
-                },
-            );
-            return;
+            return; // a retransmitted SYN starts nothing
         }
         let Some(s) = sessions.get_mut(&key) else {
             return; // not sampled (or already over)
@@ -95,6 +58,54 @@ impl Engine {
                 sessions.remove(&key);
             }
         }
+    }
+
+    /// A sampled connection's SYN: a replay to one backend of the shadow
+    /// pool (the same flow always to the same one), unless over the bounds.
+    fn start_session(
+        self: &Arc<Self>,
+        sessions: &mut HashMap<Key, Session>,
+        target: &Target,
+        h: &ShadowHeader,
+        key: Key,
+    ) {
+        self.figures(&target.service, |f| f.report.sampled += 1);
+        if sessions.len() >= target.max_sessions
+            || self.active.load(Ordering::Relaxed) >= target.max_sessions
+            || target.backends.is_empty()
+        {
+            self.figures(&target.service, |f| f.report.overflow += 1);
+            return;
+        }
+        // The same flow always goes to the same shadow backend.
+        let i = (u16::from_be(h.client_port) as usize
+            + h.client.iter().map(|b| *b as usize).sum::<usize>())
+            % target.backends.len();
+        let to = target.backends[i];
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let (engine, service, max) = (self.clone(), target.service.clone(), target.max_buffer);
+        let p = pending.clone();
+        tokio::spawn(async move {
+            replay(engine.clone(), service, to, rx, p, max).await;
+            engine.active.fetch_sub(1, Ordering::Relaxed);
+        });
+        sessions.insert(
+            key,
+            Session {
+                service: h.service,
+                next: h.seq.wrapping_add(1),
+                early: BTreeMap::new(),
+                early_bytes: 0,
+                tx: Some(tx),
+                pending,
+                fin: None,
+                first_data_ns: None,
+                live_answered: false,
+                last_seen: Instant::now(),
+            },
+        );
     }
 }
 
@@ -159,90 +170,26 @@ pub(super) async fn replay(
     engine: Arc<Engine>,
     service: String,
     to: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
     pending: Arc<AtomicUsize>,
     max_buffer: usize,
 ) {
-    let outcome = |engine: &Engine, f: &dyn Fn(&mut Report, &mut BackendReport)| {
-        engine.figures(&service, |fig| {
-            let mut b = fig.report.backends.remove(&to).unwrap_or_default();
-            fig.report.attempts += 1;
-            f(&mut fig.report, &mut b);
-            fig.report.backends.insert(to, b);
-        });
+    let Some(stream) = connect(&engine, &service, to).await else {
+        return;
     };
-    let stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                outcome(&engine, &|r, b| {
-                    r.refused += 1;
-                    b.refused += 1;
-                });
-                return;
-            }
-            Ok(Err(_)) => {
-                outcome(&engine, &|r, b| {
-                    r.reset += 1;
-                    b.reset += 1;
-                });
-                return;
-            }
-            Err(_) => {
-                outcome(&engine, &|r, b| {
-                    r.timed_out += 1;
-                    b.timed_out += 1;
-                });
-                return;
-            }
-        };
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let first_write = Arc::new(Mutex::new(None::<Instant>));
-    let fw = first_write.clone();
-    let writer = async move {
-        let mut sent = 0u64;
-        while let Some(chunk) = rx.recv().await {
-            if let Ok(mut f) = fw.lock() {
-                f.get_or_insert_with(Instant::now);
-            }
-            pending.fetch_sub(chunk.len(), Ordering::Relaxed);
-            if wr.write_all(&chunk).await.is_err() {
-                return (sent, true);
-            }
-            sent += chunk.len() as u64;
-        }
-        let _ = wr.shutdown().await;
-        (sent, false)
-    };
-    let reader = async move {
-        // The answer, kept up to --max-buffer (for its status lines); the
-        // rest is only counted.
-        let mut answer = Vec::new();
-        let mut total = 0u64;
-        let mut first: Option<Instant> = None;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match tokio::time::timeout(ANSWER_IDLE, rd.read(&mut buf)).await {
-                Ok(Ok(0)) => return (answer, total, first, None),
-                Ok(Ok(n)) => {
-                    first.get_or_insert_with(Instant::now);
-                    total += n as u64;
-                    let room = max_buffer.saturating_sub(answer.len()).min(n);
-                    answer.extend_from_slice(&buf[..room]);
-                }
-                Ok(Err(e)) => return (answer, total, first, Some(e.kind())),
-                Err(_) => return (answer, total, first, Some(std::io::ErrorKind::TimedOut)),
-            }
-        }
-    };
-    let ((sent, write_failed), (answer, received, first_read, err)) = tokio::join!(writer, reader);
+    let ((sent, write_failed), (answer, received, first_read, err)) = tokio::join!(
+        write_stream(rx, wr, pending, first_write.clone()),
+        read_answer(rd, max_buffer)
+    );
     let ttfb = match (first_write.lock().ok().and_then(|f| *f), first_read) {
         (Some(w), Some(r)) => Some(r.saturating_duration_since(w).as_secs_f64() * 1e3),
         _ => None,
     };
-    let codes = response_codes(&answer);
     // Counted once its outcome is known, so that a replay in flight never
     // looks like a clean one.
+    let codes = response_codes(&answer);
     engine.figures(&service, |fig| {
         let r = &mut fig.report;
         let mut b = r.backends.remove(&to).unwrap_or_default();
@@ -277,4 +224,88 @@ pub(super) async fn replay(
             push_sample(&mut fig.shadow_ttfb, t);
         }
     });
+}
+
+/// A connection to the shadow backend, or the reason there is none counted.
+async fn connect(engine: &Engine, service: &str, to: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let outcome = |f: &dyn Fn(&mut Report, &mut BackendReport)| {
+        engine.figures(service, |fig| {
+            let mut b = fig.report.backends.remove(&to).unwrap_or_default();
+            fig.report.attempts += 1;
+            f(&mut fig.report, &mut b);
+            fig.report.backends.insert(to, b);
+        });
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            outcome(&|r, b| {
+                r.refused += 1;
+                b.refused += 1;
+            });
+            None
+        }
+        Ok(Err(_)) => {
+            outcome(&|r, b| {
+                r.reset += 1;
+                b.reset += 1;
+            });
+            None
+        }
+        Err(_) => {
+            outcome(&|r, b| {
+                r.timed_out += 1;
+                b.timed_out += 1;
+            });
+            None
+        }
+    }
+}
+
+/// The client's bytes, as they come, to the shadow: (bytes sent, whether a
+/// write failed).
+async fn write_stream(
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    pending: Arc<AtomicUsize>,
+    first_write: Arc<Mutex<Option<Instant>>>,
+) -> (u64, bool) {
+    let mut sent = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        if let Ok(mut f) = first_write.lock() {
+            f.get_or_insert_with(Instant::now);
+        }
+        pending.fetch_sub(chunk.len(), Ordering::Relaxed);
+        if wr.write_all(&chunk).await.is_err() {
+            return (sent, true);
+        }
+        sent += chunk.len() as u64;
+    }
+    let _ = wr.shutdown().await;
+    (sent, false)
+}
+
+/// The shadow's answer, kept up to `max_buffer` (for its status lines; the
+/// rest is only counted): (kept bytes, total, first byte's time, error).
+async fn read_answer(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    max_buffer: usize,
+) -> (Vec<u8>, u64, Option<Instant>, Option<std::io::ErrorKind>) {
+    let mut answer = Vec::new();
+    let mut total = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(ANSWER_IDLE, rd.read(&mut buf)).await {
+            Ok(Ok(0)) => return (answer, total, first, None),
+            Ok(Ok(n)) => {
+                first.get_or_insert_with(Instant::now);
+                total += n as u64;
+                let room = max_buffer.saturating_sub(answer.len()).min(n);
+                answer.extend_from_slice(&buf[..room]);
+            }
+            Ok(Err(e)) => return (answer, total, first, Some(e.kind())),
+            Err(_) => return (answer, total, first, Some(std::io::ErrorKind::TimedOut)),
+        }
+    }
 }

@@ -3,6 +3,8 @@
 use super::*;
 
 /// Fleet mode only: this host's view of the fleet, and fleet-wide figures.
+/// One piece on purpose: a list of families, each a few lines, in the
+/// order the page shows them.
 pub(super) fn fleet(o: &mut Page, services: &[ServiceStatus]) {
     let Some(f) = services.iter().find_map(|s| s.fleet.as_ref()) else {
         return;

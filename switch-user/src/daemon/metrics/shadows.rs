@@ -3,6 +3,8 @@
 use super::*;
 
 /// The shadows' figures: bounded labels only (outcome, side, class).
+/// One piece on purpose: a list of families, each a few lines, in the
+/// order the page shows them.
 pub(super) fn shadows(o: &mut Page, services: &[ServiceStatus]) {
     let with: Vec<(&str, &crate::model::shadow::ShadowStatus)> = services
         .iter()

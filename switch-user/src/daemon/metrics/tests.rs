@@ -23,6 +23,8 @@ fn backend(addr: &str, pool: &str, state: BackendState) -> BackendStatus {
     }
 }
 
+/// One status with every kind of figure the page has (a long literal on
+/// purpose: the golden page is made from it).
 fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
     vec![ServiceStatus {
         name: "web".into(),

@@ -5,7 +5,8 @@ use super::*;
 impl Controller {
     /// Writes a plan's maps, then commits it. The programmer works on a copy
     /// of its allocation state, so a failed write leaves it (and every
-    /// other part of the controller) as it was.
+    /// other part of the controller) as it was. One piece: write, then
+    /// commit, in one place, so no path commits without writing.
     pub(super) fn execute(&mut self, maps: &mut dyn Maps, plan: Plan, now: u64) -> Result<()> {
         let mut health = self.health.clone();
         for (addr, h) in &plan.health {

@@ -213,6 +213,7 @@ impl Controller {
         })
     }
 
+    /// One arm per command; long only because commands have many fields.
     fn dispatch(&mut self, maps: &mut dyn Maps, cmd: &Command, now: u64) -> Result<()> {
         match cmd {
             Command::Status { .. } | Command::History { .. } | Command::Membership { .. } => Ok(()),

@@ -155,7 +155,7 @@ impl Controller {
     /// Makes the service what the fleet says: the maps first (the same
     /// `Programmer::apply` as every command), then the state. Lingering
     /// backends the record no longer holds are released. True when
-    /// anything changed.
+    /// anything changed. One piece: the order of its writes is the point.
     pub fn adopt(
         &mut self,
         maps: &mut dyn Maps,

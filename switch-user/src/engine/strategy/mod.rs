@@ -17,7 +17,7 @@ pub use crate::model::gates::{Gates, NoData, PromGate, Reading};
 pub use crate::model::kinds::{PhaseKind, StrategyKind};
 pub use blue_green::BlueGreen;
 pub use canary::Canary;
-pub use rolling::{Rolling, Stage};
+pub use rolling::Rolling;
 
 /// What the data plane and health checks say about one pool.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -19,6 +19,9 @@ pub(super) async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfi
     }
 }
 
+/// One connection's life: the seed check, the configured services
+/// seeded into an empty fleet, a snapshot, then the watch until it ends.
+/// One piece: each step needs the store and revision of the one before.
 pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig]) -> Result<()> {
     let (cfg, fp) = with(shared, |s| {
         let f = s.fleet.as_ref().expect("fleet mode");
@@ -171,6 +174,9 @@ pub(super) fn adopt_one(s: &mut Parts<'_>, name: &str, rec: Option<ServiceRecord
     }
 }
 
+/// The watch's events since the last revision: service records adopted,
+/// the health verdict and the ledger taken in. One piece: one match over
+/// the kinds of key, with one commit at the end.
 pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>, i64)>, rev: i64) {
     let Some(keys) = s
         .fleet

@@ -1,6 +1,7 @@
 //! The heartbeat (lease, report, campaign) and, while leading, the leader's round and housekeeping.
 
 use super::*;
+use crate::adapters::fleet::Ledger;
 
 pub(super) async fn heartbeat_loop(shared: SharedRef) {
     let mut lease: Option<i64> = None;
@@ -55,6 +56,9 @@ pub(super) async fn heartbeat_loop(shared: SharedRef) {
     }
 }
 
+/// One heartbeat: the lease kept, this host's report, the leader key
+/// watched and, when free, campaigned for; leading, the round. One piece:
+/// every step is fenced on the lease of the step before.
 pub(super) async fn heartbeat(
     shared: &SharedRef,
     store: &Store,
@@ -186,63 +190,7 @@ pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) 
 /// The leader's round: everything that moves on its own, on a copy of the
 /// controller, written in one transaction fenced on our leader key.
 pub(super) async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
-    let prepared = blocking(shared, move |s| {
-        let f = s.fleet.as_ref().expect("fleet mode");
-        let now = now_ms();
-        let live: Vec<&HostReport> = f.hosts.values().collect();
-        let mut ledger = f.ledger.clone();
-        let mut ledger_changed = false;
-        for r in &live {
-            ledger_changed |= ledger.update(r);
-        }
-        let verdict = super::super::verdicts(&f.verdict, &live, now);
-        let health_changed = verdict != f.verdict;
-        let mut trial = s.ctl.clone();
-        trial.fleet_health = Some(FleetHealth {
-            down: verdict
-                .iter()
-                .filter(|(_, v)| !v.healthy)
-                .map(|(a, _)| *a)
-                .collect(),
-            judged: verdict.keys().copied().collect(),
-            reachable: true,
-        });
-        let signals = super::super::signals(&trial, &ledger.totals(), &live, &verdict);
-        if let Err(e) = trial.tick(&mut NoMaps, &signals, now) {
-            tracing::warn!("fleet: strategy tick: {e:#}");
-        }
-        if !trial.lingering.is_empty() {
-            let counts = super::super::lingering_counts(&trial, &live);
-            let counted = live.iter().map(|r| r.flows_counted_ms).min().unwrap_or(0);
-            let _ = trial.settle_lingering(&mut NoMaps, &counts, counted, now);
-        }
-        let _ = trial.expire_shadows(&mut NoMaps, now);
-        let services = s.ctl.changed_records(&trial);
-        let base = services
-            .keys()
-            .map(|n| (n.clone(), f.revisions.get(n).copied().unwrap_or(0)))
-            .collect();
-        let change = Change {
-            services,
-            base,
-            events: new_events(&s.ctl.history, &trial.history),
-            health: health_changed.then_some(verdict),
-            ledger: ledger_changed.then(|| ledger.clone()),
-            fence: Some(token),
-        };
-        // A canary's waiting reason is the leader's own view: keep it.
-        for (name, st) in &trial.strategies {
-            if let (
-                crate::engine::strategy::Strategy::Canary(new),
-                Some(crate::engine::strategy::Strategy::Canary(old)),
-            ) = (st, s.ctl.strategies.get_mut(name))
-            {
-                old.waiting = new.waiting.clone();
-            }
-        }
-        (change, ledger)
-    })
-    .await?;
+    let prepared = blocking(shared, move |s| leader_round(s, token)).await?;
     let (change, ledger) = prepared;
     tracing::trace!(
         services = change.services.len(),
@@ -282,6 +230,66 @@ pub(super) async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Resul
             None => Err(e),
         },
     }
+}
+
+/// The leader's round on a copy of the controller: ledger, health verdict,
+/// strategy tick, lingering backends, shadows; the change to write, fenced
+/// on `token`, and the ledger it carries.
+fn leader_round(s: &mut Parts<'_>, token: i64) -> (Change, Ledger) {
+    let f = s.fleet.as_ref().expect("fleet mode");
+    let now = now_ms();
+    let live: Vec<&HostReport> = f.hosts.values().collect();
+    let mut ledger = f.ledger.clone();
+    let mut ledger_changed = false;
+    for r in &live {
+        ledger_changed |= ledger.update(r);
+    }
+    let verdict = super::super::verdicts(&f.verdict, &live, now);
+    let health_changed = verdict != f.verdict;
+    let mut trial = s.ctl.clone();
+    trial.fleet_health = Some(FleetHealth {
+        down: verdict
+            .iter()
+            .filter(|(_, v)| !v.healthy)
+            .map(|(a, _)| *a)
+            .collect(),
+        judged: verdict.keys().copied().collect(),
+        reachable: true,
+    });
+    let signals = super::super::signals(&trial, &ledger.totals(), &live, &verdict);
+    if let Err(e) = trial.tick(&mut NoMaps, &signals, now) {
+        tracing::warn!("fleet: strategy tick: {e:#}");
+    }
+    if !trial.lingering.is_empty() {
+        let counts = super::super::lingering_counts(&trial, &live);
+        let counted = live.iter().map(|r| r.flows_counted_ms).min().unwrap_or(0);
+        let _ = trial.settle_lingering(&mut NoMaps, &counts, counted, now);
+    }
+    let _ = trial.expire_shadows(&mut NoMaps, now);
+    let services = s.ctl.changed_records(&trial);
+    let base = services
+        .keys()
+        .map(|n| (n.clone(), f.revisions.get(n).copied().unwrap_or(0)))
+        .collect();
+    let change = Change {
+        services,
+        base,
+        events: new_events(&s.ctl.history, &trial.history),
+        health: health_changed.then_some(verdict),
+        ledger: ledger_changed.then(|| ledger.clone()),
+        fence: Some(token),
+    };
+    // A canary's waiting reason is the leader's own view: keep it.
+    for (name, st) in &trial.strategies {
+        if let (
+            crate::engine::strategy::Strategy::Canary(new),
+            Some(crate::engine::strategy::Strategy::Canary(old)),
+        ) = (st, s.ctl.strategies.get_mut(name))
+        {
+            old.waiting = new.waiting.clone();
+        }
+    }
+    (change, ledger)
 }
 
 pub(super) fn new_events(before: &[Event], after: &[Event]) -> Vec<Event> {

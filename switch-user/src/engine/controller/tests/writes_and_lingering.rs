@@ -21,6 +21,7 @@ fn backend_cmd(action: BackendAction, addr: &str, now: bool) -> Command {
 /// With a data plane whose writes fail, every command fails and leaves
 /// the whole controller (state, strategies, health, undo, history)
 /// exactly as it was; the same command then succeeds once the maps work.
+/// One piece on purpose: a table of every command that writes.
 #[test]
 fn a_failed_write_commits_nothing_for_every_command() {
     let svc = |s: &str| s.to_string();
