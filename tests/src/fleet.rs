@@ -475,6 +475,22 @@ impl BgpLab {
 
     /// The daemon of host `i` with `[bgp]` toward the router, dsr services.
     pub fn daemon(&self, i: usize, services: &str, env: &[(&str, &str)]) -> Result<Daemon> {
+        self.daemon_with_neighbors(
+            i,
+            services,
+            env,
+            "{ address = \"198.18.30.254\", asn = 65000 }, { address = \"2001:2:30::fe\", asn = 65000 }",
+        )
+    }
+
+    /// The same with the given `[bgp] neighbors` entries.
+    pub fn daemon_with_neighbors(
+        &self,
+        i: usize,
+        services: &str,
+        env: &[(&str, &str)],
+        neighbors: &str,
+    ) -> Result<Daemon> {
         let mut d = Daemon::prepare(
             &self.lab.sws[i - 1],
             &format!("bgp{i}"),
@@ -483,7 +499,7 @@ impl BgpLab {
             &format!(
                 "{services}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{ETCD}\"]\nlease = \"2s\"\n\n\
                  [bgp]\nasn = 65001\nrouter_id = \"198.18.30.{i}\"\n\
-                 neighbors = [{{ address = \"198.18.30.254\", asn = 65000 }}, {{ address = \"2001:2:30::fe\", asn = 65000 }}]\n"
+                 neighbors = [{neighbors}]\n"
             ),
         )?;
         d.env = env

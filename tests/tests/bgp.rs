@@ -50,8 +50,8 @@ fn the_router_learns_one_route_per_host_and_every_host_gets_new_flows() -> Resul
             assert!(n > 0, "{svc}: host {} got no new flow", i + 1);
         }
     }
+    wait_announced(&ds[0], "web")?;
     let st = ds[0].status("web")?;
-    assert_eq!(st["announced"], true, "{st}");
     let sessions = st["bgp"]["sessions"]
         .as_array()
         .cloned()
@@ -132,8 +132,7 @@ fn long_lived_connections_survive_their_host_leaving_or_losing_its_link() -> Res
     // Graceful: host 1 leaves.
     ds[0].ok(&["fleet", "leave"])?;
     lab.wait_next_hops(VIP, 2, 10)?;
-    let st = ds[0].status("web")?;
-    assert_eq!(st["announced"], false, "{st}");
+    wait_announcement(&ds[0], "web", false)?;
     std::thread::sleep(Duration::from_secs(2));
     // Abrupt: host 2's link goes down (its BGP session times out).
     lab.lab.sws[1].exec("ip link set eth0 down")?;
@@ -236,7 +235,7 @@ fn a_fleet_refuses_fullnat_with_a_reason_and_changes_nothing() -> Result<()> {
         "{msg}"
     );
     // Nothing changed: still the same services, announced.
-    assert_eq!(d.status("web")?["announced"], true);
+    wait_announced(&d, "web")?;
     assert!(d.cli(&["status", "n"])?.1.contains("no service"));
     Ok(())
 }
@@ -311,5 +310,110 @@ fn a_fresh_host_takes_over_connections_moved_after_a_step() -> Result<()> {
         prev > 0,
         "no packet went to a previous owner on the new host"
     );
+    Ok(())
+}
+
+/// Waits (a few status rounds: status reads BIRD twice a second) until
+/// `svc` is reported announced.
+fn wait_announced(d: &Daemon, svc: &str) -> Result<()> {
+    wait_announcement(d, svc, true)
+}
+
+fn wait_announcement(d: &Daemon, svc: &str, want: bool) -> Result<()> {
+    let t = Instant::now();
+    while announcement(d, svc)?.0 != want {
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "{svc} not reported announced {want}: {:?}",
+                announcement(d, svc)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `status --json`'s view of one service's announcement: (announced, why not).
+fn announcement(d: &Daemon, svc: &str) -> Result<(bool, String)> {
+    let st = d.status(svc)?;
+    let vip = st["vip"].as_str().unwrap_or_default().to_string();
+    let ip = vip
+        .rsplit_once(':')
+        .map(|(a, _)| a.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default();
+    let why = st["bgp"]["not_announced"][&ip]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((st["announced"] == true, why))
+}
+
+#[test]
+fn an_ipv6_vip_with_only_ipv4_neighbors_is_reported_not_announced_with_the_reason() -> Result<()> {
+    let lab = BgpLab::new(1)?;
+    lab.start_backends()?;
+    let d = lab.daemon_with_neighbors(
+        1,
+        &services(),
+        &[],
+        "{ address = \"198.18.30.254\", asn = 65000 }",
+    )?;
+    lab.wait_next_hops(VIP, 1, 20)?;
+    let t = Instant::now();
+    loop {
+        let (v4, _) = announcement(&d, "web")?;
+        let (v6, why) = announcement(&d, "web6")?;
+        if v4 && !v6 && why.contains("no IPv6 BGP neighbor") {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("web announced {v4}; web6 announced {v6}, why {why:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The router agrees: no route at all for the IPv6 VIP.
+    assert_eq!(lab.next_hops(VIP6)?, 0);
+    let text = d.ok(&["status", "web6"])?;
+    assert!(
+        text.contains("this VIP NOT announced (no IPv6 BGP neighbor"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dead_bird_is_reported_within_two_seconds_and_the_router_agrees() -> Result<()> {
+    let lab = BgpLab::new(2)?;
+    lab.start_backends()?;
+    let ds = start(&lab, 2, &[])?;
+    wait_announced(&ds[0], "web")?;
+    let sample =
+        |v: u8| format!("switch_bgp_announced{{vip=\"{VIP}\",neighbor=\"198.18.30.254\"}} {v}");
+    assert!(lab.lab.metrics(1)?.contains(&sample(1)));
+    let pid = std::fs::read_to_string(ds[0].dir.join("state/bgp/bird.pid"))?;
+    lab.lab.sws[0].exec(&format!("kill -9 {}", pid.trim()))?;
+    let t = Instant::now();
+    loop {
+        let (announced, why) = announcement(&ds[0], "web")?;
+        if !announced && why == "unknown: BIRD not answering" {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(2) {
+            bail!("2 s after BIRD died: announced {announced}, why {why:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = ds[0].status("web")?;
+    assert_eq!(st["bgp"]["bird_answering"], false, "{st}");
+    assert!(
+        st["bgp"]["sessions"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|x| x["state"] == "unknown")),
+        "{st}"
+    );
+    assert!(lab.lab.metrics(1)?.contains(&sample(0)));
+    // The router lost that host's route; the other host still announces.
+    lab.wait_next_hops(VIP, 1, 10)?;
+    wait_announced(&ds[1], "web")?;
     Ok(())
 }

@@ -158,30 +158,44 @@ impl Bird {
         Ok(())
     }
 
-    pub fn announced(&self) -> Vec<IpAddr> {
-        self.announced.iter().flatten().copied().collect()
+    /// Each neighbor's session state and the VIPs exported to it, as BIRD
+    /// reports them; `None` when BIRD does not answer.
+    pub fn observe(&self) -> Option<Vec<Session>> {
+        let text = birdc(&self.sock(), &["show", "protocols"]).ok()?;
+        let mut out = Vec::new();
+        for (i, n) in self.cfg.neighbors.iter().enumerate() {
+            let name = format!("n{i}");
+            let state = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                // name, proto, table, state, since, info ("Established", ...)
+                .and_then(|l| l.split_whitespace().nth(5))
+                .unwrap_or("unknown")
+                .to_string();
+            let exported = if state == "Established" {
+                exported(&birdc(&self.sock(), &["show", "route", "export", &name]).ok()?)
+            } else {
+                Vec::new()
+            };
+            out.push(Session {
+                neighbor: n.address,
+                state,
+                exported,
+            });
+        }
+        Some(out)
     }
 
-    /// Each neighbor's session state, from `birdc show protocols`.
-    pub fn sessions(&self) -> Vec<Session> {
-        let text = birdc(&self.sock(), &["show", "protocols"]).unwrap_or_default();
+    /// The configured neighbors, each "unknown": what status says when BIRD
+    /// does not answer.
+    pub fn unknown_sessions(&self) -> Vec<Session> {
         self.cfg
             .neighbors
             .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let name = format!("n{i}");
-                let state = text
-                    .lines()
-                    .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-                    // name, proto, table, state, since, info ("Established", ...)
-                    .and_then(|l| l.split_whitespace().nth(5))
-                    .unwrap_or("unknown")
-                    .to_string();
-                Session {
-                    neighbor: n.address,
-                    state,
-                }
+            .map(|n| Session {
+                neighbor: n.address,
+                state: "unknown".into(),
+                exported: Vec::new(),
             })
             .collect()
     }
@@ -189,6 +203,24 @@ impl Bird {
     pub fn asn(&self) -> u32 {
         self.cfg.asn
     }
+}
+
+/// The host routes (VIPs) in `birdc show route export` output: each route
+/// line starts with its prefix (`198.18.10.10/32  unicast [vips4 ...]`).
+fn exported(text: &str) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.split_once('/'))
+        .filter_map(|(a, len)| {
+            let a: IpAddr = a.parse().ok()?;
+            let host = if a.is_ipv4() { "32" } else { "128" };
+            (len == host).then_some(a)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Stops the BIRD of a state directory, if one runs: every session closes

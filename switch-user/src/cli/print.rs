@@ -106,7 +106,7 @@ fn print_service(s: &ServiceStatus) {
         print_fleet(f);
     }
     if let Some(b) = &s.bgp {
-        print_bgp(b, s.announced == Some(true));
+        print_bgp(b, s.vip.ip(), s.announced == Some(true));
     }
     for p in &s.pools {
         println!(
@@ -158,15 +158,18 @@ fn print_shadow(sh: &crate::model::shadow::ShadowStatus) {
     );
 }
 
-fn print_bgp(b: &crate::model::bgp::BgpStatus, announced: bool) {
+fn print_bgp(b: &crate::model::bgp::BgpStatus, vip: std::net::IpAddr, announced: bool) {
+    let this = if announced {
+        "announced".to_string()
+    } else {
+        match b.not_announced.get(&vip) {
+            Some(why) => format!("NOT announced ({why})"),
+            None => "NOT announced".to_string(),
+        }
+    };
     println!(
-        "  bgp: AS {}, this VIP {}; sessions: {}{}",
+        "  bgp: AS {}, this VIP {this}; sessions: {}{}",
         b.asn,
-        if announced {
-            "announced"
-        } else {
-            "NOT announced"
-        },
         b.sessions
             .iter()
             .map(|x| format!("{} {}", x.neighbor, x.state))

@@ -53,11 +53,34 @@ pub(super) fn sync_bgp(shared: &Mutex<Shared>) {
     if let Err(e) = bird.announce(&vips) {
         tracing::warn!("bgp: {e:#}");
     }
+    // What BIRD really tells its neighbors, not what was asked of it.
+    let observed = bird.observe();
+    let bird_answering = observed.is_some();
+    let sessions = observed.unwrap_or_else(|| bird.unknown_sessions());
+    let mut announced: Vec<std::net::IpAddr> = sessions
+        .iter()
+        .filter(|s| s.state == "Established")
+        .flat_map(|s| s.exported.iter().copied())
+        .collect();
+    announced.sort();
+    announced.dedup();
+    let not_announced = vips
+        .iter()
+        .filter_map(|v| {
+            crate::model::bgp::why_not_announced(*v, bird_answering, &sessions).map(|w| (*v, w))
+        })
+        .collect();
     let status = crate::model::bgp::BgpStatus {
         asn: bird.asn(),
-        sessions: bird.sessions(),
-        announced: bird.announced(),
-        withdrawn: why,
+        sessions,
+        announced,
+        bird_answering,
+        not_announced,
+        withdrawn: if bird_answering {
+            why
+        } else {
+            Some("unknown: BIRD not answering".into())
+        },
     };
     drop(bird);
     if let Ok(mut s) = shared.lock() {

@@ -127,11 +127,23 @@ pub(super) fn bgp(o: &mut Page, services: &[ServiceStatus]) {
     o.family(
         "bgp_announced",
         "gauge",
-        "1 while this host announces the service's VIP over BGP.",
+        "1 while a neighbor is told about the VIP, as BIRD reports it: per service, or per VIP and neighbor.",
     );
     for s in services {
         if let Some(a) = s.announced {
             o.sample("bgp_announced", Labels::Service(&s.name), a as u8);
+        }
+    }
+    let vips: std::collections::BTreeSet<std::net::IpAddr> =
+        services.iter().map(|s| s.vip.ip()).collect();
+    for v in vips {
+        for x in b
+            .sessions
+            .iter()
+            .filter(|x| x.neighbor.is_ipv4() == v.is_ipv4())
+        {
+            let told = x.state == "Established" && x.exported.contains(&v);
+            o.sample("bgp_announced", Labels::Route(v, x.neighbor), told as u8);
         }
     }
     o.family(

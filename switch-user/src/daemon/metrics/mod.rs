@@ -37,6 +37,8 @@ enum Labels<'a> {
     Host(&'a str),
     /// A BGP neighbor (addresses from the config).
     Neighbor(std::net::IpAddr),
+    /// A VIP and a BGP neighbor it is (or is not) exported to.
+    Route(std::net::IpAddr, std::net::IpAddr),
     None,
 }
 
@@ -64,6 +66,7 @@ impl Labels<'_> {
                 .collect(),
             Labels::Host(h) => vec![("host", h.to_string())],
             Labels::Neighbor(n) => vec![("neighbor", n.to_string())],
+            Labels::Route(v, n) => vec![("vip", v.to_string()), ("neighbor", n.to_string())],
             Labels::None => return String::new(),
         };
         let inner: Vec<String> = pairs

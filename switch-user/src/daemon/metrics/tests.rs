@@ -122,9 +122,10 @@ fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
             sessions: vec![crate::model::bgp::Session {
                 neighbor: "198.18.0.254".parse().unwrap(),
                 state: "Established".into(),
+                exported: vec!["198.18.0.10".parse().unwrap()],
             }],
             announced: vec!["198.18.0.10".parse().unwrap()],
-            withdrawn: None,
+            ..Default::default()
         }),
         announced: Some(true),
     }]
