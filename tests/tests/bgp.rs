@@ -51,6 +51,7 @@ fn the_router_learns_one_route_per_host_and_every_host_gets_new_flows() -> Resul
         }
     }
     wait_announced(&ds[0], "web")?;
+    wait_announced(&ds[0], "web6")?;
     let st = ds[0].status("web")?;
     let sessions = st["bgp"]["sessions"]
         .as_array()
@@ -363,7 +364,7 @@ fn an_ipv6_vip_with_only_ipv4_neighbors_is_reported_not_announced_with_the_reaso
     loop {
         let (v4, _) = announcement(&d, "web")?;
         let (v6, why) = announcement(&d, "web6")?;
-        if v4 && !v6 && why.contains("no IPv6 BGP neighbor") {
+        if v4 && !v6 && why.contains("198.18.30.254 does not take IPv6 routes") {
             break;
         }
         if t.elapsed() > Duration::from_secs(10) {
@@ -375,7 +376,7 @@ fn an_ipv6_vip_with_only_ipv4_neighbors_is_reported_not_announced_with_the_reaso
     assert_eq!(lab.next_hops(VIP6)?, 0);
     let text = d.ok(&["status", "web6"])?;
     assert!(
-        text.contains("this VIP NOT announced (no IPv6 BGP neighbor"),
+        text.contains("this VIP NOT announced (198.18.30.254 does not take IPv6 routes"),
         "{text}"
     );
     Ok(())
@@ -416,4 +417,40 @@ fn a_dead_bird_is_reported_within_two_seconds_and_the_router_agrees() -> Result<
     lab.wait_next_hops(VIP, 1, 10)?;
     wait_announced(&ds[1], "web")?;
     Ok(())
+}
+
+/// Both VIPs reached through every host, each host with neighbors of one
+/// family only: the other family's VIP rides that session (MP-BGP) with a
+/// next hop of its own family (this host's address towards the router).
+fn one_family_sessions_carry_both(neighbor: &str) -> Result<()> {
+    let lab = BgpLab::with_router(2, true)?;
+    lab.start_backends()?;
+    let ds = (1..=2)
+        .map(|i| lab.daemon_with_neighbors(i, &services(), &[], neighbor))
+        .collect::<Result<Vec<_>>>()?;
+    lab.wait_next_hops(VIP, 2, 20)?;
+    lab.wait_next_hops(VIP6, 2, 20)?;
+    for (svc, url) in [
+        ("web", format!("http://{VIP}/")),
+        ("web6", format!("http://[{VIP6}]/")),
+    ] {
+        let out = lab.cli.exec(&format!(
+            "for k in $(seq 20); do curl -s --max-time 2 {url} >/dev/null && echo ok || echo FAILED; done"
+        ))?;
+        assert_eq!(out.matches("ok").count(), 20, "{svc}: {out}");
+        for d in &ds {
+            wait_announced(d, svc)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn ipv6_vips_ride_ipv4_sessions() -> Result<()> {
+    one_family_sessions_carry_both("{ address = \"198.18.30.254\", asn = 65000 }")
+}
+
+#[test]
+fn ipv4_vips_ride_ipv6_sessions() -> Result<()> {
+    one_family_sessions_carry_both("{ address = \"2001:2:30::fe\", asn = 65000 }")
 }

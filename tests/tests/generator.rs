@@ -81,7 +81,7 @@ fn every_send_path_sends_valid_frames_of_distinct_flows() {
             let (ready, h) = capture(&lab.sw.name, "s0");
             ready.recv().unwrap();
             // 3,000 frames of 3,000 flows; TCP SYNs over IPv4, UDP over IPv6.
-            let mut load = Load::new(3_000, 128, v6, v6, 3_000, 100_000);
+            let mut load = Load::new(3_000, 128, v6, v6, 3_000, 20_000);
             load.path = Choice::Only(path);
             let sent = generate(&lab.generator, "g0", s0_mac, &load);
             std::thread::sleep(Duration::from_millis(100));

@@ -112,17 +112,26 @@ impl Bird {
             routes(false)
         );
         for (i, n) in c.neighbors.iter().enumerate() {
-            let (fam, proto) = if n.address.is_ipv4() {
-                ("ipv4", "vips4")
-            } else {
-                ("ipv6", "vips6")
-            };
-            let next_hop = match c.next_hop {
-                Some(h) if h.is_ipv4() == n.address.is_ipv4() => format!("next hop address {h};"),
-                _ => "next hop self;".into(),
-            };
+            let channels: String = self
+                .channels(i)
+                .iter()
+                .map(|(v4, next_hop)| {
+                    let (fam, proto) = if *v4 {
+                        ("ipv4", "vips4")
+                    } else {
+                        ("ipv6", "vips6")
+                    };
+                    let next_hop = match next_hop {
+                        Some(h) => format!("next hop address {h};"),
+                        None => "next hop self;".into(),
+                    };
+                    format!(
+                        "  {fam} {{ import none; export where proto = \"{proto}\"; {next_hop} }};\n"
+                    )
+                })
+                .collect();
             s.push_str(&format!(
-                "protocol bgp n{i} {{\n  local as {};\n  neighbor {} as {};\n  hold time {};\n  connect retry time 1;\n  error wait time 1, 5;\n  {fam} {{ import none; export where proto = \"{proto}\"; {next_hop} }};\n}}\n",
+                "protocol bgp n{i} {{\n  local as {};\n  neighbor {} as {};\n  hold time {};\n  connect retry time 1;\n  error wait time 1, 5;\n{channels}}}\n",
                 c.asn,
                 n.address,
                 n.asn,
@@ -130,6 +139,32 @@ impl Bird {
             ));
         }
         s
+    }
+
+    /// The channels of neighbor `i`: (IPv4?, explicit next hop). Its own
+    /// family (next hop: `next_hop` when of that family, else BIRD's own
+    /// address on the session); and the other family — multiprotocol BGP —
+    /// when no neighbor of that family is configured and a next hop of it
+    /// is known (configured, or this host's global address on the
+    /// interface towards the neighbor).
+    fn channels(&self, i: usize) -> Vec<(bool, Option<IpAddr>)> {
+        let c = &self.cfg;
+        let n = &c.neighbors[i];
+        let v4 = n.address.is_ipv4();
+        let own = c.next_hop.filter(|h| h.is_ipv4() == v4);
+        let mut out = vec![(v4, own)];
+        let other_configured = c.neighbors.iter().any(|m| m.address.is_ipv4() != v4);
+        if !other_configured {
+            let configured = if v4 {
+                c.next_hop6.map(IpAddr::V6)
+            } else {
+                c.next_hop.filter(|h| h.is_ipv4())
+            };
+            if let Some(h) = configured.or_else(|| local_address(n.address, !v4)) {
+                out.push((!v4, Some(h)));
+            }
+        }
+        out
     }
 
     /// Announces exactly `vips` (host routes); withdraws the rest.
@@ -172,15 +207,20 @@ impl Bird {
                 .and_then(|l| l.split_whitespace().nth(5))
                 .unwrap_or("unknown")
                 .to_string();
-            let exported = if state == "Established" {
-                exported(&birdc(&self.sock(), &["show", "route", "export", &name]).ok()?)
+            let (exported, accepted) = if state == "Established" {
+                (
+                    exported(&birdc(&self.sock(), &["show", "route", "export", &name]).ok()?),
+                    channels_up(&birdc(&self.sock(), &["show", "protocols", "all", &name]).ok()?),
+                )
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
             out.push(Session {
                 neighbor: n.address,
                 state,
                 exported,
+                families: self.families(i),
+                accepted,
             });
         }
         Some(out)
@@ -192,17 +232,66 @@ impl Bird {
         self.cfg
             .neighbors
             .iter()
-            .map(|n| Session {
+            .enumerate()
+            .map(|(i, n)| Session {
                 neighbor: n.address,
                 state: "unknown".into(),
                 exported: Vec::new(),
+                families: self.families(i),
+                accepted: Vec::new(),
             })
+            .collect()
+    }
+
+    fn families(&self, i: usize) -> Vec<String> {
+        self.channels(i)
+            .iter()
+            .map(|(v4, _)| if *v4 { "ipv4" } else { "ipv6" }.to_string())
             .collect()
     }
 
     pub fn asn(&self) -> u32 {
         self.cfg.asn
     }
+}
+
+/// This host's global address of the IPv4 (`v4`) or IPv6 family on the
+/// interface the kernel routes `towards` through, if it has one.
+fn local_address(towards: IpAddr, v4: bool) -> Option<IpAddr> {
+    let run = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = Command::new("ip").args(args).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let route = run(&["-j", "route", "get", &towards.to_string()])?;
+    let dev = route.get(0)?.get("dev")?.as_str()?.to_string();
+    let fam = if v4 { "-4" } else { "-6" };
+    let addrs = run(&["-j", fam, "addr", "show", "dev", &dev, "scope", "global"])?;
+    addrs
+        .get(0)?
+        .get("addr_info")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
+        .next()
+}
+
+/// The channels `birdc show protocols all` reports up: a `Channel ipv6`
+/// line, then its `State: UP`.
+fn channels_up(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<&str> = None;
+    for l in text.lines() {
+        let t = l.trim();
+        if let Some(c) = t.strip_prefix("Channel ") {
+            current = Some(c.trim());
+        } else if let (Some(c), Some(state)) = (current, t.strip_prefix("State:")) {
+            if state.trim() == "UP" {
+                out.push(c.to_string());
+            }
+            current = None;
+        }
+    }
+    out
 }
 
 /// The host routes (VIPs) in `birdc show route export` output: each route

@@ -17,6 +17,22 @@ pub struct Session {
     /// export`); empty unless the session is established.
     #[serde(default)]
     pub exported: Vec<IpAddr>,
+    /// The address families the session carries ("ipv4", "ipv6"): its own,
+    /// and the other one (multiprotocol BGP) when no neighbor of that
+    /// family is configured and a next hop of it is known.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// Of those, the ones whose channel BIRD reports up (the neighbor took
+    /// the family).
+    #[serde(default)]
+    pub accepted: Vec<String>,
+}
+
+impl Session {
+    pub fn carries(&self, vip: IpAddr) -> bool {
+        let fam = if vip.is_ipv4() { "ipv4" } else { "ipv6" };
+        self.families.iter().any(|f| f == fam)
+    }
 }
 
 /// What the BGP part of `switch status` shows.
@@ -70,16 +86,21 @@ pub fn why_not_announced(
         return None;
     }
     let fam = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
-    let same: Vec<&Session> = sessions
-        .iter()
-        .filter(|s| s.neighbor.is_ipv4() == vip.is_ipv4())
-        .collect();
+    let chan = if vip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let same: Vec<&Session> = sessions.iter().filter(|s| s.carries(vip)).collect();
+    let up: Vec<&&Session> = same.iter().filter(|s| s.state == "Established").collect();
     Some(if same.is_empty() {
         format!(
-            "no {fam} BGP neighbor: a {fam} VIP is announced over {fam} sessions only; add one to [bgp] neighbors"
+            "no BGP session carries {fam} routes: add a {fam} neighbor, or give a {fam} next hop for the other family's sessions ([bgp] next_hop6 / next_hop)"
         )
-    } else if !same.iter().any(|s| s.state == "Established") {
-        format!("no {fam} BGP session is established")
+    } else if up.is_empty() {
+        format!("no BGP session carrying {fam} routes is established")
+    } else if !up.iter().any(|s| s.accepted.iter().any(|a| a == chan)) {
+        let n: Vec<String> = up.iter().map(|s| s.neighbor.to_string()).collect();
+        format!(
+            "{} does not take {fam} routes on its session (multiprotocol BGP is off on its side)",
+            n.join(", ")
+        )
     } else {
         "not exported to any neighbor (yet)".into()
     })
@@ -90,10 +111,13 @@ mod tests {
     use super::*;
 
     fn session(n: &str, state: &str, exported: &[&str]) -> Session {
+        let neighbor: IpAddr = n.parse().unwrap();
         Session {
-            neighbor: n.parse().unwrap(),
+            neighbor,
             state: state.into(),
             exported: exported.iter().map(|a| a.parse().unwrap()).collect(),
+            families: vec![if neighbor.is_ipv4() { "ipv4" } else { "ipv6" }.into()],
+            accepted: vec![if neighbor.is_ipv4() { "ipv4" } else { "ipv6" }.into()],
         }
     }
 
@@ -106,8 +130,18 @@ mod tests {
         assert!(
             why_not_announced(v6, true, &s)
                 .unwrap()
-                .contains("no IPv6 BGP neighbor")
+                .contains("no BGP session carries IPv6 routes")
         );
+        let mut mp = s.clone();
+        mp[0].families.push("ipv6".into());
+        assert!(
+            why_not_announced(v6, true, &mp)
+                .unwrap()
+                .contains("198.18.0.254 does not take IPv6 routes")
+        );
+        mp[0].accepted.push("ipv6".into());
+        mp[0].exported.push(v6);
+        assert_eq!(why_not_announced(v6, true, &mp), None);
         assert!(
             why_not_announced(v4, false, &s)
                 .unwrap()
@@ -117,7 +151,7 @@ mod tests {
         assert!(
             why_not_announced(v4, true, &down)
                 .unwrap()
-                .contains("no IPv4 BGP session")
+                .contains("no BGP session carrying IPv4 routes is established")
         );
     }
 }

@@ -30,9 +30,15 @@ pub struct BgpConfig {
     pub asn: u32,
     pub router_id: std::net::Ipv4Addr,
     pub neighbors: Vec<BgpNeighbor>,
-    /// The next hop to announce; default: the address facing the neighbor.
+    /// The next hop to announce for VIPs of its family; default: the
+    /// address facing the neighbor.
     #[serde(default)]
     pub next_hop: Option<std::net::IpAddr>,
+    /// The next hop for IPv6 VIPs announced over IPv4 sessions (when no
+    /// IPv6 neighbor is configured); default: this host's global IPv6
+    /// address on the interface towards the neighbor.
+    #[serde(default)]
+    pub next_hop6: Option<std::net::Ipv6Addr>,
     #[serde(default = "default_hold", with = "humantime_serde")]
     pub hold: Duration,
 }

@@ -123,6 +123,8 @@ fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
                 neighbor: "198.18.0.254".parse().unwrap(),
                 state: "Established".into(),
                 exported: vec!["198.18.0.10".parse().unwrap()],
+                families: vec!["ipv4".into()],
+                accepted: vec!["ipv4".into()],
             }],
             announced: vec!["198.18.0.10".parse().unwrap()],
             ..Default::default()
