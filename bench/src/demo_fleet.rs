@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 
 use switch_tests::{
     daemon::Daemon,
-    fleet::{BgpLab, VIP, backend},
+    fleet::{BgpLab, VIP, VIP6, backend, backend6},
 };
 
 /// Backends 1, 2 run blue v1; 3, 4 green v2 (they answer "hello from beN").
@@ -33,8 +33,8 @@ fn version(answer: &str) -> &'static str {
     }
 }
 
-fn request() -> Result<&'static str, &'static str> {
-    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+fn request(vip: &str) -> Result<&'static str, &'static str> {
+    let vip: SocketAddr = vip.parse().unwrap();
     // Long enough for SYN retransmissions to outlast a route withdrawal.
     switch_tests::http::get_body(vip, Duration::from_secs(6)).map(|body| version(&body))
 }
@@ -44,11 +44,12 @@ type Log = Arc<Mutex<Vec<(f64, Result<&'static str, &'static str>)>>>;
 type HostLog = Arc<Mutex<Vec<(f64, Vec<u64>)>>>;
 
 fn services() -> String {
-    switch_tests::fleet::blue_green(
-        "web",
-        &format!("{VIP}:80"),
-        "mode = \"dsr\"\nhealth = { kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\", rise = 1, fall = 2 }",
-        backend,
+    let health = "mode = \"dsr\"\nhealth = { kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\", rise = 1, fall = 2 }";
+    format!(
+        "{}\n{}",
+        switch_tests::fleet::blue_green("web", &format!("{VIP}:80"), health, backend),
+        // The same backends on an IPv6 VIP, announced by the same hosts.
+        switch_tests::fleet::blue_green("web6", &format!("[{VIP6}]:80"), health, backend6)
     )
 }
 
@@ -85,9 +86,12 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
         ds.push(lab.daemon(i, &services(), &[])?);
     }
     lab.wait_next_hops(VIP, 3, 30)?;
+    lab.wait_next_hops(VIP6, 3, 30)?;
     println!(
-        "== fleet lab: client -> BIRD router (ECMP) -> switch hosts sw-1, sw-2, sw-3 (BGP, etcd) -> nginx blue v1 (be1, be2), green v2 (be3, be4)"
+        "== fleet lab: client -> BIRD router (ECMP) -> switch hosts sw-1, sw-2, sw-3 (BGP, etcd) -> nginx blue v1 (be1, be2), green v2 (be3, be4)\n   VIPs {VIP}:80 (web, the canary's) and [{VIP6}]:80 (web6), each announced by every host"
     );
+    let v6_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let v6_failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let log: Log = Arc::default();
     let hosts: HostLog = Arc::default();
@@ -99,15 +103,26 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
             load_stop.clone(),
             format!("/run/netns/{}", lab.cli.name),
         );
+        let (ok6, failed6) = (v6_ok.clone(), v6_failed.clone());
         threads.push(std::thread::spawn(move || {
             if switch_tests::enter(&path).is_err() {
                 return;
             }
+            let (vip4, vip6) = (format!("{VIP}:80"), format!("[{VIP6}]:80"));
+            let mut n = 0u64;
             while !halt.load(Ordering::Relaxed) {
-                let r = request();
+                let r = request(&vip4);
                 log.lock()
                     .unwrap()
                     .push((started.elapsed().as_secs_f64(), r));
+                // Every fourth request also over IPv6.
+                n += 1;
+                if n.is_multiple_of(4) {
+                    match request(&vip6) {
+                        Ok(_) => ok6.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed6.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
             }
         }));
     }
@@ -220,6 +235,11 @@ pub fn run(phase_secs: u64, clients: usize, chart_path: &Path, stop: &AtomicBool
     );
     let log = std::mem::take(&mut *log.lock().unwrap());
     summary(&log, &phases);
+    println!(
+        "IPv6 VIP [{VIP6}]:80 through the same hosts, all phases: {} requests, {} failed",
+        v6_ok.load(Ordering::Relaxed) + v6_failed.load(Ordering::Relaxed),
+        v6_failed.load(Ordering::Relaxed)
+    );
     let hosts = std::mem::take(&mut *hosts.lock().unwrap());
     chart(&hosts, &phases, chart_path)?;
     println!(

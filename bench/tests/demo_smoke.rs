@@ -60,6 +60,17 @@ fn the_fleet_demo_runs_end_to_end() {
         assert!(summary.contains(phase), "phase {phase} missing:\n{summary}");
     }
     assert!(stdout.contains("succeeded"), "the canary completed");
+    // The IPv6 VIP was reached through the fleet too.
+    let v6 = stdout
+        .lines()
+        .find(|l| l.starts_with("IPv6 VIP"))
+        .expect("the IPv6 line");
+    let nums: Vec<u64> = v6
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (requests, failed) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(requests > failed, "{v6}");
     assert!(
         std::fs::metadata(&chart).unwrap().len() > 10_000,
         "chart written"

@@ -454,3 +454,50 @@ fn ipv6_vips_ride_ipv4_sessions() -> Result<()> {
 fn ipv4_vips_ride_ipv6_sessions() -> Result<()> {
     one_family_sessions_carry_both("{ address = \"2001:2:30::fe\", asn = 65000 }")
 }
+
+/// Waits until the router's next hops for the VIP and the hosts that say
+/// they announce it agree, at `want`.
+fn router_agrees(lab: &BgpLab, ds: &[&Daemon], want: usize) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let router = lab.next_hops(VIP)?;
+        let mut reported = 0;
+        for d in ds {
+            reported += usize::from(announcement(d, "web")?.0);
+        }
+        if router == want && reported == want {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            bail!("router has {router} next hops, {reported} hosts say they announce; want {want}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn what_hosts_report_matches_the_routers_table_through_leave_join_and_detach() -> Result<()> {
+    let lab = BgpLab::new(2)?;
+    lab.start_backends()?;
+    let mut ds = start(&lab, 2, &[])?;
+    router_agrees(&lab, &[&ds[0], &ds[1]], 2)?;
+    ds[0].ok(&["fleet", "leave"])?;
+    router_agrees(&lab, &[&ds[0], &ds[1]], 1)?;
+    ds[0].ok(&["fleet", "join"])?;
+    router_agrees(&lab, &[&ds[0], &ds[1]], 2)?;
+    // Detach on host 2 (its daemon stopped first): BIRD stops, the router
+    // withdraws it, and host 1 alone says it announces.
+    ds[1].kill9();
+    // From this namespace: `ip netns exec` would hide bpffs and the pins.
+    let out = std::process::Command::new(switch_tests::daemon::switch_bin()?)
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(&ds[1].pins)
+        .arg("--state-dir")
+        .arg(ds[1].dir.join("state"))
+        .output()?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("stopped the BGP speaker"), "{out}");
+    router_agrees(&lab, &[&ds[0]], 1)?;
+    Ok(())
+}
