@@ -476,10 +476,20 @@ fn router_agrees(lab: &BgpLab, ds: &[&Daemon], want: usize) -> Result<()> {
 }
 
 #[test]
-fn what_hosts_report_matches_the_routers_table_through_leave_join_and_detach() -> Result<()> {
+fn what_hosts_report_matches_the_routers_table_through_leave_join_detach_and_a_dead_pool()
+-> Result<()> {
     let lab = BgpLab::new(2)?;
     lab.start_backends()?;
-    let mut ds = start(&lab, 2, &[])?;
+    let checked = blue_green(
+        "web",
+        &format!("{VIP}:80"),
+        "mode = \"dsr\"\nhealth = { kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }",
+        backend,
+    );
+    let mut ds = (1..=2)
+        .map(|i| lab.daemon(i, &checked, &[]))
+        .collect::<Result<Vec<_>>>()?;
+    lab.wait_next_hops(VIP, 2, 20)?;
     router_agrees(&lab, &[&ds[0], &ds[1]], 2)?;
     ds[0].ok(&["fleet", "leave"])?;
     router_agrees(&lab, &[&ds[0], &ds[1]], 1)?;
@@ -499,5 +509,12 @@ fn what_hosts_report_matches_the_routers_table_through_leave_join_and_detach() -
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.contains("stopped the BGP speaker"), "{out}");
     router_agrees(&lab, &[&ds[0]], 1)?;
+    // The live pool's backends die: no service of the VIP can serve, the
+    // host withdraws it, and says so.
+    lab.lab.fab.exec(&format!(
+        "kill $(cat {d}/be1.pid) $(cat {d}/be2.pid)",
+        d = lab.lab.dir.display()
+    ))?;
+    router_agrees(&lab, &[&ds[0]], 0)?;
     Ok(())
 }
