@@ -5,15 +5,15 @@ use super::*;
 use crate::adapters::fleet::host::{Host, HostMaps, Parts};
 
 impl Host for Shared {
-    fn parts(&mut self) -> Parts<'_> {
-        Parts {
-            fleet: &mut self.fleet,
+    fn parts(&mut self) -> Option<Parts<'_>> {
+        Some(Parts {
+            fleet: self.fleet.as_mut()?,
             ctl: &mut self.ctl,
             dp: &mut self.dp,
             flow_counts: &self.flow_counts,
             flow_counts_ms: self.flow_counts_ms,
             committed: false,
-        }
+        })
     }
 
     fn committed(&mut self) {

@@ -12,8 +12,9 @@ use crate::engine::{controller::Controller, maps::Maps};
 
 /// What the agent needs of the daemon.
 pub trait Host: Send {
-    /// The parts the agent reads and writes, borrowed together.
-    fn parts(&mut self) -> Parts<'_>;
+    /// The parts the agent reads and writes, borrowed together; `None`
+    /// outside fleet mode (the agent is not started then).
+    fn parts(&mut self) -> Option<Parts<'_>>;
     /// The controller changed through the agent (adopted records): bring
     /// what follows it in step (shadow replays) and cache it (`state.json`).
     fn committed(&mut self);
@@ -26,8 +27,7 @@ pub trait HostMaps: Maps {
 
 /// The daemon's state as the agent sees it.
 pub struct Parts<'a> {
-    /// `None` outside fleet mode (the agent is not started then).
-    pub fleet: &'a mut Option<FleetState>,
+    pub fleet: &'a mut FleetState,
     pub ctl: &'a mut Controller,
     pub dp: &'a mut dyn HostMaps,
     /// Live flows per backend index, and when they were counted (ms).

@@ -13,10 +13,7 @@ pub(crate) async fn command(shared: &SharedRef, cmd: Command) -> Response {
 pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
     if let Command::History { service } = &cmd {
         let (store, known) = with(shared, |s| {
-            (
-                s.fleet.as_ref().and_then(|f| f.store.clone()),
-                s.ctl.service(service).map(|_| ()),
-            )
+            (s.fleet.store.clone(), s.ctl.service(service).map(|_| ()))
         })?;
         known?;
         let store =
@@ -27,7 +24,7 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
         });
     }
     let (store, change) = blocking(shared, move |s| -> Result<(Store, Change)> {
-        let f = s.fleet.as_ref().expect("fleet mode");
+        let f = &*s.fleet;
         if let Some(why) = &f.refused {
             anyhow::bail!("{why}");
         }
@@ -42,7 +39,7 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
         };
         let mut trial = s.ctl.clone();
         trial.handle(&mut NoMaps, &cmd, now_ms())?;
-        let f = s.fleet.as_ref().expect("fleet mode");
+        let f = &*s.fleet;
         let services = s.ctl.changed_records(&trial);
         for (name, r) in &services {
             if r.as_ref().map(|r| r.spec.mode) == Some(crate::model::config::ForwardMode::Fullnat) {
@@ -72,9 +69,7 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
     // their watch's latency).
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        if with(shared, |s| {
-            s.fleet.as_ref().is_some_and(|f| f.applied >= rev)
-        })? {
+        if with(shared, |s| s.fleet.applied >= rev)? {
             return Ok(Response::ok());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -86,10 +81,7 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
 
 /// Steps down on a clean stop, so another host leads at once.
 pub(crate) async fn resign(shared: &SharedRef) {
-    let Ok((store, token)) = with(shared, |s| {
-        let f = s.fleet.as_ref();
-        (f.and_then(|f| f.store.clone()), f.and_then(|f| f.leading))
-    }) else {
+    let Ok((store, token)) = with(shared, |s| (s.fleet.store.clone(), s.fleet.leading)) else {
         return;
     };
     if let (Some(store), Some(t)) = (store, token) {

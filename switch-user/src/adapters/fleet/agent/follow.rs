@@ -8,11 +8,7 @@ pub(super) async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfi
             tracing::debug!("fleet: sync: {e:#}");
             let _ = with(&shared, |s| set_reachable(s, false));
         }
-        if with(&shared, |s| {
-            s.fleet.as_ref().is_some_and(|f| f.refused.is_some())
-        })
-        .unwrap_or(true)
-        {
+        if with(&shared, |s| s.fleet.refused.is_some()).unwrap_or(true) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -24,18 +20,14 @@ pub(super) async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfi
 /// One piece: each step needs the store and revision of the one before.
 pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig]) -> Result<()> {
     let (cfg, fp) = with(shared, |s| {
-        let f = s.fleet.as_ref().expect("fleet mode");
+        let f = &*s.fleet;
         (f.cfg.clone(), f.fingerprint.clone())
     })?;
     let store = Store::connect(&cfg).await?;
     if let Err(e) = store.check_seed(&fp).await {
         if e.to_string().contains("refuses to join") {
             tracing::error!("fleet: {e}");
-            with(shared, |s| {
-                if let Some(f) = s.fleet.as_mut() {
-                    f.refused = Some(e.to_string());
-                }
-            })?;
+            with(shared, |s| s.fleet.refused = Some(e.to_string()))?;
         }
         return Err(e);
     }
@@ -83,7 +75,7 @@ pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig
             m = stream.message() => m,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 // The heartbeat noticed etcd is gone: start over when back.
-                if !with(shared, |s| s.fleet.as_ref().is_some_and(|f| f.reachable))? {
+                if !with(shared, |s| s.fleet.reachable)? {
                     return Err(anyhow!("etcd lost"));
                 }
                 continue;
@@ -115,7 +107,7 @@ pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig
 
 pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
     let host = {
-        let f = s.fleet.as_mut().expect("fleet mode");
+        let f = &mut *s.fleet;
         f.store = Some(store);
         f.hosts = snap.hosts;
         f.verdict = snap.health;
@@ -131,11 +123,7 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
         f.cfg.host.clone()
     };
     set_reachable(s, true);
-    let fh = s
-        .fleet
-        .as_ref()
-        .map(|f| f.fleet_health())
-        .unwrap_or_default();
+    let fh = s.fleet.fleet_health();
     if let Err(e) = s.ctl.set_fleet_health(&mut *s.dp, fh) {
         tracing::warn!("fleet: health: {e:#}");
     }
@@ -152,9 +140,7 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
     for (name, (rec, rev)) in snap.services {
         adopt_one(s, &name, Some(rec), rev);
     }
-    if let Some(f) = s.fleet.as_mut() {
-        f.applied = snap.revision;
-    }
+    s.fleet.applied = snap.revision;
     s.committed = true;
     tracing::info!(host, revision = snap.revision, "fleet: in sync");
 }
@@ -162,12 +148,11 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
 pub(super) fn adopt_one(s: &mut Parts<'_>, name: &str, rec: Option<ServiceRecord>, rev: i64) {
     match s.ctl.adopt(&mut *s.dp, name, rec.as_ref()) {
         Ok(_) => {
-            if let Some(f) = s.fleet.as_mut() {
-                match rec {
-                    Some(_) => f.revisions.insert(name.to_string(), rev),
-                    None => f.revisions.remove(name),
-                };
-            }
+            let f = &mut *s.fleet;
+            match rec {
+                Some(_) => f.revisions.insert(name.to_string(), rev),
+                None => f.revisions.remove(name),
+            };
         }
         // The maps are as they were; the next snapshot tries again.
         Err(e) => tracing::error!("fleet: cannot apply {name} (revision {rev}): {e:#}"),
@@ -178,12 +163,7 @@ pub(super) fn adopt_one(s: &mut Parts<'_>, name: &str, rec: Option<ServiceRecord
 /// the health verdict and the ledger taken in. One piece: one match over
 /// the kinds of key, with one commit at the end.
 pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>, i64)>, rev: i64) {
-    let Some(keys) = s
-        .fleet
-        .as_ref()
-        .and_then(|f| f.store.as_ref())
-        .map(|st| st.keys.clone())
-    else {
+    let Some(keys) = s.fleet.store.as_ref().map(|st| st.keys.clone()) else {
         return;
     };
     let mut services_changed = false;
@@ -208,7 +188,7 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
                 services_changed = true;
             }
             "hosts" => {
-                let f = s.fleet.as_mut().expect("fleet mode");
+                let f = &mut *s.fleet;
                 if put {
                     if let Ok(r) = serde_json::from_slice(&value) {
                         f.hosts.insert(name.to_string(), r);
@@ -218,7 +198,7 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
                 }
             }
             "leader" => {
-                let f = s.fleet.as_mut().expect("fleet mode");
+                let f = &mut *s.fleet;
                 f.leader = put.then(|| String::from_utf8_lossy(&value).into_owned());
                 // The key is only ever created, never updated.
                 f.leader_token = put.then_some(mod_rev);
@@ -235,7 +215,7 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
                 } else {
                     BTreeMap::new()
                 };
-                let f = s.fleet.as_mut().expect("fleet mode");
+                let f = &mut *s.fleet;
                 f.verdict = verdict;
                 f.health_revision = if put { mod_rev } else { 0 };
                 let fh = f.fleet_health();
@@ -244,7 +224,7 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
                 }
             }
             "ledger" => {
-                let f = s.fleet.as_mut().expect("fleet mode");
+                let f = &mut *s.fleet;
                 if put && f.leading.is_none() {
                     f.ledger = serde_json::from_slice(&value).unwrap_or_default();
                 }
@@ -252,9 +232,7 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
             _ => {}
         }
     }
-    if let Some(f) = s.fleet.as_mut() {
-        f.applied = f.applied.max(rev);
-    }
+    s.fleet.applied = s.fleet.applied.max(rev);
     if services_changed {
         s.committed = true;
     }

@@ -8,17 +8,16 @@ pub(super) async fn heartbeat_loop(shared: SharedRef) {
     let mut last_keepalive: Option<Instant> = None;
     let mut last_report: Option<Instant> = None;
     let mut every = tokio::time::interval(ROUND);
-    let Ok(wake) = with(&shared, |s| s.fleet.as_ref().map(|f| f.wake.clone())) else {
+    let Ok(wake) = with(&shared, |s| s.fleet.wake.clone()) else {
         return;
     };
-    let Some(wake) = wake else { return };
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = wake.notified() => {}
         }
         let Ok((store, ttl, refused)) = with(&shared, |s| {
-            let f = s.fleet.as_ref().expect("fleet mode");
+            let f = &*s.fleet;
             (f.store.clone(), f.cfg.lease, f.refused.is_some())
         }) else {
             return;
@@ -46,9 +45,7 @@ pub(super) async fn heartbeat_loop(shared: SharedRef) {
         // Leadership lasts no longer than the lease we could renew.
         if last_keepalive.is_none_or(|t| t.elapsed() > ttl) {
             let _ = with(&shared, |s| {
-                if let Some(f) = s.fleet.as_mut()
-                    && f.leading.take().is_some()
-                {
+                if s.fleet.leading.take().is_some() {
                     tracing::warn!("fleet: lease not renewed in time; no longer leading");
                 }
             });
@@ -83,11 +80,7 @@ pub(super) async fn heartbeat(
             // Expired (this host was frozen or cut off): a new lease, a new
             // report; leadership is gone with the old one.
             *lease = None;
-            with(shared, |s| {
-                if let Some(f) = s.fleet.as_mut() {
-                    f.leading = None;
-                }
-            })?;
+            with(shared, |s| s.fleet.leading = None)?;
             return Ok(());
         }
         *last_keepalive = Some(Instant::now());
@@ -105,7 +98,7 @@ pub(super) async fn heartbeat(
         with(shared, |s| set_reachable(s, true))?;
     }
     let (leader, leading, token, me) = with(shared, |s| {
-        let f = s.fleet.as_ref().expect("fleet mode");
+        let f = &*s.fleet;
         (
             f.leader.clone(),
             f.leading,
@@ -119,11 +112,7 @@ pub(super) async fn heartbeat(
         // just renewed): lead again, fenced on the same key.
         (Some(l), None) if l == me && token.is_some() => {
             tracing::info!("fleet: this host leads the fleet again");
-            with(shared, |s| {
-                if let Some(f) = s.fleet.as_mut() {
-                    f.leading = token;
-                }
-            })?;
+            with(shared, |s| s.fleet.leading = token)?;
             token
         }
         (None, None) => {
@@ -131,10 +120,9 @@ pub(super) async fn heartbeat(
             if let Some(t) = won {
                 tracing::info!("fleet: this host leads the fleet");
                 with(shared, |s| {
-                    if let Some(f) = s.fleet.as_mut() {
-                        f.leading = Some(t);
-                        f.leader = Some(f.cfg.host.clone());
-                    }
+                    let f = &mut *s.fleet;
+                    f.leading = Some(t);
+                    f.leader = Some(f.cfg.host.clone());
                 })?;
             }
             won
@@ -151,11 +139,10 @@ pub(super) async fn heartbeat(
 /// Once a minute while leading: bounded history, compacted etcd.
 pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
     let due = with(shared, |s| {
-        s.fleet.as_ref().is_some_and(|f| {
-            f.leading == Some(token)
-                && f.housekeeping
-                    .is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY)
-        })
+        s.fleet.leading == Some(token)
+            && s.fleet
+                .housekeeping
+                .is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY)
     })?;
     if !due {
         return Ok(());
@@ -163,7 +150,7 @@ pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) 
     let (names, applied) = with(shared, |s| {
         (
             s.ctl.services.keys().cloned().collect::<Vec<_>>(),
-            s.fleet.as_ref().map(|f| f.applied).unwrap_or(0),
+            s.fleet.applied,
         )
     })?;
     for name in names {
@@ -179,11 +166,7 @@ pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) 
             tracing::debug!("fleet: compaction: {e:#}");
         }
     }
-    with(shared, |s| {
-        if let Some(f) = s.fleet.as_mut() {
-            f.housekeeping = Some(Instant::now());
-        }
-    })?;
+    with(shared, |s| s.fleet.housekeeping = Some(Instant::now()))?;
     Ok(())
 }
 
@@ -204,22 +187,14 @@ pub(super) async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Resul
     match store.commit(&change).await {
         Ok(_) => {
             if change.ledger.is_some() {
-                with(shared, |s| {
-                    if let Some(f) = s.fleet.as_mut() {
-                        f.ledger = ledger;
-                    }
-                })?;
+                with(shared, |s| s.fleet.ledger = ledger)?;
             }
             Ok(())
         }
         Err(e) => match e.downcast_ref::<Refused>() {
             Some(Refused::NotLeader) => {
                 tracing::warn!("fleet: another host leads now; this one steps down");
-                with(shared, |s| {
-                    if let Some(f) = s.fleet.as_mut() {
-                        f.leading = None;
-                    }
-                })?;
+                with(shared, |s| s.fleet.leading = None)?;
                 Ok(())
             }
             // A command came first: the next round sees it.
@@ -236,7 +211,7 @@ pub(super) async fn lead(shared: &SharedRef, store: &Store, token: i64) -> Resul
 /// strategy tick, lingering backends, shadows; the change to write, fenced
 /// on `token`, and the ledger it carries.
 fn leader_round(s: &mut Parts<'_>, token: i64) -> (Change, Ledger) {
-    let f = s.fleet.as_ref().expect("fleet mode");
+    let f = &*s.fleet;
     let now = now_ms();
     let live: Vec<&HostReport> = f.hosts.values().collect();
     let mut ledger = f.ledger.clone();

@@ -62,7 +62,9 @@ pub type SharedRef = Arc<Mutex<dyn Host>>;
 fn with<T>(shared: &SharedRef, f: impl FnOnce(&mut Parts<'_>) -> T) -> Result<T> {
     let mut g = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let (out, committed) = {
-        let mut parts = g.parts();
+        let mut parts = g
+            .parts()
+            .ok_or_else(|| anyhow!("this host is not in fleet mode"))?;
         let out = f(&mut parts);
         (out, parts.committed)
     };
@@ -82,7 +84,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Marks etcd reachable or not; cut off, local probes may take backends out.
 fn set_reachable(s: &mut Parts<'_>, reachable: bool) {
-    let Some(f) = s.fleet.as_mut() else { return };
+    let f = &mut *s.fleet;
     if f.reachable == reachable {
         return;
     }

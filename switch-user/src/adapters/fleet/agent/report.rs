@@ -4,7 +4,7 @@ use super::*;
 
 /// This host's figures, as the leader sums them.
 pub(super) fn report(s: &Parts<'_>) -> Option<HostReport> {
-    let f = s.fleet.as_ref()?;
+    let f = &*s.fleet;
     let mut r = HostReport {
         host: f.cfg.host.clone(),
         epoch: f.epoch.clone(),
