@@ -11,6 +11,9 @@ pub const NO_BACKEND: u16 = u16::MAX;
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 pub const DEFAULT_MAX_BACKENDS: u32 = 16_384;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Connections that have sent only a SYN (see `HALF_OPEN`); the daemon
+/// sizes it at a quarter of the flow table.
+pub const DEFAULT_MAX_HALF_OPEN: u32 = DEFAULT_MAX_FLOWS / 4;
 /// Source cohorts (CIDR -> pool) across all services.
 pub const DEFAULT_MAX_COHORTS: u32 = 1024;
 /// Slots of `REPLY_HOPS` (a power of two: a slot is a hash's low bits).
@@ -30,6 +33,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const REALS: &str = "REALS";
     pub const FLOWS: &str = "FLOWS";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const SNAT: &str = "SNAT";
     pub const COHORTS: &str = "COHORTS";
     pub const DEVICES: &str = "DEVICES";
@@ -49,7 +53,7 @@ pub mod names {
     pub const REPLY_HOPS: &str = "REPLY_HOPS";
     pub const REPLY_HOPS_EPOCH: &str = "REPLY_HOPS_EPOCH";
     /// Maps that hold state; all are pinned so a daemon restart adopts them.
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         CLOCK,
         SHADOWS,
         SHADOW_LOST,
@@ -64,6 +68,7 @@ pub mod names {
         BACKENDS,
         REALS,
         FLOWS,
+        HALF_OPEN,
         SNAT,
         COHORTS,
         DEVICES,

@@ -12,7 +12,7 @@ use switch_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CLOCK, COHORTS, FLOWS, SERVICES, SHADOWS, TABLES},
+    maps::{BACKENDS, CLOCK, COHORTS, FLOWS, HALF_OPEN, SERVICES, SHADOWS, TABLES},
     parse,
     parse::{Addr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bytes},
     snat, stats,
@@ -96,20 +96,58 @@ fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool 
 #[inline(always)]
 pub fn established(config: &Config, pkt: &Packet, out: &mut MaybeUninit<Chosen>) -> u32 {
     let key = flow_key(pkt);
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
-        return NO_SERVICE;
-    };
     let now = now_ns();
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+        return half_open(config, pkt, &key, out);
+    };
     let flow = unsafe { &mut *flow };
     match pinned(config, pkt, flow, now, closing, syn) {
         Some(chosen) => {
             write_out(out, chosen);
             flow.service
         }
-        None => NO_SERVICE,
+        None => {
+            if syn {
+                // A new connection on a finished one's 5-tuple: its SYN is
+                // pinned in HALF_OPEN, so the old pin must not shadow it.
+                let _ = FLOWS.remove(&key);
+            }
+            NO_SERVICE
+        }
     }
+}
+
+/// A connection with no pin in `FLOWS` may have one in `HALF_OPEN` (its SYN
+/// was seen): a retransmitted SYN keeps it there, its first other packet
+/// moves it to `FLOWS`.
+// Not inlined: the miss path only, kept out of the established path's
+// code. BPF passes at most five arguments: the flags are worked out again.
+#[inline(never)]
+fn half_open(config: &Config, pkt: &Packet, key: &FlowKey, out: &mut MaybeUninit<Chosen>) -> u32 {
+    if pkt.proto != PROTO_TCP {
+        return NO_SERVICE;
+    }
+    let now = now_ns();
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let Some(flow) = HALF_OPEN.get_ptr_mut(key) else {
+        return NO_SERVICE;
+    };
+    let flow = unsafe { &mut *flow };
+    let Some(chosen) = pinned(config, pkt, flow, now, closing, syn) else {
+        return NO_SERVICE;
+    };
+    let service = flow.service;
+    if !syn {
+        // The handshake went on: an established pin from now on (a copy;
+        // the half-open entry goes).
+        let _ = FLOWS.insert(key, &*flow, 0);
+        let _ = HALF_OPEN.remove(key);
+    }
+    write_out(out, chosen);
+    service
 }
 
 /// A new flow (or one whose pin could not be used): the service's current
@@ -182,7 +220,12 @@ fn choose(config: &Config, service: &Service, pkt: &Packet) -> Result<Chosen, Re
         syn_seq: if syn { pkt.tcp_seq } else { 0 },
     };
     // A full LRU evicts its oldest entry; a failed insert still forwards.
-    let _ = FLOWS.insert(&key, &flow, 0);
+    // A SYN's pin waits in HALF_OPEN until the connection goes on.
+    let _ = if syn {
+        HALF_OPEN.insert(&key, &flow, 0)
+    } else {
+        FLOWS.insert(&key, &flow, 0)
+    };
     stats::service_new_flow(service.id);
     stats::backend_new_flow(index);
     Ok(chosen)
@@ -262,8 +305,13 @@ pub fn our_reply(ctx: &XdpContext, pkt: &Packet, real: &Real) -> u32 {
         _pad: [0; 2],
     };
     // SAFETY: hash map values stay valid for the program's run (RCU).
-    let Some(flow) = (unsafe { FLOWS.get(&key) }) else {
-        return NOT_OURS;
+    // A SYN-ACK answers a connection whose pin is still half open.
+    let (flow, half) = match unsafe { FLOWS.get(&key) } {
+        Some(f) => (f, false),
+        None => match unsafe { HALF_OPEN.get(&key) } {
+            Some(f) => (f, true),
+            None => return NOT_OURS,
+        },
     };
     if flow.backend != real.backend {
         return NOT_OURS;
@@ -273,7 +321,11 @@ pub fn our_reply(ctx: &XdpContext, pkt: &Packet, real: &Real) -> u32 {
         && flow.syn_seq != 0
         && !answers_syn(ctx, pkt, flow.syn_seq)
     {
-        let _ = FLOWS.remove(&key);
+        let _ = if half {
+            HALF_OPEN.remove(&key)
+        } else {
+            FLOWS.remove(&key)
+        };
         return NOT_OURS;
     }
     flow.flags

@@ -63,6 +63,16 @@ pub static REALS: HashMap<RealKey, Real> = HashMap::with_max_entries(DEFAULT_MAX
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// TCP connections that have sent only a SYN: pinned here, not in `FLOWS`,
+/// until their first packet after it moves the pin over. A SYN flood
+/// churns this table alone, so however large it is it cannot evict an
+/// established connection's pin. A legitimate SYN's pin evicted by a flood
+/// only means its next packet goes by the table (its slot's owner, or
+/// previous owner), as a connection without a pin always does.
+#[map]
+pub static HALF_OPEN: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_HALF_OPEN, 0);
+
 /// fullnat replies: (backend, switch address and port) -> client and VIP.
 /// An LRU like FLOWS, so stale entries make room by themselves.
 #[map]

@@ -212,3 +212,83 @@ fn the_clock_resumes_where_it_stood() {
         })
         .unwrap();
 }
+
+/// A SYN flood cannot evict an established connection's pin, however long
+/// that connection stays quiet: SYN-only connections are pinned in a table
+/// of their own (`HALF_OPEN`) until their next packet. 500 connections that
+/// completed a handshake and then went quiet, 40,000 SYNs through a
+/// 4,096-entry flow table, a flip: every quiet connection keeps its backend.
+#[test]
+fn a_syn_flood_evicts_no_established_pin_however_quiet() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 50, 50);
+            let cap = Capacity {
+                flows: 4096,
+                ..Capacity::small()
+            };
+            let mut dp = Dataplane::load(None, cap).unwrap();
+            dp.add_device("c0").unwrap();
+            dp.add_device("b0").unwrap();
+            let mut p = Programmer::new(0x5eed, cap);
+            p.init(&mut dp, &DaemonConfig::default()).unwrap();
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let send = |dp: &mut Dataplane, a: u8, b: u8, port: u16, flags: u8| {
+                let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, a, b));
+                let f = frame(
+                    [2; 6],
+                    c0_mac,
+                    src,
+                    port,
+                    spec_vip(),
+                    80,
+                    L4::Tcp { flags },
+                    b"",
+                );
+                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!(v, XDP_REDIRECT);
+                check(&out).unwrap().dst
+            };
+            let mut quiet = BTreeMap::new();
+            for i in 0..500u16 {
+                let b = send(&mut dp, 1, (i % 250) as u8, 1000 + i, SYN);
+                assert_eq!(send(&mut dp, 1, (i % 250) as u8, 1000 + i, ACK), b);
+                quiet.insert(i, b);
+            }
+            let misses = reason(&dp, Reason::Forwarded);
+            for n in 0..40_000u32 {
+                send(
+                    &mut dp,
+                    100 + (n / 60_000) as u8,
+                    (n >> 8) as u8,
+                    (n & 0xff) as u16 + 2000,
+                    SYN,
+                );
+            }
+            // A flip: a connection that lost its pin would now land elsewhere.
+            spec.pools[0].weight = 0;
+            spec.pools[1].weight = 100;
+            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let id = p.services.values().next().unwrap().id;
+            let before = dp.service_misses(id).unwrap();
+            let kept = quiet
+                .iter()
+                .filter(|(i, b)| send(&mut dp, 1, (**i % 250) as u8, 1000 + **i, ACK) == **b)
+                .count();
+            let after = dp.service_misses(id).unwrap();
+            assert!(reason(&dp, Reason::Forwarded) > misses);
+            assert_eq!(
+                kept, 500,
+                "quiet established connections lost their backend to a SYN flood"
+            );
+            // Kept by their own pins, not rescued by the slot's previous owner.
+            assert_eq!(
+                (after.nonsyn_miss, after.nonsyn_miss_prev),
+                (before.nonsyn_miss, before.nonsyn_miss_prev),
+                "quiet established connections lost their pins to a SYN flood"
+            );
+        })
+        .unwrap();
+}

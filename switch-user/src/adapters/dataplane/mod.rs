@@ -70,7 +70,8 @@ impl Dataplane {
             .map_max_entries(names::NEXTHOPS, capacity.backends)
             .map_max_entries(names::REALS, capacity.backends)
             .map_max_entries(names::BACKEND_STATS, capacity.backends)
-            .map_max_entries(names::FLOWS, capacity.flows);
+            .map_max_entries(names::FLOWS, capacity.flows)
+            .map_max_entries(names::HALF_OPEN, (capacity.flows / 4).max(1024));
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 ensure_bpffs(dir)?;
@@ -206,14 +207,20 @@ impl Dataplane {
 
     /// Empties the flow table (benchmarks reset it between rows). Returns
     /// how many flows were removed.
+    /// Empties the flow tables (established and half open); how many pins
+    /// there were.
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let mut m: HashMap<&mut MapData, switch_common::FlowKey, switch_common::Flow> =
-            HashMap::try_from(self.map(names::FLOWS)?)?;
-        let keys: Vec<switch_common::FlowKey> = m.keys().filter_map(|k| k.ok()).collect();
-        for k in &keys {
-            let _ = m.remove(k);
+        let mut n = 0;
+        for name in [names::FLOWS, names::HALF_OPEN] {
+            let mut m: HashMap<&mut MapData, switch_common::FlowKey, switch_common::Flow> =
+                HashMap::try_from(self.map(name)?)?;
+            let keys: Vec<switch_common::FlowKey> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in &keys {
+                let _ = m.remove(k);
+            }
+            n += keys.len();
         }
-        Ok(keys.len())
+        Ok(n)
     }
 
     pub fn read_table(&self, slot: u32) -> Result<Box<Table>> {
