@@ -96,56 +96,74 @@ fn sampled(config: &Config, service: &Service, pkt: &Packet, syn: bool) -> bool 
 #[inline(always)]
 pub fn established(config: &Config, pkt: &Packet, out: &mut MaybeUninit<Chosen>) -> u32 {
     let key = flow_key(pkt);
-    let now = now_ns();
-    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return syn(config, pkt, &key, out);
+    }
     let Some(flow) = FLOWS.get_ptr_mut(&key) else {
         return half_open(config, pkt, &key, out);
     };
+    let now = now_ns();
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let flow = unsafe { &mut *flow };
-    match pinned(config, pkt, flow, now, closing, syn) {
+    match pinned(config, pkt, flow, now, closing, false) {
         Some(chosen) => {
             write_out(out, chosen);
             flow.service
         }
-        None => {
-            if syn {
-                // A new connection on a finished one's 5-tuple: its SYN is
-                // pinned in HALF_OPEN, so the old pin must not shadow it.
-                let _ = FLOWS.remove(&key);
-            }
-            NO_SERVICE
-        }
+        None => NO_SERVICE,
     }
 }
 
+/// A SYN: its pin, if any, is in `HALF_OPEN` (a retransmission keeps it);
+/// a pin in `FLOWS` belongs to a finished connection on the same 5-tuple
+/// (a new sequence number) and goes, so it cannot shadow the new one.
+// Not inlined: kept out of the established path's code.
+#[inline(never)]
+fn syn(config: &Config, pkt: &Packet, key: &FlowKey, out: &mut MaybeUninit<Chosen>) -> u32 {
+    let now = now_ns();
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if let Some(flow) = HALF_OPEN.get_ptr_mut(key) {
+        let flow = unsafe { &mut *flow };
+        if let Some(chosen) = pinned(config, pkt, flow, now, closing, true) {
+            write_out(out, chosen);
+            return flow.service;
+        }
+        return NO_SERVICE;
+    }
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        let flow = unsafe { &mut *flow };
+        if let Some(chosen) = pinned(config, pkt, flow, now, closing, true) {
+            // A retransmitted SYN of a connection pinned before HALF_OPEN
+            // existed (a daemon upgrade): it stays where it was.
+            write_out(out, chosen);
+            return flow.service;
+        }
+        let _ = FLOWS.remove(key);
+    }
+    NO_SERVICE
+}
+
 /// A connection with no pin in `FLOWS` may have one in `HALF_OPEN` (its SYN
-/// was seen): a retransmitted SYN keeps it there, its first other packet
-/// moves it to `FLOWS`.
-// Not inlined: the miss path only, kept out of the established path's
-// code. BPF passes at most five arguments: the flags are worked out again.
+/// was seen): its first packet after the SYN moves the pin to `FLOWS`.
+// Not inlined: the miss path only, kept out of the established path's code.
 #[inline(never)]
 fn half_open(config: &Config, pkt: &Packet, key: &FlowKey, out: &mut MaybeUninit<Chosen>) -> u32 {
     if pkt.proto != PROTO_TCP {
         return NO_SERVICE;
     }
-    let now = now_ns();
-    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let Some(flow) = HALF_OPEN.get_ptr_mut(key) else {
         return NO_SERVICE;
     };
     let flow = unsafe { &mut *flow };
-    let Some(chosen) = pinned(config, pkt, flow, now, closing, syn) else {
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let Some(chosen) = pinned(config, pkt, flow, now_ns(), closing, false) else {
         return NO_SERVICE;
     };
+    // The handshake went on: an established pin from now on (a copy; the
+    // half-open entry goes).
     let service = flow.service;
-    if !syn {
-        // The handshake went on: an established pin from now on (a copy;
-        // the half-open entry goes).
-        let _ = FLOWS.insert(key, &*flow, 0);
-        let _ = HALF_OPEN.remove(key);
-    }
+    let _ = FLOWS.insert(key, &*flow, 0);
+    let _ = HALF_OPEN.remove(key);
     write_out(out, chosen);
     service
 }

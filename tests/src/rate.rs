@@ -235,6 +235,7 @@ fn start_forwarder(lab: &RateLab, f: Forwarder, load: &Load) -> Result<Holder> {
         Forwarder::Switch => hold(&lab.sw, move || {
             let cap = Capacity {
                 flows: (flows * 2).max(65_536),
+                half_open: (flows * 2).max(65_536),
                 ..Capacity::small()
             };
             let mut dp = Dataplane::load(None, cap)?;

@@ -816,8 +816,11 @@ fn run(args: Args) -> Result<()> {
     let rows = lab.ns.run(move || -> Result<Vec<Row>> {
         let runs = a.runs;
         let max_flows = a.table_sizes.iter().copied().max().unwrap_or(0).max(65_536) * 2;
+        // Room for every row's pins, SYNs' too: the new-flow rows measure
+        // an insert, not an eviction (as Katran's figure does).
         let cap = Capacity {
             flows: max_flows,
+            half_open: max_flows,
             ..Capacity::small()
         };
         let mut dp = Dataplane::load(None, cap)?;

@@ -89,6 +89,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         services: d.max_services,
         backends: d.max_backends,
         flows: d.max_flows,
+        half_open: (d.max_flows / 4).max(1024),
         // One live table per service, plus spares for changes in flight
         // and for cohort tables.
         tables: d.max_services + 64 + crate::engine::maps::HISTORY_TABLES,

@@ -41,6 +41,8 @@ pub struct Capacity {
     pub services: u32,
     pub backends: u32,
     pub flows: u32,
+    /// Connections that have sent only a SYN (`HALF_OPEN`).
+    pub half_open: u32,
     /// Selection tables: one live per service plus spares for changes in
     /// flight and for cohorts.
     pub tables: u32,
@@ -52,6 +54,7 @@ impl Default for Capacity {
             services: switch_common::DEFAULT_MAX_SERVICES,
             backends: switch_common::DEFAULT_MAX_BACKENDS,
             flows: switch_common::DEFAULT_MAX_FLOWS,
+            half_open: switch_common::DEFAULT_MAX_HALF_OPEN,
             tables: switch_common::DEFAULT_MAX_SERVICES + 64 + HISTORY_TABLES,
         }
     }
@@ -64,6 +67,7 @@ impl Capacity {
             services: 16,
             backends: 256,
             flows: 65_536,
+            half_open: 16_384,
             tables: 40,
         }
     }

@@ -71,7 +71,7 @@ impl Dataplane {
             .map_max_entries(names::REALS, capacity.backends)
             .map_max_entries(names::BACKEND_STATS, capacity.backends)
             .map_max_entries(names::FLOWS, capacity.flows)
-            .map_max_entries(names::HALF_OPEN, (capacity.flows / 4).max(1024));
+            .map_max_entries(names::HALF_OPEN, capacity.half_open);
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 ensure_bpffs(dir)?;
