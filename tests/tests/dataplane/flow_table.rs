@@ -10,18 +10,9 @@ fn a_full_flow_table_keeps_serving_and_active_flows_keep_their_backend() {
         .run(move || {
             let mut spec = service(false, Protocol::Tcp, ForwardMode::Nat, 50, 50);
             let cap = Capacity { flows: 4096, ..Capacity::small() };
-            let mut dp = Dataplane::load(None, cap).unwrap();
-            dp.add_device("c0").unwrap();
-            dp.add_device("b0").unwrap();
-            let mut p = Programmer::new(0x5eed, cap);
-            p.init(&mut dp, &DaemonConfig::default()).unwrap();
-            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let (mut dp, mut p) = setup_with(&spec, false, cap);
             let send = |dp: &mut Dataplane, a: u8, b: u8, port: u16, flags: u8| {
-                let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, a, b));
-                let f = frame([2; 6], c0_mac, src, port, spec_vip(), 80, L4::Tcp { flags }, b"");
-                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
-                assert_eq!(v, XDP_REDIRECT, "a flow was not forwarded with the table full");
-                check(&out).unwrap().dst
+                send_tcp(dp, c0, c0_mac, a, b, port, flags)
             };
             // 500 flows that keep talking and 500 that go quiet.
             let mut active = BTreeMap::new();
@@ -229,27 +220,9 @@ fn a_syn_flood_evicts_no_established_pin_however_quiet() {
                 flows: 4096,
                 ..Capacity::small()
             };
-            let mut dp = Dataplane::load(None, cap).unwrap();
-            dp.add_device("c0").unwrap();
-            dp.add_device("b0").unwrap();
-            let mut p = Programmer::new(0x5eed, cap);
-            p.init(&mut dp, &DaemonConfig::default()).unwrap();
-            p.apply(&mut dp, &spec, &BTreeSet::new()).unwrap();
+            let (mut dp, mut p) = setup_with(&spec, false, cap);
             let send = |dp: &mut Dataplane, a: u8, b: u8, port: u16, flags: u8| {
-                let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, a, b));
-                let f = frame(
-                    [2; 6],
-                    c0_mac,
-                    src,
-                    port,
-                    spec_vip(),
-                    80,
-                    L4::Tcp { flags },
-                    b"",
-                );
-                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
-                assert_eq!(v, XDP_REDIRECT);
-                check(&out).unwrap().dst
+                send_tcp(dp, c0, c0_mac, a, b, port, flags)
             };
             let mut quiet = BTreeMap::new();
             for i in 0..500u16 {

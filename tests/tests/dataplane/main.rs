@@ -90,14 +90,50 @@ pub fn setup_standalone(spec: &ServiceConfig) -> (Dataplane, Programmer) {
 
 /// `filters_open`: as the daemon starts (see `Programmer::filters_open`).
 pub fn setup(spec: &ServiceConfig, filters_open: bool) -> (Dataplane, Programmer) {
-    let mut dp = Dataplane::load(None, Capacity::small()).expect("load");
+    setup_with(spec, filters_open, Capacity::small())
+}
+
+/// The same with maps of capacity `cap`.
+pub fn setup_with(
+    spec: &ServiceConfig,
+    filters_open: bool,
+    cap: Capacity,
+) -> (Dataplane, Programmer) {
+    let mut dp = Dataplane::load(None, cap).expect("load");
     dp.add_device("c0").unwrap();
     dp.add_device("b0").unwrap();
-    let mut p = Programmer::new(0x5eed, Capacity::small());
+    let mut p = Programmer::new(0x5eed, cap);
     p.filters_open = filters_open;
     p.init(&mut dp, &DaemonConfig::default()).unwrap();
     p.apply(&mut dp, spec, &BTreeSet::new()).unwrap();
     (dp, p)
+}
+
+/// Sends one TCP frame from 198.19.`a`.`b`:`port` to the VIP (port 80) on
+/// c0; it must be forwarded, and the backend it went to is returned.
+pub fn send_tcp(
+    dp: &mut Dataplane,
+    c0: u32,
+    c0_mac: [u8; 6],
+    a: u8,
+    b: u8,
+    port: u16,
+    flags: u8,
+) -> IpAddr {
+    let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, a, b));
+    let f = frame(
+        [2; 6],
+        c0_mac,
+        src,
+        port,
+        spec_vip(),
+        80,
+        L4::Tcp { flags },
+        b"",
+    );
+    let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+    assert_eq!(v, XDP_REDIRECT, "a flow was not forwarded");
+    check(&out).unwrap().dst
 }
 
 pub fn spec_vip() -> IpAddr {
