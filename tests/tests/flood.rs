@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Instant};
 use switch_tests::{
     daemon::Daemon,
     lab::Lab,
-    rate::{Load, generate},
+    rate::Load,
     traffic::{Stream, line_servers},
 };
 
@@ -46,9 +46,14 @@ fn a_syn_flood_during_flips_breaks_no_established_connection() {
     )
     .unwrap();
     let load = Load::new(1_000_000, 64, false, false, 3_000_000, 0);
+    // The namespace stays with this thread: if an assertion below fails,
+    // unwinding removes it even while the flood thread still runs in it.
+    let path = format!("/run/netns/{}", generator.name);
     let flood = std::thread::spawn(move || {
-        let sent = generate(&generator, "g0", sw2_mac, &load).unwrap();
-        (sent.pps(), generator)
+        switch_tests::enter(&path).unwrap();
+        switch_tests::generator::run("g0", sw2_mac, &load)
+            .unwrap()
+            .pps()
     });
 
     let mut flips = Vec::new();
@@ -66,7 +71,7 @@ fn a_syn_flood_during_flips_breaks_no_established_connection() {
         );
         i += 1;
     }
-    let (pps, _generator) = flood.join().unwrap();
+    let pps = flood.join().unwrap();
     let status = d.ok(&["status"]).unwrap();
     let rss_after = d.rss_kib().unwrap();
     flips.sort_by(f64::total_cmp);
