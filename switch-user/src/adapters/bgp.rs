@@ -23,6 +23,9 @@ pub struct Bird {
     cfg: BgpConfig,
     dir: PathBuf,
     announced: Option<BTreeSet<IpAddr>>,
+    /// Per neighbor, the channels last written into BIRD's configuration
+    /// (worked out when it is written: it asks the kernel for addresses).
+    channels: Vec<Vec<(bool, Option<IpAddr>)>>,
 }
 
 /// The BIRD control socket under a state directory (also for `detach`).
@@ -55,11 +58,13 @@ impl Bird {
     pub fn start(cfg: &BgpConfig, state_dir: &Path) -> Result<Bird> {
         let dir = state_dir.join("bgp");
         std::fs::create_dir_all(&dir)?;
-        let b = Bird {
+        let mut b = Bird {
             cfg: cfg.clone(),
             dir,
             announced: None,
+            channels: Vec::new(),
         };
+        b.channels = b.work_out_channels();
         let conf = b.dir.join("bird.conf");
         // Until the daemon decides, announce what the last run did (a
         // restart must not withdraw by itself).
@@ -112,8 +117,7 @@ impl Bird {
             routes(false)
         );
         for (i, n) in c.neighbors.iter().enumerate() {
-            let channels: String = self
-                .channels(i)
+            let channels: String = self.channels[i]
                 .iter()
                 .map(|(v4, next_hop)| {
                     let (fam, proto) = if *v4 {
@@ -147,7 +151,7 @@ impl Bird {
     /// when no neighbor of that family is configured and a next hop of it
     /// is known (configured, or this host's global address on the
     /// interface towards the neighbor).
-    fn channels(&self, i: usize) -> Vec<(bool, Option<IpAddr>)> {
+    fn channels_of(&self, i: usize) -> Vec<(bool, Option<IpAddr>)> {
         let c = &self.cfg;
         let n = &c.neighbors[i];
         let v4 = n.address.is_ipv4();
@@ -172,6 +176,7 @@ impl Bird {
         if self.announced.as_ref() == Some(vips) {
             return Ok(());
         }
+        self.channels = self.work_out_channels();
         std::fs::write(self.dir.join("bird.conf"), self.config(vips))?;
         birdc(&self.sock(), &["configure"])?;
         std::fs::write(
@@ -243,8 +248,14 @@ impl Bird {
             .collect()
     }
 
+    fn work_out_channels(&self) -> Vec<Vec<(bool, Option<IpAddr>)>> {
+        (0..self.cfg.neighbors.len())
+            .map(|i| self.channels_of(i))
+            .collect()
+    }
+
     fn families(&self, i: usize) -> Vec<String> {
-        self.channels(i)
+        self.channels[i]
             .iter()
             .map(|(v4, _)| if *v4 { "ipv4" } else { "ipv6" }.to_string())
             .collect()

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::{Flows, Sender, sendmmsg::Sendmmsg};
 use crate::reference::Reference;
@@ -38,17 +38,10 @@ pub struct XdpLoop {
     allowed: u64,
 }
 
+/// `ip ARGS` in this thread's network namespace (a child forked from this
+/// thread lives in it).
 fn ip(args: &str) -> Result<()> {
-    // A child forked from this thread lives in this thread's namespace.
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("ip {args}"))
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    crate::sh(&format!("ip {args}")).map(|_| ())
 }
 
 impl XdpLoop {
