@@ -34,8 +34,14 @@ pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static GEN_TEMPLATE: Array<[u64; 10]> = Array::with_max_entries(1, 0);
 
+/// `packet_gen`'s flow counter: one word for every CPU. A live-frames run
+/// may move to another CPU between batches, and per-CPU counters would then
+/// start that CPU's frames again at its own count, repeating flows already
+/// sent. One run is one syscall, so the program never runs on two CPUs at
+/// once for one generator (each loads its own object): a plain increment
+/// counts exactly.
 #[map]
-pub static GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static GEN_COUNT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -77,8 +83,9 @@ pub fn packet_gen(ctx: XdpContext) -> u32 {
 fn try_gen(ctx: &XdpContext) -> Option<u32> {
     let count = GEN_COUNT.get_ptr_mut(0)?;
     let n = unsafe {
-        *count += 1;
-        *count
+        let n = core::ptr::read_volatile(count) + 1;
+        core::ptr::write_volatile(count, n);
+        n
     };
     fill(ctx, n)?;
     Some(xdp_action::XDP_TX)
