@@ -8,7 +8,9 @@
 //!   hops, shadow replays, etcd and the fleet agent, BIRD, Prometheus,
 //!   health probes, privileges; adapters never import each other;
 //! - [`daemon`]: wiring and tasks, persistence, the API server, metrics;
-//! - [`cli`] and [`client`]: the command line and the API client.
+//! - [`cli`] and [`client`]: the command line and the API client;
+//! - `process`: running helper programs with a deadline, a leaf any
+//!   layer may use.
 //!
 //! Path of `switch flip web --to green`: `cli` parses it into
 //! `model::api::Command::Flip` and sends it over the Unix socket
@@ -24,6 +26,7 @@ pub mod client;
 pub mod daemon;
 pub(crate) mod engine;
 pub(crate) mod model;
+pub(crate) mod process;
 
 // What the binary, the tests and the bench use; the rest of each layer is
 // the crate's own.

@@ -28,17 +28,20 @@ pub struct Bird {
     channels: Vec<Vec<(bool, Option<IpAddr>)>>,
 }
 
+/// How long `birdc` or BIRD's start may take.
+const BIRD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The BIRD control socket under a state directory (also for `detach`).
 pub fn socket(state_dir: &Path) -> PathBuf {
     state_dir.join("bgp").join("bird.ctl")
 }
 
 fn birdc(sock: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("birdc")
-        .arg("-s")
-        .arg(sock)
-        .args(args)
-        .output()
+    let mut cmd = Command::new("birdc");
+    cmd.arg("-s").arg(sock).args(args);
+    // BIRD answers its socket in milliseconds; a BIRD that hangs must not
+    // hold up status or the announcements.
+    let out = crate::process::run_command(cmd, None, BIRD_TIMEOUT)
         .context("cannot run birdc (install bird2: cargo xtask setup does)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() || text.contains("Unable to connect") {
@@ -75,15 +78,17 @@ impl Bird {
             .collect();
         std::fs::write(&conf, b.config(&kept))?;
         if birdc(&b.sock(), &["configure"]).is_err() {
-            let status = Command::new("bird")
-                .arg("-c")
+            let mut cmd = Command::new("bird");
+            cmd.arg("-c")
                 .arg(&conf)
                 .arg("-s")
                 .arg(b.sock())
                 .arg("-P")
-                .arg(b.dir.join("bird.pid"))
-                .status()
-                .context("cannot start bird (install bird2: cargo xtask setup does)")?;
+                .arg(b.dir.join("bird.pid"));
+            // BIRD forks into the background once its configuration is read.
+            let status = crate::process::run_command(cmd, None, BIRD_TIMEOUT)
+                .context("cannot start bird (install bird2: cargo xtask setup does)")?
+                .status;
             if !status.success() {
                 bail!(
                     "bird refused its configuration {} ({status})",
@@ -270,7 +275,7 @@ impl Bird {
 /// interface the kernel routes `towards` through, if it has one.
 fn local_address(towards: IpAddr, v4: bool) -> Option<IpAddr> {
     let run = |args: &[&str]| -> Option<serde_json::Value> {
-        let out = Command::new("ip").args(args).output().ok()?;
+        let out = crate::process::run("ip", args, None, crate::process::DEFAULT_TIMEOUT).ok()?;
         serde_json::from_slice(&out.stdout).ok()
     };
     let route = run(&["-j", "route", "get", &towards.to_string()])?;

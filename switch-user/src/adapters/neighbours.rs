@@ -15,7 +15,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -70,38 +69,55 @@ struct NeighJson {
 }
 
 fn ip(args: &[&str]) -> Option<Vec<u8>> {
-    let out = Command::new("ip").args(args).output().ok()?;
+    let out = crate::process::run("ip", args, None, IP_TIMEOUT)
+        .map_err(|e| tracing::warn!("{e:#}"))
+        .ok()?;
     out.status.success().then_some(out.stdout)
+}
+
+/// How long one `ip` run may take (a batch of thousands of lookups takes
+/// well under a second).
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `script` through one `ip -batch`: each line one command; lines
+/// that fail are skipped (`-force`). Input and output flow at once, so a
+/// script of any length cannot fill both pipes.
+fn ip_batch(script: &str) -> Option<Vec<u8>> {
+    if script.is_empty() {
+        return Some(Vec::new());
+    }
+    crate::process::run(
+        "ip",
+        &["-j", "-force", "-batch", "-"],
+        Some(script.as_bytes()),
+        IP_TIMEOUT,
+    )
+    .map_err(|e| tracing::warn!("{e:#}"))
+    .ok()
+    .map(|o| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if let Some(first) = err.lines().next() {
+            tracing::debug!(
+                "ip -batch: {first} ({} lines of errors)",
+                err.lines().count()
+            );
+        }
+        o.stdout
+    })
 }
 
 /// The next hop towards each of `addrs` (local and unroutable ones are left
 /// out), from one `ip -batch` run: a thousand backends cost one process.
 fn routes(addrs: impl IntoIterator<Item = IpAddr>) -> BTreeMap<IpAddr, Hop> {
-    use std::io::Write;
     let script: String = addrs
         .into_iter()
         .map(|a| format!("route get {a}\n"))
         .collect();
-    if script.is_empty() {
-        return BTreeMap::new();
-    }
-    let Ok(mut child) = Command::new("ip")
-        .args(["-j", "-force", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
-        return BTreeMap::new();
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let Ok(out) = child.wait_with_output() else {
+    let Some(out) = ip_batch(&script) else {
         return BTreeMap::new();
     };
     // One JSON array per command that succeeded, each naming its `dst`.
-    serde_json::Deserializer::from_slice(&out.stdout)
+    serde_json::Deserializer::from_slice(&out)
         .into_iter::<Vec<RouteJson>>()
         .filter_map(|r| r.ok()?.into_iter().next())
         .filter_map(|r| {
@@ -232,14 +248,15 @@ impl Neighbours {
             .filter(|h| matches!(state(&now, h), None | Some(Entry::Failed)))
             .cloned()
             .collect();
-        for hop in &missing {
-            let via = hop.via.to_string();
-            if ip(&["neigh", "replace", &via, "dev", &hop.dev, "managed"]).is_some() {
-                self.added += 1;
-                tracing::debug!(via = %hop.via, dev = %hop.dev, "managed neighbour entry added");
-            } else {
-                tracing::warn!(via = %hop.via, dev = %hop.dev, "cannot add a managed neighbour entry");
-            }
+        // One `ip` for all of them: thousands of backends on the segment
+        // must not cost thousands of processes.
+        let script: String = missing
+            .iter()
+            .map(|h| format!("neigh replace {} dev {} managed\n", h.via, h.dev))
+            .collect();
+        if ip_batch(&script).is_some() {
+            self.added += missing.len() as u64;
+            tracing::debug!(n = missing.len(), "managed neighbour entries added");
         }
         // Wait briefly for new entries to resolve, but not again for a next
         // hop that did not answer last time (a backend that is not there

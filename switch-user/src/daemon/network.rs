@@ -11,6 +11,12 @@ pub(super) const NEIGHBOURS_EVERY: std::time::Duration = std::time::Duration::fr
 pub(super) static NEIGHBOURS: std::sync::LazyLock<Mutex<crate::adapters::neighbours::Neighbours>> =
     std::sync::LazyLock::new(Mutex::default);
 
+/// The next hops' addresses after the last round: what the `ip monitor`
+/// watch asks about every neighbour event, without waiting for a round
+/// (which holds `NEIGHBOURS` while iproute2 runs).
+static VIAS: std::sync::LazyLock<Mutex<BTreeSet<std::net::IpAddr>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
 pub(super) fn backend_ips(ctl: &Controller) -> BTreeSet<std::net::IpAddr> {
     ctl.programmer
         .services
@@ -26,6 +32,9 @@ pub(super) fn resolve_neighbours(
     match NEIGHBOURS.lock() {
         Ok(mut n) => {
             n.reconcile(backends);
+            if let Ok(mut v) = VIAS.lock() {
+                *v = n.hops().values().map(|h| h.via).collect();
+            }
             n.resolved()
         }
         Err(_) => Default::default(),
@@ -136,11 +145,7 @@ pub(super) async fn neighbour_loop(shared: Arc<Mutex<Shared>>) {
                 let ip = line
                     .split_whitespace()
                     .find_map(|w| w.parse::<std::net::IpAddr>().ok());
-                let ours = ip.is_some_and(|ip| {
-                    NEIGHBOURS
-                        .lock()
-                        .is_ok_and(|n| n.hops().values().any(|h| h.via == ip))
-                });
+                let ours = ip.is_some_and(|ip| VIAS.lock().is_ok_and(|v| v.contains(&ip)));
                 if !ours {
                     continue;
                 }

@@ -91,16 +91,20 @@ impl Programmer {
         old: Option<&Placed>,
     ) -> Result<BTreeMap<SocketAddr, u32>> {
         let mut used = self.used_backends();
+        // Every index below `free_from` is taken: the search goes on from
+        // there (10,000 new backends must not cost 10,000 scans from 0).
+        let mut free_from = 0;
         let mut backends = BTreeMap::new();
         for b in spec.pools.iter().flat_map(|p| &p.backends) {
             let a = b.addr();
             let index = match old.and_then(|o| o.backends.get(&a).or(o.lingering.get(&a))) {
                 Some(&i) => i,
                 None => {
-                    let i = (0..self.max_backends)
+                    let i = (free_from..self.max_backends)
                         .find(|i| !used.contains(i))
                         .ok_or_else(|| anyhow!("backend capacity exhausted"))?;
                     used.insert(i);
+                    free_from = i + 1;
                     let g = self.generations.entry(i).or_insert(0);
                     *g = g.wrapping_add(1);
                     // Whatever the last occupant's next hop was, it is not
