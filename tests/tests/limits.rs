@@ -98,3 +98,96 @@ pools = [
         );
     }
 }
+
+fn raise_own_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max.min(65_536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+#[test]
+fn a_huge_request_and_two_thousand_idle_callers_leave_status_answering() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    raise_own_fd_limit();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, "bounds", &switch_tests::service::blue_green(8080, "")).unwrap();
+
+    // 100 MiB with no newline: refused once the bound is passed, and the
+    // connection closed (the rest is never read).
+    let mut big = UnixStream::connect(&d.api).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reader = big.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0usize;
+        for _ in 0..100 {
+            if big.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let mut answer = String::new();
+    BufReader::new(reader).read_line(&mut answer).unwrap();
+    assert!(answer.contains("at most 1048576 bytes"), "{answer}");
+    let sent = writer.join().unwrap();
+    assert!(sent < 100 << 20, "the daemon read all {sent} bytes");
+
+    // 2,000 idle callers: the newest take the places of the oldest, and an
+    // operator still gets status at once.
+    let idle: Vec<UnixStream> = (0..2_000)
+        .map(|_| UnixStream::connect(&d.api).unwrap())
+        .collect();
+    let t = Instant::now();
+    let st = d.status("web").unwrap();
+    let took = t.elapsed();
+    assert_eq!(st["pools"][0]["name"], "blue");
+    assert!(took < Duration::from_secs(1), "status took {took:?}");
+    // The daemon holds at most its cap of them: most were closed.
+    let open = idle
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            // A closed peer reads 0; an open idle one would block.
+            !matches!(std::io::Read::read(&mut &**s, &mut b), Ok(0))
+        })
+        .count();
+    assert!(open <= 256, "{open} idle connections kept");
+    drop(idle);
+
+    // A request still works on a fresh connection after all that.
+    let (ok, out) = d.cli(&["weights", "web", "blue=90", "green=10"]).unwrap();
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_and_the_first_serves_on() {
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, "twice", &switch_tests::service::blue_green(8080, "")).unwrap();
+    let pid = d.child.as_ref().unwrap().id();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.sw.name))
+        .arg(switch_tests::daemon::switch_bin().unwrap())
+        .args(["daemon", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is in use by another switch daemon") && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+    // The live socket is still there and answers.
+    assert!(d.api.exists());
+    d.status("web").unwrap();
+}

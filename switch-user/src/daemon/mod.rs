@@ -3,7 +3,9 @@
 //! map pinned: forwarding goes on, and the next start adopts it all.
 
 mod announce;
+mod connections;
 mod fleet_host;
+mod lock;
 pub mod metrics;
 mod network;
 mod persist;
@@ -41,8 +43,8 @@ use crate::{
 };
 
 use self::{
-    announce::*, network::*, persist::*, probing::*, rates::*, server::*, shadows::*, status::*,
-    tick::*,
+    announce::*, connections::*, network::*, persist::*, probing::*, rates::*, server::*,
+    shadows::*, status::*, tick::*,
 };
 pub use network::cache_nexthops;
 pub use persist::{STATE_SCHEMA, now_ms, read_state, write_state};
@@ -81,9 +83,15 @@ pub(crate) struct Shared {
 
 pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     let file = read_config(config_path, api_override)?;
+    raise_fd_limit();
     let d = file.daemon.clone();
     std::fs::create_dir_all(&d.state_dir)
         .with_context(|| format!("cannot create state dir {}", d.state_dir.display()))?;
+    // Held until the process ends: before anything is read or written.
+    let _state_lock = lock::hold(&d.state_dir, "state_dir")?;
+    std::fs::create_dir_all(&d.pin_dir)
+        .with_context(|| format!("cannot create pin dir {}", d.pin_dir.display()))?;
+    let _pin_lock = lock::hold(&d.pin_dir, "pin_dir")?;
     let state_file = d.state_dir.join("state.json");
     let capacity = Capacity {
         services: d.max_services,
@@ -147,6 +155,21 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(serve(shared, d, seed_services))
+}
+
+/// Descriptors up to the hard limit (the unit sets it): health probes,
+/// shadow replays and API callers all hold sockets.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
 }
 
 fn read_config(config_path: &Path, api_override: Option<PathBuf>) -> Result<ConfigFile> {

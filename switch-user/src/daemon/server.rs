@@ -94,15 +94,31 @@ pub(super) async fn serve(
     tracing::info!("API on {}", d.api.display());
     // systemd Type=notify: ready once the API serves.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let registry = Arc::new(Registry::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             conn = listener.accept() => {
-                let (stream, _) = conn?;
+                let stream = match conn {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, most likely: the daemon goes
+                        // on, and so do the connections it has.
+                        tracing::warn!("API accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Some(conn) = registry.admit() else {
+                    tokio::spawn(refuse_busy(stream));
+                    continue;
+                };
                 let shared = shared.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, shared).await {
+                    if let Err(e) = client(stream, shared, &conn, &registry).await {
                         tracing::warn!("API client: {e:#}");
                     }
+                    registry.leave(&conn);
                 });
             }
             _ = term.recv() => break,
@@ -213,10 +229,51 @@ fn start_threads(
     Ok(())
 }
 
-pub(super) async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Result<()> {
+/// Every connection is busy with a request: one line, then closed.
+async fn refuse_busy(mut stream: UnixStream) {
+    let resp = Response::err(format!(
+        "the daemon has {MAX_CONNECTIONS} API connections, all busy: try again"
+    ));
+    if let Ok(mut out) = serde_json::to_vec(&resp) {
+        out.push(b'\n');
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+    }
+}
+
+pub(super) async fn client(
+    stream: UnixStream,
+    shared: Arc<Mutex<Shared>>,
+    conn: &Conn,
+    registry: &Registry,
+) -> Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut r = BufReader::new(r);
+    loop {
+        conn.set_idle(true, registry);
+        let line = tokio::select! {
+            line = read_line(&mut r, MAX_LINE) => line?,
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => return Ok(()),
+            _ = conn.close.notified() => return Ok(()),
+        };
+        conn.set_idle(false, registry);
+        let line = match line {
+            Line::Text(l) => l,
+            Line::End => return Ok(()),
+            Line::TooLong | Line::NotUtf8 => {
+                let resp = Response::err(match line {
+                    Line::TooLong => {
+                        format!("bad request: a request line is at most {MAX_LINE} bytes")
+                    }
+                    _ => "bad request: not UTF-8".to_string(),
+                });
+                let mut out = serde_json::to_vec(&resp)?;
+                out.push(b'\n');
+                w.write_all(&out).await?;
+                // The rest of the line cannot be told from the next one.
+                return Ok(());
+            }
+        };
         let resp = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::err(format!("bad request: {e}")),
             Ok(req) if req.v != api::VERSION => Response::err(format!(
@@ -285,9 +342,11 @@ pub(super) async fn client(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> Re
         };
         let mut out = serde_json::to_vec(&resp)?;
         out.push(b'\n');
-        w.write_all(&out).await?;
+        // A caller that never reads its answers cannot hold a place.
+        tokio::time::timeout(IDLE_TIMEOUT, w.write_all(&out))
+            .await
+            .map_err(|_| anyhow!("the caller did not read its answer within {IDLE_TIMEOUT:?}"))??;
     }
-    Ok(())
 }
 
 pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
