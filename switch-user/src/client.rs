@@ -21,12 +21,28 @@ pub fn call_with_timeout(
     cmd: Command,
     timeout: std::time::Duration,
 ) -> Result<Response> {
+    request(api, cmd, timeout, None)
+}
+
+/// `call`, saying how the request comes (`config reload`), for the audit
+/// trail.
+pub fn call_via(api: &Path, cmd: Command, via: &str) -> Result<Response> {
+    request(api, cmd, CALL_TIMEOUT, Some(via.to_string()))
+}
+
+fn request(
+    api: &Path,
+    cmd: Command,
+    timeout: std::time::Duration,
+    via: Option<String>,
+) -> Result<Response> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(api).map_err(|e| {
         anyhow!("cannot reach the switch daemon at {} ({e}); is `switch daemon` running? (--api or SWITCH_API)", api.display())
     })?;
     let mut line = serde_json::to_vec(&Request {
         v: api::VERSION,
+        via,
         cmd,
     })?;
     line.push(b'\n');

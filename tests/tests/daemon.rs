@@ -336,6 +336,8 @@ fn the_shipped_systemd_unit_is_well_formed() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=CAP_BPF",
+        "RuntimeDirectoryMode=0755",
+        "LimitNOFILE=",
     ] {
         assert!(unit.contains(want), "unit lacks {want}");
     }

@@ -11,12 +11,17 @@ pub(super) fn run(api: PathBuf, cmd: Cmd) -> Result<()> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow!("cannot read {}: {e}", file.display()))?;
             let c = ConfigFile::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            send(
+            // The unit's ExecReload runs this: the audit trail says so.
+            let r = crate::client::call_via(
                 &api,
                 Command::Apply {
                     services: c.services,
                 },
+                "config reload",
             )?;
+            if !r.ok {
+                bail!("{}", r.error.unwrap_or_else(|| "refused".into()));
+            }
             println!("applied {}", file.display());
             Ok(())
         }
@@ -34,6 +39,15 @@ pub(super) fn run(api: PathBuf, cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Detach { pin_dir, state_dir } => {
+            // A running daemon detaches its own data plane (admin level) and
+            // ends; without one, the pins are removed here (root).
+            if std::os::unix::net::UnixStream::connect(&api).is_ok() {
+                send(&api, Command::Detach)?;
+                println!(
+                    "detached: the daemon withdrew its VIPs, removed its program and pins, and stopped"
+                );
+                return Ok(());
+            }
             if crate::adapters::bgp::stop(&state_dir)? {
                 println!("stopped the BGP speaker: VIPs withdrawn");
             }

@@ -59,11 +59,17 @@ pub(super) fn run(api: PathBuf, cmd: Cmd) -> Result<()> {
                     let t = humantime::format_rfc3339_millis(
                         std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
                     );
-                    println!(
-                        "{t}  {}  {}",
-                        if e.ok { "ok    " } else { "FAILED" },
-                        e.what
-                    );
+                    let outcome = match (e.outcome, e.ok) {
+                        (crate::model::api::Outcome::Refused, _) => "REFUSED",
+                        (_, true) => "ok     ",
+                        (_, false) => "FAILED ",
+                    };
+                    // What the daemon did by itself (steps, health) is its own.
+                    let actor = e
+                        .actor
+                        .as_ref()
+                        .map_or_else(|| "switch (daemon)".to_string(), |a| a.to_string());
+                    println!("{t}  {outcome}  {actor:<32}  {}", e.what);
                 }
             }
             Ok(())

@@ -2,6 +2,7 @@
 //! persists desired state. Stopping it leaves the program attached and every
 //! map pinned: forwarding goes on, and the next start adopts it all.
 
+mod access;
 mod announce;
 mod connections;
 mod fleet_host;
@@ -19,7 +20,6 @@ mod tick;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -43,8 +43,17 @@ use crate::{
 };
 
 use self::{
-    announce::*, connections::*, network::*, persist::*, probing::*, rates::*, server::*,
-    shadows::*, status::*, tick::*,
+    access::{Access, Caller},
+    announce::*,
+    connections::*,
+    network::*,
+    persist::*,
+    probing::*,
+    rates::*,
+    server::*,
+    shadows::*,
+    status::*,
+    tick::*,
 };
 pub use network::cache_nexthops;
 pub use persist::{STATE_SCHEMA, now_ms, read_state, write_state};
@@ -79,12 +88,20 @@ pub(crate) struct Shared {
     /// `switch fleet leave`: announce nothing (kept across restarts).
     left: bool,
     state_dir: PathBuf,
+    pin_dir: PathBuf,
 }
 
 pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     let file = read_config(config_path, api_override)?;
     raise_fd_limit();
     let d = file.daemon.clone();
+    // Groups resolved before anything is touched: a wrong name is a bad
+    // config, not a daemon that serves nobody.
+    let host = match &file.fleet {
+        Some(f) => f.host.clone(),
+        None => access::host_name(),
+    };
+    let access = Access::new(&d, host.clone())?;
     std::fs::create_dir_all(&d.state_dir)
         .with_context(|| format!("cannot create state dir {}", d.state_dir.display()))?;
     // Held until the process ends: before anything is read or written.
@@ -117,7 +134,13 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         }
         None => None,
     };
-    let nexthops = start_forwarding(&mut dp, &mut ctl, &file, fleet.is_some())?;
+    let started_by = api::Actor {
+        uid: unsafe { libc::getuid() },
+        user: access::user_name(unsafe { libc::getuid() }),
+        host,
+        via: "config (daemon start)".into(),
+    };
+    let nexthops = start_forwarding(&mut dp, &mut ctl, &file, fleet.is_some(), &started_by)?;
     let shared = Arc::new(Mutex::new(Shared {
         dp,
         ctl,
@@ -143,6 +166,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         bgp_status: Default::default(),
         left: left_file(&d.state_dir).exists(),
         state_dir: d.state_dir.clone(),
+        pin_dir: d.pin_dir.clone(),
     }));
     persist(&*shared.lock().map_err(|_| anyhow!("lock"))?)?;
     let seed_services = if file.fleet.is_some() {
@@ -154,7 +178,7 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(shared, d, seed_services))
+    rt.block_on(serve(shared, d, access, seed_services))
 }
 
 /// Descriptors up to the hard limit (the unit sets it): health probes,
@@ -271,17 +295,19 @@ fn start_forwarding(
     ctl: &mut Controller,
     file: &ConfigFile,
     fleet: bool,
+    started_by: &api::Actor,
 ) -> Result<HashMap<u32, switch_common::NextHop>> {
     if fleet {
         // etcd is the source of truth; the cache forwards until it answers.
         ctl.reapply(dp)?;
     } else if ctl.services.is_empty() && !file.services.is_empty() {
-        ctl.handle(
+        ctl.handle_as(
             dp,
             &Command::Apply {
                 services: file.services.clone(),
             },
             now_ms(),
+            started_by,
         )?;
     } else {
         ctl.reapply(dp)?;

@@ -23,21 +23,10 @@ pub(super) fn metrics_page(shared: &Mutex<Shared>) -> String {
     metrics::render(&services, &reasons, &last)
 }
 
-/// Gives the API socket to `group` (mode 0660), so its members may steer.
-pub(super) fn socket_group(path: &Path, group: &str) -> Result<()> {
-    let name = std::ffi::CString::new(group)?;
-    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-    if gr.is_null() {
-        anyhow::bail!("daemon.api_group: no group named {group:?}");
-    }
-    let gid = unsafe { (*gr).gr_gid };
-    std::os::unix::fs::chown(path, Some(0), Some(gid))?;
-    Ok(())
-}
-
 pub(super) async fn serve(
     shared: Arc<Mutex<Shared>>,
     d: DaemonConfig,
+    access: Access,
     seed_services: Vec<crate::model::config::ServiceConfig>,
 ) -> Result<()> {
     // Before the API socket appears: whoever sees it may send SIGTERM at
@@ -73,10 +62,8 @@ pub(super) async fn serve(
     let _ = std::fs::remove_file(&d.api);
     let listener = UnixListener::bind(&d.api)
         .with_context(|| format!("binding API socket {}", d.api.display()))?;
-    std::fs::set_permissions(&d.api, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(g) = &d.api_group {
-        socket_group(&d.api, g)?;
-    }
+    access.secure_socket(&d.api)?;
+    let access = Arc::new(access);
     // Everything that needs privileges is done: maps and links are open,
     // sockets bound.
     match privileges::drop_all_but_kept() {
@@ -112,10 +99,12 @@ pub(super) async fn serve(
                     tokio::spawn(refuse_busy(stream));
                     continue;
                 };
+                let caller = access.caller(&stream, "socket");
                 let shared = shared.clone();
                 let registry = registry.clone();
+                let access = access.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, shared, &conn, &registry).await {
+                    if let Err(e) = client(stream, shared, &access, caller, &conn, &registry).await {
                         tracing::warn!("API client: {e:#}");
                     }
                     registry.leave(&conn);
@@ -123,6 +112,10 @@ pub(super) async fn serve(
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = DETACHED.notified() => {
+                tracing::info!("detached: the program and every pin are gone; exiting");
+                break;
+            }
         }
     }
     let _ = std::fs::remove_file(&d.api);
@@ -241,9 +234,14 @@ async fn refuse_busy(mut stream: UnixStream) {
     }
 }
 
+/// Told once `detach` has removed the data plane: the daemon ends.
+static DETACHED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 pub(super) async fn client(
     stream: UnixStream,
     shared: Arc<Mutex<Shared>>,
+    access: &Access,
+    caller: Caller,
     conn: &Conn,
     registry: &Registry,
 ) -> Result<()> {
@@ -274,17 +272,37 @@ pub(super) async fn client(
                 return Ok(());
             }
         };
-        let resp = match serde_json::from_str::<Request>(&line) {
+        let parsed = serde_json::from_str::<Request>(&line);
+        let req_name = parsed.as_ref().ok().map(|r| r.cmd.name().to_string());
+        let resp = match parsed {
             Err(e) => Response::err(format!("bad request: {e}")),
             Ok(req) if req.v != api::VERSION => Response::err(format!(
                 "API version {} not supported (this daemon speaks {})",
                 req.v,
                 api::VERSION
             )),
+            Ok(req) if access.refusal(&caller, &req.cmd).is_some() => {
+                let why = access.refusal(&caller, &req.cmd).unwrap_or_default();
+                let actor = actor_of(&caller, &req);
+                tracing::info!(cmd = req.cmd.name(), user = %actor.user, "refused: {why}");
+                let fleet = shared.lock().is_ok_and(|s| s.fleet.is_some());
+                if fleet {
+                    let host: crate::adapters::fleet::agent::SharedRef = shared.clone();
+                    let e = api::Event::refused(now_ms(), &req.cmd, &actor, &why);
+                    crate::adapters::fleet::agent::audit(&host, vec![e]).await;
+                } else if let Ok(mut s) = shared.lock() {
+                    s.ctl.record_refused(now_ms(), &req.cmd, &actor, &why);
+                    let _ = persist(&s);
+                }
+                Response::failed(&crate::model::error::Refusal::forbidden(why).into())
+            }
             Ok(req)
-                if !matches!(req.cmd, Command::Status { .. } | Command::Membership { .. })
-                    && shared.lock().is_ok_and(|s| s.fleet.is_some()) =>
+                if !matches!(
+                    req.cmd,
+                    Command::Status { .. } | Command::Membership { .. } | Command::Detach
+                ) && shared.lock().is_ok_and(|s| s.fleet.is_some()) =>
             {
+                let actor = actor_of(&caller, &req);
                 let span = tracing::info_span!(
                     "request",
                     cmd = req.cmd.name(),
@@ -297,7 +315,7 @@ pub(super) async fn client(
                 }
                 let host: crate::adapters::fleet::agent::SharedRef = shared.clone();
                 let resp = tracing::Instrument::instrument(
-                    crate::adapters::fleet::agent::command(&host, req.cmd.clone()),
+                    crate::adapters::fleet::agent::command(&host, req.cmd.clone(), actor),
                     span,
                 )
                 .await;
@@ -315,6 +333,7 @@ pub(super) async fn client(
             }
             Ok(req) => {
                 let shared = shared.clone();
+                let actor = actor_of(&caller, &req);
                 tokio::task::spawn_blocking(move || {
                     let span = tracing::info_span!(
                         "request",
@@ -322,7 +341,7 @@ pub(super) async fn client(
                         service = req.cmd.service().unwrap_or("-")
                     );
                     let _enter = span.enter();
-                    let resp = handle(&shared, &req.cmd);
+                    let resp = handle(&shared, &req.cmd, &actor);
                     if !matches!(req.cmd, Command::Status { .. } | Command::History { .. }) {
                         match &resp.error {
                             None => tracing::info!("done"),
@@ -342,14 +361,27 @@ pub(super) async fn client(
         };
         let mut out = serde_json::to_vec(&resp)?;
         out.push(b'\n');
+        let detached = resp.ok && matches!(req_name.as_deref(), Some("detach"));
         // A caller that never reads its answers cannot hold a place.
-        tokio::time::timeout(IDLE_TIMEOUT, w.write_all(&out))
-            .await
+        let written = tokio::time::timeout(IDLE_TIMEOUT, w.write_all(&out)).await;
+        if detached {
+            DETACHED.notify_one();
+        }
+        written
             .map_err(|_| anyhow!("the caller did not read its answer within {IDLE_TIMEOUT:?}"))??;
     }
 }
 
-pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
+/// The caller as the audit trail records it, with how its request came.
+fn actor_of(caller: &Caller, req: &Request) -> api::Actor {
+    let mut a = caller.actor.clone();
+    if req.via.as_deref() == Some("config reload") {
+        a.via = "socket (config reload)".into();
+    }
+    a
+}
+
+pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command, actor: &api::Actor) -> Response {
     let Ok(mut guard) = shared.lock() else {
         return Response::err("daemon state lock poisoned");
     };
@@ -390,12 +422,27 @@ pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
                 return Response::err(format!("cannot record it in {}: {e}", file.display()));
             }
             s.left = !*join;
+            s.ctl
+                .record_as(now_ms(), "-", cmd.name().to_string(), actor);
+            let _ = persist(s);
             drop(guard);
             sync_bgp(shared);
             Response::ok()
         }
-        Command::History { service } => match s.ctl.service(service) {
-            Ok(_) => Response {
+        Command::Detach => {
+            drop(guard);
+            detach(shared)
+        }
+        // A service's events, or those of refused commands that named none
+        // (`-`) or a service that does not exist.
+        Command::History { service } => match s.ctl.service(service).map(|_| ()).or_else(|e| {
+            if s.ctl.history.iter().any(|ev| &ev.service == service) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }) {
+            Ok(()) => Response {
                 history: Some(
                     s.ctl
                         .history
@@ -412,16 +459,45 @@ pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command) -> Response {
             // Fresh shadow figures for `--after-shadow`; new shadows to the
             // engine afterwards.
             sync_shadows(s);
-            let r = s.ctl.handle(&mut s.dp, cmd, now_ms());
+            let r = s.ctl.handle_as(&mut s.dp, cmd, now_ms(), actor);
             sync_shadows(s);
             match r {
                 Ok(()) => match persist(s) {
                     Ok(()) => Response::ok(),
                     Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
                 },
-                // A refused or failed command changed nothing: nothing to persist.
-                Err(e) => Response::failed(&e),
+                // A refused or failed command changed nothing but the
+                // audit trail.
+                Err(e) => {
+                    let _ = persist(s);
+                    Response::failed(&e)
+                }
             }
         }
+    }
+}
+
+/// `switch detach` through the daemon: BGP stopped (VIPs withdrawn), the
+/// program detached and every pin removed; then the daemon ends.
+fn detach(shared: &Mutex<Shared>) -> Response {
+    let Ok(s) = shared.lock() else {
+        return Response::err("daemon state lock poisoned");
+    };
+    match crate::adapters::bgp::stop(&s.state_dir) {
+        Ok(true) => tracing::info!("stopped the BGP speaker: VIPs withdrawn"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("stopping BGP: {e:#}"),
+    }
+    match crate::adapters::dataplane::detach(&s.pin_dir) {
+        Ok(removed) => {
+            tracing::info!(
+                "removed from {}: {}",
+                s.pin_dir.display(),
+                removed.join(", ")
+            );
+            // The daemon ends once the caller has its answer (`client`).
+            Response::ok()
+        }
+        Err(e) => Response::err(format!("detach: {e:#}")),
     }
 }

@@ -15,8 +15,54 @@ pub const VERSION: u32 = 1;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     pub v: u32,
+    /// How the caller came, when not by hand: `config reload` for
+    /// `switch apply -f` (the unit's ExecReload). A hint for the audit
+    /// trail; who the caller is comes from the socket, never from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(flatten)]
     pub cmd: Command,
+}
+
+/// What a caller may do, by its groups (`daemon.api_read_group`,
+/// `api_group`, `api_admin_group`); each level includes those below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// status, history.
+    Read,
+    /// Every command that steers traffic.
+    Steer,
+    /// detach, fleet leave/join.
+    Admin,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Read => "read",
+            Level::Steer => "steer",
+            Level::Admin => "admin",
+        }
+    }
+}
+
+/// Who made a change, for the audit trail.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    pub uid: u32,
+    /// The user name of `uid` on the daemon's host (the uid when it has none).
+    pub user: String,
+    /// The host whose daemon took the command.
+    pub host: String,
+    /// socket, config reload, config (the daemon's start-up).
+    pub via: String,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} ({})", self.user, self.host, self.via)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,6 +172,9 @@ pub enum Command {
         #[serde(default)]
         stop: bool,
     },
+    /// `switch detach`: the daemon withdraws its VIPs, removes the program
+    /// and every pin, and exits. Forwarding stops: every connection breaks.
+    Detach,
 }
 
 fn default_max_sessions() -> usize {
@@ -156,6 +205,16 @@ impl Command {
             Command::Backend { .. } => "backend",
             Command::History { .. } => "history",
             Command::Shadow { .. } => "shadow",
+            Command::Detach => "detach",
+        }
+    }
+
+    /// The level a caller needs for this command.
+    pub fn level(&self) -> Level {
+        match self {
+            Command::Status { .. } | Command::History { .. } => Level::Read,
+            Command::Membership { .. } | Command::Detach => Level::Admin,
+            _ => Level::Steer,
         }
     }
 
@@ -163,7 +222,7 @@ impl Command {
     pub fn service(&self) -> Option<&str> {
         match self {
             Command::Status { service } => service.as_deref(),
-            Command::Apply { .. } | Command::Membership { .. } => None,
+            Command::Apply { .. } | Command::Membership { .. } | Command::Detach => None,
             Command::Weights { service, .. }
             | Command::Flip { service, .. }
             | Command::Canary { service, .. }
@@ -404,4 +463,37 @@ pub struct Event {
     pub service: String,
     pub what: String,
     pub ok: bool,
+    /// Who asked for it; absent for what the daemon did by itself
+    /// (strategy steps, health, lingering backends released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    #[serde(default)]
+    pub outcome: Outcome,
+}
+
+impl Event {
+    /// A refused command, for the audit trail: under its service (or `-`
+    /// when it names none), with who asked and why it was refused.
+    pub fn refused(now: u64, cmd: &Command, actor: &Actor, why: &str) -> Event {
+        Event {
+            at_ms: now,
+            service: cmd.service().unwrap_or("-").to_string(),
+            what: format!("{} refused: {why}", cmd.name()),
+            ok: false,
+            actor: Some(actor.clone()),
+            outcome: Outcome::Refused,
+        }
+    }
+}
+
+/// What became of the command an event records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// In the maps and committed.
+    #[default]
+    Applied,
+    /// Refused (invalid, not permitted, conflicting, unavailable): nothing
+    /// changed.
+    Refused,
 }

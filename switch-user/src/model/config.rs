@@ -149,8 +149,15 @@ pub struct DaemonConfig {
     pub api: PathBuf,
     /// Prometheus metrics (read-only HTTP), e.g. "127.0.0.1:9560"; off when absent.
     pub metrics: Option<std::net::SocketAddr>,
-    /// Group that may use the API socket (mode 0660); root only when absent.
+    /// Group whose members may read (status, watch, history). A name or a
+    /// numeric gid; none when absent.
+    pub api_read_group: Option<String>,
+    /// Group whose members may also steer traffic (every command that
+    /// changes weights, pools, strategies, shadows, `apply`).
     pub api_group: Option<String>,
+    /// Group whose members may also detach and leave/join the fleet. Root
+    /// may do everything whatever the groups.
+    pub api_admin_group: Option<String>,
     /// Where maps and links are pinned (on bpffs).
     pub pin_dir: PathBuf,
     /// Where desired state and strategy progress are persisted.
@@ -177,7 +184,9 @@ impl Default for DaemonConfig {
             interfaces: Vec::new(),
             api: PathBuf::from("/run/switch/switch.sock"),
             metrics: None,
+            api_read_group: None,
             api_group: None,
+            api_admin_group: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/switch"),
             state_dir: PathBuf::from("/var/lib/switch"),
             seed: None,

@@ -18,6 +18,8 @@ pub enum RefusalKind {
     Conflict,
     /// It cannot be done now (etcd unreachable, capacity exhausted).
     Unavailable,
+    /// The caller's level does not allow it.
+    Forbidden,
 }
 
 /// A command refused before anything changed; the message is the one line
@@ -51,6 +53,10 @@ impl Refusal {
 
     pub fn unavailable(message: impl Into<String>) -> Refusal {
         Refusal::new(RefusalKind::Unavailable, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Forbidden, message)
     }
 }
 

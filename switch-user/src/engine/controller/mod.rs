@@ -32,7 +32,7 @@ use crate::{
     engine::health::Health,
     engine::strategy::{BlueGreen, Canary, Change, Gates, Phase, Rolling, Signals, Strategy},
     engine::{maps::Maps, programmer::Programmer},
-    model::api::{BackendAction, Command, Event},
+    model::api::{Actor, BackendAction, Command, Event, Outcome},
     model::config::{
         AdminState, BackendConfig, CohortConfig, ConfigFile, HealthConfig, ServiceConfig,
     },
@@ -74,6 +74,10 @@ pub struct Controller {
     /// fleet recorded it (see `ServiceRecord::previous`).
     #[serde(default)]
     pub previous: BTreeMap<String, ServiceConfig>,
+    /// Who the command being handled came from (`handle_as`): the events it
+    /// records carry it. None: the daemon acting by itself.
+    #[serde(skip)]
+    acting: Option<Actor>,
 }
 
 /// A backend removed from its pool while healthy: it gets no new flows, but
@@ -134,16 +138,36 @@ impl Controller {
             previous: BTreeMap::new(),
             shadow_reports: BTreeMap::new(),
             fleet_health: None,
+            acting: None,
         }
     }
 
     fn record(&mut self, now: u64, service: &str, what: String, ok: bool) {
-        self.history.push(Event {
+        self.push_event(Event {
             at_ms: now,
             service: service.into(),
             what,
             ok,
+            actor: self.acting.clone(),
+            outcome: Outcome::Applied,
         });
+    }
+
+    /// A refused command, for the audit trail (see `Event::refused`).
+    pub fn record_refused(&mut self, now: u64, cmd: &Command, actor: &Actor, why: &str) {
+        self.push_event(Event::refused(now, cmd, actor, why));
+    }
+
+    /// A change made outside the controller (`fleet leave`), for the audit
+    /// trail.
+    pub fn record_as(&mut self, now: u64, service: &str, what: String, actor: &Actor) {
+        self.acting = Some(actor.clone());
+        self.record(now, service, what, true);
+        self.acting = None;
+    }
+
+    fn push_event(&mut self, e: Event) {
+        self.history.push(e);
         if self.history.len() > HISTORY_LIMIT {
             self.history.drain(..self.history.len() - HISTORY_LIMIT);
         }
@@ -203,6 +227,24 @@ impl Controller {
     /// Carries out one command. An error is a [`Refusal`] (nothing
     /// changed: the request as given cannot be done) or a failed map write
     /// ([`WriteFailed`]: nothing committed either).
+    /// `handle` for a caller: what it changes is recorded as theirs, and a
+    /// refusal is recorded too (the only trace a refused command leaves).
+    pub fn handle_as(
+        &mut self,
+        maps: &mut dyn Maps,
+        cmd: &Command,
+        now: u64,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.acting = Some(actor.clone());
+        let r = self.handle(maps, cmd, now);
+        self.acting = None;
+        if let Err(e) = &r {
+            self.record_refused(now, cmd, actor, &format!("{e:#}"));
+        }
+        r
+    }
+
     pub fn handle(&mut self, maps: &mut dyn Maps, cmd: &Command, now: u64) -> Result<()> {
         self.dispatch(maps, cmd, now).map_err(|e| {
             if refusal_of(&e).is_some() || is_write_failure(&e) {
@@ -216,7 +258,10 @@ impl Controller {
     /// One arm per command; long only because commands have many fields.
     fn dispatch(&mut self, maps: &mut dyn Maps, cmd: &Command, now: u64) -> Result<()> {
         match cmd {
-            Command::Status { .. } | Command::History { .. } | Command::Membership { .. } => Ok(()),
+            Command::Status { .. }
+            | Command::History { .. }
+            | Command::Membership { .. }
+            | Command::Detach => Ok(()),
             Command::Apply { services } => self.apply_all(maps, services, now),
             Command::Weights { service, weights } => self.weights(maps, service, weights, now),
             Command::Flip {

@@ -2,15 +2,43 @@
 
 use super::*;
 
-/// A state-changing command in fleet mode.
-pub(crate) async fn command(shared: &SharedRef, cmd: Command) -> Response {
-    match run_command(shared, cmd).await {
+/// A state-changing command in fleet mode, from `actor`: the events it
+/// records in etcd carry them, and so does its refusal.
+pub(crate) async fn command(shared: &SharedRef, cmd: Command, actor: Actor) -> Response {
+    match run_command(shared, cmd.clone(), &actor).await {
         Ok(r) => r,
-        Err(e) => Response::failed(&e),
+        Err(e) => {
+            if !matches!(cmd, Command::History { .. }) {
+                let refused = Event::refused(now_ms(), &cmd, &actor, &format!("{e:#}"));
+                audit(shared, vec![refused]).await;
+            }
+            Response::failed(&e)
+        }
     }
 }
 
-pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Response> {
+/// Writes events (refusals: nothing else changes) into the fleet's
+/// history, when etcd can be reached; they are the audit trail, not state.
+pub(crate) async fn audit(shared: &SharedRef, events: Vec<Event>) {
+    let Ok(Some(store)) = with(shared, |s| {
+        s.fleet.reachable.then(|| s.fleet.store.clone()).flatten()
+    }) else {
+        return;
+    };
+    let change = Change {
+        events,
+        ..Default::default()
+    };
+    if let Err(e) = store.commit(&change).await {
+        tracing::warn!("fleet history: {e:#}");
+    }
+}
+
+pub(super) async fn run_command(
+    shared: &SharedRef,
+    cmd: Command,
+    actor: &Actor,
+) -> Result<Response> {
     if let Command::History { service } = &cmd {
         let (store, known) = with(shared, |s| {
             (s.fleet.store.clone(), s.ctl.service(service).map(|_| ()))
@@ -23,6 +51,7 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
             ..Response::ok()
         });
     }
+    let actor = actor.clone();
     let (store, change) = blocking(shared, move |s| -> Result<(Store, Change)> {
         let f = &*s.fleet;
         if let Some(why) = &f.refused {
@@ -38,7 +67,8 @@ pub(super) async fn run_command(shared: &SharedRef, cmd: Command) -> Result<Resp
             }
         };
         let mut trial = s.ctl.clone();
-        trial.handle(&mut NoMaps, &cmd, now_ms())?;
+        // A refusal is recorded by `command` (the trial is thrown away).
+        trial.handle_as(&mut NoMaps, &cmd, now_ms(), &actor)?;
         let f = &*s.fleet;
         let services = s.ctl.changed_records(&trial);
         for (name, r) in &services {

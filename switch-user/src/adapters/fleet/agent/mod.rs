@@ -16,7 +16,7 @@ mod follow;
 mod lead;
 mod report;
 
-pub(crate) use command::{command, resign};
+pub(crate) use command::{audit, command, resign};
 use follow::*;
 use lead::*;
 pub use report::status;
@@ -40,7 +40,7 @@ use super::{
 use crate::{
     engine::clock::now_ms,
     engine::controller::replica::{FleetHealth, NoMaps, ServiceRecord},
-    model::api::{Command, Event, Response},
+    model::api::{Actor, Command, Event, Response},
     model::config::ServiceConfig,
 };
 
