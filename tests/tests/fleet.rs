@@ -164,6 +164,26 @@ fn a_canary_from_any_host_changes_every_host_within_a_second() -> Result<()> {
     let h2 = ds[1].ok(&["history", "web", "--json"])?;
     assert_eq!(h1, h2);
     assert!(h1.contains("canary"), "{h1}");
+    // The actor travels with the record: host 3's root started it.
+    let h: Vec<serde_json::Value> = serde_json::from_str(&h1)?;
+    assert!(
+        h.iter()
+            .any(|e| e["what"].as_str().unwrap_or("").contains("canary")
+                && e["actor"]["host"] == "sw-3"
+                && e["actor"]["uid"] == 0),
+        "{h1}"
+    );
+    // A refusal on one host is in the fleet's history on another.
+    let (ok, _) = ds[0].cli(&["weights", "web", "purple=5"])?;
+    assert!(!ok);
+    let h: Vec<serde_json::Value> =
+        serde_json::from_str(&ds[1].ok(&["history", "web", "--json"])?)?;
+    assert!(
+        h.iter().any(|e| e["outcome"] == "refused"
+            && e["actor"]["host"] == "sw-1"
+            && e["what"].as_str().unwrap_or("").contains("purple")),
+        "{h:#?}"
+    );
     Ok(())
 }
 

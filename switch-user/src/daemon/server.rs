@@ -288,7 +288,13 @@ pub(super) async fn client(
                 let fleet = shared.lock().is_ok_and(|s| s.fleet.is_some());
                 if fleet {
                     let host: crate::adapters::fleet::agent::SharedRef = shared.clone();
-                    let e = api::Event::refused(now_ms(), &req.cmd, &actor, &why);
+                    let mut e = api::Event::refused(now_ms(), &req.cmd, &actor, &why);
+                    if !shared
+                        .lock()
+                        .is_ok_and(|s| s.ctl.services.contains_key(&e.service))
+                    {
+                        e.service = "-".into();
+                    }
                     crate::adapters::fleet::agent::audit(&host, vec![e]).await;
                 } else if let Ok(mut s) = shared.lock() {
                     s.ctl.record_refused(now_ms(), &req.cmd, &actor, &why);

@@ -154,8 +154,14 @@ impl Controller {
     }
 
     /// A refused command, for the audit trail (see `Event::refused`).
+    /// One that names a service that does not exist goes under `-` with
+    /// those that name none.
     pub fn record_refused(&mut self, now: u64, cmd: &Command, actor: &Actor, why: &str) {
-        self.push_event(Event::refused(now, cmd, actor, why));
+        let mut e = Event::refused(now, cmd, actor, why);
+        if !self.services.contains_key(&e.service) {
+            e.service = "-".into();
+        }
+        self.push_event(e);
     }
 
     /// A change made outside the controller (`fleet leave`), for the audit

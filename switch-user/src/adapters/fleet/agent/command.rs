@@ -9,7 +9,11 @@ pub(crate) async fn command(shared: &SharedRef, cmd: Command, actor: Actor) -> R
         Ok(r) => r,
         Err(e) => {
             if !matches!(cmd, Command::History { .. }) {
-                let refused = Event::refused(now_ms(), &cmd, &actor, &format!("{e:#}"));
+                let mut refused = Event::refused(now_ms(), &cmd, &actor, &format!("{e:#}"));
+                if !with(shared, |s| s.ctl.services.contains_key(&refused.service)).unwrap_or(false)
+                {
+                    refused.service = "-".into();
+                }
                 audit(shared, vec![refused]).await;
             }
             Response::failed(&e)
@@ -43,7 +47,10 @@ pub(super) async fn run_command(
         let (store, known) = with(shared, |s| {
             (s.fleet.store.clone(), s.ctl.service(service).map(|_| ()))
         })?;
-        known?;
+        // `-`: refusals that named no service (or an unknown one).
+        if service != "-" {
+            known?;
+        }
         let store =
             store.ok_or_else(|| anyhow!("etcd has not been reached yet: no fleet history"))?;
         return Ok(Response {
