@@ -191,3 +191,59 @@ fn a_second_daemon_on_the_same_state_refuses_and_the_first_serves_on() {
     assert!(d.api.exists());
     d.status("web").unwrap();
 }
+
+#[test]
+fn a_panic_ends_the_daemon_and_its_successor_adopts_everything_under_load() {
+    use switch_tests::http;
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::prepare(
+        &lab.sw,
+        "panic",
+        &["sw0", "sw1"],
+        "",
+        &switch_tests::service::blue_green(8080, ""),
+    )
+    .unwrap();
+    let www = d.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    http::start_backends_with(
+        &lab,
+        &www,
+        "  keepalive_requests 100000000;\n  keepalive_timeout 300s;",
+    )
+    .unwrap();
+    // A panic in the strategy tick, with the state lock held, 2 s in.
+    d.env
+        .push(("SWITCH_TEST_PANIC".into(), "tick:2000".into()));
+    d.spawn().unwrap();
+    d.ok(&["weights", "web", "blue=60", "green=40"]).unwrap();
+    let cli = lab.cli.name.clone();
+    let load = std::thread::spawn(move || {
+        switch_tests::sh(&format!(
+            "ip netns exec {cli} wrk -t2 -c16 -d8s http://198.18.10.10:80/"
+        ))
+    });
+    // It ends by itself, loudly (not a process that stays up half dead).
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(6), "the daemon did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(70), "{status}");
+    d.child = None;
+    // The service manager's restart: the successor adopts it all.
+    d.env.clear();
+    d.spawn().unwrap();
+    let st = d.status("web").unwrap();
+    assert_eq!(st["pools"][0]["weight"], 60, "{st}");
+    assert_eq!(st["pools"][1]["weight"], 40, "{st}");
+    let out = load.join().unwrap().unwrap();
+    assert!(
+        !out.contains("Socket errors") && !out.contains("Non-2xx"),
+        "wrk saw errors:\n{out}"
+    );
+    assert!(out.contains("Requests/sec"), "{out}");
+}

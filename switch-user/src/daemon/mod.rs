@@ -16,6 +16,7 @@ mod server;
 mod shadows;
 mod status;
 mod tick;
+mod watchdog;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -54,6 +55,7 @@ use self::{
     shadows::*,
     status::*,
     tick::*,
+    watchdog::{Essential, check_lock},
 };
 pub use network::cache_nexthops;
 pub use persist::{STATE_SCHEMA, now_ms, read_state, write_state};
@@ -92,6 +94,8 @@ pub(crate) struct Shared {
 }
 
 pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
+    watchdog::exit_on_panic();
+    watchdog::mark_start();
     let file = read_config(config_path, api_override)?;
     raise_fd_limit();
     let d = file.daemon.clone();

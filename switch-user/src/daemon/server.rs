@@ -40,7 +40,7 @@ pub(super) async fn serve(
         let s = shared.clone();
         tokio::spawn(metrics::serve(listener, move || metrics_page(&s)));
     }
-    start_tasks(&shared, seed_services)?;
+    let mut essential = start_tasks(&shared, seed_services)?;
     // Threads of our own start only once privileges are dropped (below):
     // capabilities are per thread, and a thread keeps those it was born with.
     let (clock, shadow_ring) = {
@@ -82,8 +82,11 @@ pub(super) async fn serve(
     // systemd Type=notify: ready once the API serves.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let registry = Arc::new(Registry::new(MAX_CONNECTIONS));
+    let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
+            e = essential.ended() => return Err(e),
+            _ = watch.tick() => check_lock(&shared)?,
             conn = listener.accept() => {
                 let stream = match conn {
                     Ok((stream, _)) => stream,
@@ -131,15 +134,16 @@ pub(super) async fn serve(
 fn start_tasks(
     shared: &Arc<Mutex<Shared>>,
     seed_services: Vec<crate::model::config::ServiceConfig>,
-) -> Result<()> {
-    tokio::spawn(health_loop(shared.clone()));
-    tokio::spawn(neighbour_loop(shared.clone()));
+) -> Result<Essential> {
+    let mut essential = Essential::new();
+    essential.spawn("health", health_loop(shared.clone()));
+    essential.spawn("network watch", neighbour_loop(shared.clone()));
     if shared.lock().map_err(|_| anyhow!("lock"))?.fleet.is_some() {
         crate::adapters::fleet::agent::start(shared.clone(), seed_services);
     }
     if shared.lock().map_err(|_| anyhow!("lock"))?.bgp.is_some() {
         let s = shared.clone();
-        tokio::spawn(async move {
+        essential.spawn("BGP", async move {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
@@ -156,7 +160,7 @@ fn start_tasks(
             .dp
             .flow_scanner()?,
     );
-    tokio::spawn(async move {
+    essential.spawn("flow count", async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             every.tick().await;
@@ -175,7 +179,7 @@ fn start_tasks(
         }
     });
     let ticker = shared.clone();
-    tokio::spawn(async move {
+    essential.spawn("strategy tick", async move {
         let mut every = tokio::time::interval(TICK);
         loop {
             every.tick().await;
@@ -187,7 +191,7 @@ fn start_tasks(
             }
         }
     });
-    Ok(())
+    Ok(essential)
 }
 
 /// The threads of our own, started after the privilege drop: the data

@@ -19,15 +19,22 @@ pub(super) fn tick(shared: &Mutex<Shared>) -> Result<()> {
     if fleet != Some(false) {
         ask_prometheus(shared)?;
     }
+    // Replays of clients that vanished end in every mode (a fleet's
+    // strategies move elsewhere; its shadows run here).
+    if let Ok(s) = shared.lock() {
+        s.shadow.sweep();
+    }
     if fleet.is_some() {
         return Ok(());
     }
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
+    if super::watchdog::injected_panic_due("tick") {
+        panic!("SWITCH_TEST_PANIC: a panic injected in the strategy tick, with the state lock held");
+    }
     if s.ctl.shadows.values().any(|sh| sh.running()) {
         let before = s.ctl.history.len();
         s.ctl.expire_shadows(&mut s.dp, now_ms())?;
-        s.shadow.sweep();
         sync_shadows(s);
         if s.ctl.history.len() != before {
             persist(s)?;
