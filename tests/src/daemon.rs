@@ -34,6 +34,8 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Extra environment for the daemon process (set before `spawn`).
     pub env: Vec<(String, String)>,
+    /// A descriptor limit (soft and hard) for the daemon (`ulimit -n`).
+    pub nofile: Option<u64>,
     sw: String,
     bin: PathBuf,
 }
@@ -110,6 +112,7 @@ impl Daemon {
             api,
             config,
             env: vec![],
+            nofile: None,
             sw: ns.name.clone(),
             bin: switch_bin()?,
         })
@@ -120,14 +123,28 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.api);
         // nsenter, not `ip netns exec`, which remounts /sys and so hides the
         // host's bpffs with the pins.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.sw))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.sw))
             .arg(&self.bin)
             .args(["daemon", "--config"])
             .arg(&self.config)
-            .envs(self.env.iter().cloned())
-            .spawn()
-            .context("starting switch daemon")?;
+            .envs(self.env.iter().cloned());
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().context("starting switch daemon")?;
         self.child = Some(child);
         let t = Instant::now();
         while !self.api.exists() {

@@ -213,8 +213,7 @@ fn a_panic_ends_the_daemon_and_its_successor_adopts_everything_under_load() {
     )
     .unwrap();
     // A panic in the strategy tick, with the state lock held, 2 s in.
-    d.env
-        .push(("SWITCH_TEST_PANIC".into(), "tick:2000".into()));
+    d.env.push(("SWITCH_TEST_PANIC".into(), "tick:2000".into()));
     d.spawn().unwrap();
     d.ok(&["weights", "web", "blue=60", "green=40"]).unwrap();
     let cli = lab.cli.name.clone();
@@ -229,7 +228,10 @@ fn a_panic_ends_the_daemon_and_its_successor_adopts_everything_under_load() {
         if let Some(s) = d.child.as_mut().unwrap().try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(6), "the daemon did not end");
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "the daemon did not end"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(70), "{status}");
@@ -246,4 +248,73 @@ fn a_panic_ends_the_daemon_and_its_successor_adopts_everything_under_load() {
         "wrk saw errors:\n{out}"
     );
     assert!(out.contains("Requests/sec"), "{out}");
+}
+
+#[test]
+fn with_256_descriptors_shadows_are_shed_before_a_health_probe_fails() {
+    use switch_tests::traffic::line_servers;
+    raise_own_fd_limit();
+    let lab = Lab::new().unwrap();
+    line_servers(
+        &lab,
+        (1..=4).map(|i| Lab::backend(false, i, 8080)).collect(),
+    );
+    let mut d = Daemon::prepare(
+        &lab.sw,
+        "nofile",
+        &["sw0", "sw1"],
+        "",
+        &switch_tests::service::blue_green(
+            8080,
+            r#"health = { kind = "tcp", interval = "100ms", timeout = "200ms", rise = 1, fall = 2 }"#,
+        ),
+    )
+    .unwrap();
+    d.nofile = Some(256);
+    d.spawn().unwrap();
+    d.wait_for("web", 5, |st| {
+        st["pools"][0]["backends"]
+            .as_array()
+            .is_some_and(|b| b.iter().all(|b| b["healthy"] == true))
+    })
+    .unwrap();
+    d.ok(&["shadow", "web", "--to", "green", "--sample", "100%"])
+        .unwrap();
+    // 400 clients that connect, say a line and then hold on (as clients
+    // that vanish do, until the sweep): each sampled, each wanting a
+    // replay socket.
+    let vip: SocketAddr = "198.18.10.10:80".parse().unwrap();
+    let held = lab
+        .cli
+        .run(move || {
+            (0..400)
+                .filter_map(|_| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2)).ok()?;
+                    std::io::Write::write_all(&mut s, b"hi\n").ok()?;
+                    Some(s)
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(held.len() >= 390, "{} clients connected", held.len());
+    // Probes every 100 ms for 3 s: no backend goes down, and the API
+    // answers throughout.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let st = d.status("web").unwrap();
+        for p in st["pools"].as_array().unwrap() {
+            for b in p["backends"].as_array().unwrap() {
+                assert_eq!(b["healthy"], true, "a backend went down: {st}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = d.status("web").unwrap();
+    let report = &st["shadow"]["report"];
+    assert!(
+        report["overflow"].as_u64().unwrap_or(0) > 0,
+        "no replay was shed: {report}"
+    );
+    drop(held);
 }

@@ -30,7 +30,9 @@ pub(super) fn tick(shared: &Mutex<Shared>) -> Result<()> {
     let mut guard = shared.lock().map_err(|_| anyhow!("state lock poisoned"))?;
     let s = &mut *guard;
     if super::watchdog::injected_panic_due("tick") {
-        panic!("SWITCH_TEST_PANIC: a panic injected in the strategy tick, with the state lock held");
+        panic!(
+            "SWITCH_TEST_PANIC: a panic injected in the strategy tick, with the state lock held"
+        );
     }
     if s.ctl.shadows.values().any(|sh| sh.running()) {
         let before = s.ctl.history.len();

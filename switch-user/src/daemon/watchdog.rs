@@ -53,8 +53,12 @@ impl Essential {
     /// Waits until one of them ends, and says which as an error.
     pub(super) async fn ended(&mut self) -> anyhow::Error {
         match self.0.join_next().await {
-            Some(Ok(name)) => anyhow::anyhow!("the daemon's {name} task ended; exiting so the service manager restarts it"),
-            Some(Err(e)) => anyhow::anyhow!("a daemon task failed ({e}); exiting so the service manager restarts it"),
+            Some(Ok(name)) => anyhow::anyhow!(
+                "the daemon's {name} task ended; exiting so the service manager restarts it"
+            ),
+            Some(Err(e)) => anyhow::anyhow!(
+                "a daemon task failed ({e}); exiting so the service manager restarts it"
+            ),
             None => std::future::pending().await,
         }
     }
@@ -63,7 +67,9 @@ impl Essential {
 /// A poisoned state lock is the end of this daemon.
 pub(super) fn check_lock<T>(m: &Mutex<T>) -> Result<()> {
     if m.is_poisoned() {
-        bail!("the daemon's state lock is poisoned (a panic while it was held); exiting so the service manager restarts it");
+        bail!(
+            "the daemon's state lock is poisoned (a panic while it was held); exiting so the service manager restarts it"
+        );
     }
     Ok(())
 }

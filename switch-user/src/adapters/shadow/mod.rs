@@ -97,6 +97,30 @@ pub struct Engine {
     figures: Mutex<HashMap<String, Figures>>,
 }
 
+/// Shadows may hold at most this share of the process's descriptors (its
+/// soft limit), less a reserve: when descriptors run short, shadows are
+/// shed first, and health probes, the API and the network watch keep what
+/// they need.
+fn descriptor_budget() -> usize {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 0;
+    }
+    ((l.rlim_cur / 2) as usize).saturating_sub(64)
+}
+
+impl Engine {
+    /// Whether one more replay socket fits in the shadows' share of
+    /// descriptors.
+    fn descriptor_to_spare(&self) -> bool {
+        let udp = self.udp.lock().map(|u| u.len()).unwrap_or(usize::MAX);
+        self.active.load(Ordering::Relaxed).saturating_add(udp) < descriptor_budget()
+    }
+}
+
 fn push_sample(v: &mut Vec<f64>, x: f64) {
     if v.len() < LATENCY_SAMPLES {
         v.push(x);

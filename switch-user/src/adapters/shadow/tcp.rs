@@ -73,6 +73,7 @@ impl Engine {
         if sessions.len() >= target.max_sessions
             || self.active.load(Ordering::Relaxed) >= target.max_sessions
             || target.backends.is_empty()
+            || !self.descriptor_to_spare()
         {
             self.figures(&target.service, |f| f.report.overflow += 1);
             return;

@@ -16,7 +16,10 @@ impl Engine {
         flows.retain(|_, f| f.last_seen.elapsed() < UDP_IDLE);
         if !flows.contains_key(&key) {
             self.figures(&target.service, |f| f.report.sampled += 1);
-            if flows.len() >= target.max_sessions {
+            // `flows` is held here: count it without the engine's helper.
+            if flows.len() >= target.max_sessions
+                || self.active.load(Ordering::Relaxed) + flows.len() >= descriptor_budget()
+            {
                 self.figures(&target.service, |f| f.report.overflow += 1);
                 return;
             }
