@@ -318,3 +318,89 @@ fn with_256_descriptors_shadows_are_shed_before_a_health_probe_fails() {
     );
     drop(held);
 }
+
+/// A mount that goes away with the test, even when it fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = switch_tests::sh(&format!("umount -l {}", self.0.display()));
+    }
+}
+
+/// Each weights change, refused while `state_dir` cannot take the new
+/// state, leaves status, the state file and the traffic as they were.
+fn refused_while_not_durable(d: &Daemon, lab: &Lab, want: &str) {
+    let state = std::fs::read(d.dir.join("state/state.json")).unwrap();
+    let (ok, out) = d.cli(&["weights", "web", "blue=0", "green=100"]).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().count() == 1
+            && out.contains("cannot be made durable")
+            && out.contains("nothing changed")
+            && out.contains(want),
+        "{out}"
+    );
+    let st = d.status("web").unwrap();
+    assert_eq!(st["pools"][0]["weight"], 100, "{st}");
+    assert_eq!(
+        std::fs::read(d.dir.join("state/state.json")).unwrap(),
+        state
+    );
+    // The maps too: new connections still go to blue.
+    let vip: SocketAddr = "198.18.10.10:80".parse().unwrap();
+    let answers = lab
+        .cli
+        .run(move || (0..10).map(|_| ask_once(vip, None)).collect::<Vec<_>>())
+        .unwrap();
+    for a in answers {
+        let a = a.unwrap();
+        assert!(a.ends_with(".11:8080") || a.ends_with(".12:8080"), "{a}");
+    }
+}
+
+#[test]
+fn a_full_or_read_only_state_dir_refuses_commands_and_changes_nothing() {
+    let lab = Lab::new().unwrap();
+    switch_tests::traffic::line_servers(
+        &lab,
+        (1..=4).map(|i| Lab::backend(false, i, 8080)).collect(),
+    );
+    let mut d = Daemon::prepare(
+        &lab.sw,
+        "disk",
+        &["sw0", "sw1"],
+        "",
+        &switch_tests::service::blue_green(8080, ""),
+    )
+    .unwrap();
+    let state = d.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    switch_tests::sh(&format!(
+        "mount -t tmpfs -o size=1m switch-test {}",
+        state.display()
+    ))
+    .unwrap();
+    let _mount = Mount(state.clone());
+    d.spawn().unwrap();
+
+    // Full: a file takes every byte left.
+    let _ = switch_tests::sh(&format!(
+        "dd if=/dev/zero of={}/filler bs=4k 2>/dev/null",
+        state.display()
+    ));
+    refused_while_not_durable(&d, &lab, "No space left on device");
+    std::fs::remove_file(state.join("filler")).unwrap();
+    d.ok(&["weights", "web", "blue=90", "green=10"]).unwrap();
+    d.ok(&["weights", "web", "blue=100", "green=0"]).unwrap();
+
+    // Read-only.
+    switch_tests::sh(&format!("mount -o remount,ro {}", state.display())).unwrap();
+    refused_while_not_durable(&d, &lab, "Read-only file system");
+    switch_tests::sh(&format!("mount -o remount,rw {}", state.display())).unwrap();
+    d.ok(&["weights", "web", "blue=80", "green=20"]).unwrap();
+    // The refusals are in the audit trail.
+    let h = d.ok(&["history", "web"]).unwrap();
+    assert!(h.matches("REFUSED").count() >= 2, "{h}");
+    d.kill9();
+}

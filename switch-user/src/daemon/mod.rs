@@ -36,7 +36,7 @@ use crate::{
     adapters::health,
     adapters::privileges,
     adapters::prometheus,
-    engine::controller::Controller,
+    engine::controller::{Controller, replica::NoMaps},
     engine::programmer::Programmer,
     engine::strategy::{BackendSignals, Phase, PoolSignals, PromGate, Reading, Signals, Strategy},
     model::api::{self, BackendStatus, Command, PoolStatus, Request, Response, ServiceStatus},

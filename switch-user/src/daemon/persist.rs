@@ -33,22 +33,66 @@ pub fn read_state(bytes: &[u8]) -> Result<Controller> {
 /// Writes the state atomically and durably: a temporary file, fsync, rename
 /// over the old one, fsync of the directory (so the rename survives a crash).
 pub fn write_state(path: &Path, ctl: &Controller) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
+    stage_state(path, ctl)?.commit(ctl)
+}
+
+/// A new state written and synced under a temporary name. A command makes
+/// its state durable this way before it touches the maps, and puts it in
+/// place afterwards: a rename needs no new space, so a full or read-only
+/// disk refuses the command before anything changed.
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+fn state_bytes(ctl: &Controller) -> Result<Vec<u8>> {
     let mut v = serde_json::to_value(ctl)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("schema".into(), STATE_SCHEMA.into());
     }
-    let bytes = serde_json::to_vec_pretty(&v)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+    Ok(serde_json::to_vec_pretty(&v)?)
+}
+
+pub(crate) fn stage_state(path: &Path, ctl: &Controller) -> Result<Staged> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = state_bytes(ctl)?;
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
-    Ok(())
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+        bytes,
+    })
+}
+
+impl Staged {
+    /// Puts the state in place; `actual` is what the command really left
+    /// (written again only if it differs from what was staged).
+    pub(crate) fn commit(self, actual: &Controller) -> Result<()> {
+        let bytes = state_bytes(actual)?;
+        if bytes != self.bytes {
+            return stage_state(&self.path, actual)?.commit(actual);
+        }
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot rename {}", self.tmp.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 pub(crate) fn persist(s: &Shared) -> Result<()> {

@@ -469,16 +469,22 @@ pub(super) fn handle(shared: &Mutex<Shared>, cmd: &Command, actor: &api::Actor) 
             // Fresh shadow figures for `--after-shadow`; new shadows to the
             // engine afterwards.
             sync_shadows(s);
-            let r = s.ctl.handle_as(&mut s.dp, cmd, now_ms(), actor);
+            let now = now_ms();
+            let staged = match stage_command(s, cmd, now, actor) {
+                Ok(staged) => staged,
+                Err(resp) => return resp,
+            };
+            let r = s.ctl.handle_as(&mut s.dp, cmd, now, actor);
             sync_shadows(s);
             match r {
-                Ok(()) => match persist(s) {
+                Ok(()) => match staged.commit(&s.ctl) {
                     Ok(()) => Response::ok(),
-                    Err(e) => Response::err(format!("applied, but persisting state failed: {e}")),
+                    Err(e) => Response::err(format!("applied, but persisting state failed: {e:#}")),
                 },
                 // A refused or failed command changed nothing but the
                 // audit trail.
                 Err(e) => {
+                    staged.discard();
                     let _ = persist(s);
                     Response::failed(&e)
                 }
@@ -510,4 +516,29 @@ fn detach(shared: &Mutex<Shared>) -> Response {
         }
         Err(e) => Response::err(format!("detach: {e:#}")),
     }
+}
+
+/// A command's new state, worked out on a copy and made durable before
+/// anything is written to the maps; or its refusal, answered and recorded.
+fn stage_command(
+    s: &mut Shared,
+    cmd: &Command,
+    now: u64,
+    actor: &api::Actor,
+) -> std::result::Result<Staged, Response> {
+    let mut trial = s.ctl.clone();
+    if let Err(e) = trial.handle_as(&mut NoMaps, cmd, now, actor) {
+        s.ctl.record_refused(now, cmd, actor, &format!("{e:#}"));
+        let _ = persist(s);
+        return Err(Response::failed(&e));
+    }
+    stage_state(&s.state_file, &trial).map_err(|e| {
+        let why = format!(
+            "the new state cannot be made durable in {} ({}): refused, nothing changed",
+            s.state_dir.display(),
+            e.root_cause()
+        );
+        s.ctl.record_refused(now, cmd, actor, &why);
+        Response::failed(&crate::model::error::Refusal::unavailable(why).into())
+    })
 }
