@@ -114,6 +114,19 @@ pub fn run(config_path: &Path, api_override: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("cannot create pin dir {}", d.pin_dir.display()))?;
     let _pin_lock = lock::hold(&d.pin_dir, "pin_dir")?;
     let state_file = d.state_dir.join("state.json");
+    if file.fleet.is_none() {
+        // A single host's timers run on engine time (see engine::clock),
+        // continuing the time line saved with the state.
+        let saved = std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| read_anchor(&b));
+        let c = crate::engine::clock::Clock::start(
+            saved.as_ref(),
+            &crate::engine::clock::boot_id(),
+            crate::engine::clock::readings(),
+        );
+        crate::engine::clock::use_engine_time(c);
+    }
     let capacity = Capacity {
         services: d.max_services,
         backends: d.max_backends,

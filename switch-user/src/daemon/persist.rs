@@ -15,6 +15,9 @@ pub const STATE_SCHEMA: u32 = 2;
 pub fn read_state(bytes: &[u8]) -> Result<Controller> {
     let mut v: serde_json::Value =
         serde_json::from_slice(bytes).context("not a switch state file (bad JSON)")?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("clock");
+    }
     // Schema 1 had no `schema` key.
     let schema = match v.as_object_mut().and_then(|o| o.remove("schema")) {
         None => 1,
@@ -43,20 +46,33 @@ pub fn write_state(path: &Path, ctl: &Controller) -> Result<()> {
 pub(crate) struct Staged {
     tmp: PathBuf,
     path: PathBuf,
-    bytes: Vec<u8>,
+    /// The controller as staged (to tell whether the real run differs).
+    ctl: serde_json::Value,
 }
 
-fn state_bytes(ctl: &Controller) -> Result<Vec<u8>> {
-    let mut v = serde_json::to_value(ctl)?;
+/// The state file's text: the controller, its schema, and the daemon's
+/// time line (`clock`, on a single host).
+fn state_bytes(ctl: &serde_json::Value) -> Result<Vec<u8>> {
+    let mut v = ctl.clone();
     if let Some(o) = v.as_object_mut() {
         o.insert("schema".into(), STATE_SCHEMA.into());
+        if let Some(a) = crate::engine::clock::anchor() {
+            o.insert("clock".into(), serde_json::to_value(a)?);
+        }
     }
     Ok(serde_json::to_vec_pretty(&v)?)
 }
 
+/// The time line saved in a state file, if any.
+pub(crate) fn read_anchor(bytes: &[u8]) -> Option<crate::engine::clock::Anchor> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    serde_json::from_value(v.get("clock")?.clone()).ok()
+}
+
 pub(crate) fn stage_state(path: &Path, ctl: &Controller) -> Result<Staged> {
     let tmp = path.with_extension("json.tmp");
-    let bytes = state_bytes(ctl)?;
+    let value = serde_json::to_value(ctl)?;
+    let bytes = state_bytes(&value)?;
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
@@ -70,7 +86,7 @@ pub(crate) fn stage_state(path: &Path, ctl: &Controller) -> Result<Staged> {
     Ok(Staged {
         tmp,
         path: path.to_path_buf(),
-        bytes,
+        ctl: value,
     })
 }
 
@@ -78,8 +94,7 @@ impl Staged {
     /// Puts the state in place; `actual` is what the command really left
     /// (written again only if it differs from what was staged).
     pub(crate) fn commit(self, actual: &Controller) -> Result<()> {
-        let bytes = state_bytes(actual)?;
-        if bytes != self.bytes {
+        if serde_json::to_value(actual)? != self.ctl {
             return stage_state(&self.path, actual)?.commit(actual);
         }
         std::fs::rename(&self.tmp, &self.path)

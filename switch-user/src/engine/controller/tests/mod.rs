@@ -382,3 +382,81 @@ fn rolling_replaces_with_health() {
     c.tick(&mut m, &sig, 800).unwrap();
     assert_eq!(c.strategies["web"].phase(), &Phase::Succeeded);
 }
+
+/// The daemon's clock with the wall clock stepped an hour either way
+/// half-way through: a canary step, a linger limit and a shadow's `--for`
+/// each fall due after their own time, not early and not an hour late.
+#[test]
+fn wall_clock_steps_neither_hurry_nor_stall_a_canary_a_linger_or_a_shadow() {
+    use crate::engine::clock::{Clock, Readings};
+    const HOUR: i64 = 3_600_000;
+    for step in [HOUR, -HOUR] {
+        let (boot0, wall0) = (5_000u64, 1_700_000_000_000u64);
+        let clock = Clock::start(
+            None,
+            "boot",
+            Readings {
+                boot_ms: boot0,
+                wall_ms: wall0,
+            },
+        );
+        // `t` ms after the start; the wall clock stepped from 500 ms on.
+        let at = |t: u64| {
+            clock.now(Readings {
+                boot_ms: boot0 + t,
+                wall_ms: (wall0 as i64 + t as i64 + if t >= 500 { step } else { 0 }) as u64,
+            })
+        };
+        let (mut c, mut m) = setup();
+        let none = BTreeMap::new();
+        // Canary: steps every 1,000 ms.
+        c.handle(&mut m, &canary(vec![10, 50, 100]), at(0)).unwrap();
+        c.tick(&mut m, &none, at(900)).unwrap();
+        assert_eq!(weights(&c), (90, 10), "step {step}: early");
+        c.tick(&mut m, &none, at(1_000)).unwrap();
+        assert_eq!(weights(&c), (50, 50), "step {step}: stalled");
+        // Linger limit: 1,000 ms.
+        let a: SocketAddr = "198.18.1.12:8080".parse().unwrap();
+        c.handle(
+            &mut m,
+            &Command::Backend {
+                service: "web".into(),
+                pool: "blue".into(),
+                addr: a,
+                action: BackendAction::Remove,
+                weight: None,
+                now: false,
+                linger_limit_ms: Some(1_000),
+            },
+            at(1_000),
+        )
+        .unwrap();
+        let index = c.programmer.services["web"].lingering[&a];
+        let flows = [(index, 3)].into();
+        c.settle_lingering(&mut m, &flows, at(1_900), at(1_900))
+            .unwrap();
+        assert!(c.lingering.contains_key("web"), "step {step}: cut early");
+        c.settle_lingering(&mut m, &flows, at(2_000), at(2_000))
+            .unwrap();
+        assert!(!c.lingering.contains_key("web"), "step {step}: kept late");
+        // Shadow for 1,000 ms.
+        c.handle(
+            &mut m,
+            &Command::Shadow {
+                service: "web".into(),
+                to: Some("green".into()),
+                sample_percent: 10.0,
+                for_ms: Some(1_000),
+                max_sessions: 10,
+                max_buffer: 1024,
+                stop: false,
+            },
+            at(2_000),
+        )
+        .unwrap();
+        c.expire_shadows(&mut m, at(2_900)).unwrap();
+        assert!(c.shadows["web"].running(), "step {step}: ended early");
+        c.expire_shadows(&mut m, at(3_000)).unwrap();
+        assert!(!c.shadows["web"].running(), "step {step}: ran late");
+    }
+}
