@@ -232,6 +232,18 @@ fn bad_cli_input_is_refused_and_changes_nothing() {
             "family",
         ),
         (&["history", "nosuch"], "no service named"),
+        // Ceilings and shapes (model::limits).
+        (
+            &[
+                "shadow", "web", "--to", "green", "--sample", "10%", "--for", "400days",
+            ],
+            "above the ceiling",
+        ),
+        (
+            &["canary", "web", "--to", "green", "--interval", "60days"],
+            "above the ceiling",
+        ),
+        (&["weights", "web\r\nx", "blue=1"], "letters, digits"),
     ];
     for (args, want) in cases {
         let (ok, out) = d.cli(args).unwrap();

@@ -209,6 +209,92 @@ impl Command {
         }
     }
 
+    /// Names, durations, counts and sizes within their shapes and ceilings
+    /// (`model::limits`); a command past one is refused whole.
+    pub fn check_inputs(&self) -> anyhow::Result<()> {
+        use super::limits::{self, duration_ms};
+        if let Some(s) = self.service() {
+            // `-` names the refusals that named no service (history).
+            if !(s == "-" && matches!(self, Command::History { .. })) {
+                limits::name("service", s)?;
+            }
+        }
+        match self {
+            Command::Weights { weights, .. } => {
+                for pool in weights.keys() {
+                    limits::name("pool", pool)?;
+                }
+            }
+            Command::Flip {
+                to,
+                auto_promote_ms,
+                drain_ms,
+                ..
+            } => {
+                limits::name("to", to)?;
+                duration_ms("auto_promote", auto_promote_ms.unwrap_or(0))?;
+                duration_ms("drain", drain_ms.unwrap_or(0))?;
+            }
+            Command::Canary {
+                to,
+                steps,
+                interval_ms,
+                gates,
+                ..
+            } => {
+                limits::name("to", to)?;
+                limits::count("steps", steps.len(), limits::MAX_STEPS)?;
+                duration_ms("interval", *interval_ms)?;
+                duration_ms("after_shadow", gates.after_shadow_ms.unwrap_or(0))?;
+                if let Some(p) = &gates.prometheus {
+                    limits::printable("prometheus.url", &p.url)?;
+                    limits::printable("prometheus.token", p.token.as_deref().unwrap_or(""))?;
+                    limits::count("prometheus.query", p.query.len(), limits::MAX_TEXT)?;
+                }
+            }
+            Command::Rolling {
+                pool,
+                replace,
+                drain_timeout_ms,
+                min_healthy_ms,
+                progress_deadline_ms,
+                linger_limit_ms,
+                ..
+            } => {
+                limits::name("pool", pool)?;
+                limits::count("replace", replace.len(), limits::MAX_REPLACEMENTS)?;
+                duration_ms("drain_timeout", *drain_timeout_ms)?;
+                duration_ms("min_healthy", *min_healthy_ms)?;
+                duration_ms("progress_deadline", *progress_deadline_ms)?;
+                duration_ms("linger_limit", linger_limit_ms.unwrap_or(0))?;
+            }
+            Command::Backend {
+                pool,
+                linger_limit_ms,
+                ..
+            } => {
+                limits::name("pool", pool)?;
+                duration_ms("linger_limit", linger_limit_ms.unwrap_or(0))?;
+            }
+            Command::Shadow {
+                to,
+                for_ms,
+                max_sessions,
+                max_buffer,
+                ..
+            } => {
+                if let Some(to) = to {
+                    limits::name("to", to)?;
+                }
+                duration_ms("for", for_ms.unwrap_or(0))?;
+                limits::count("max_sessions", *max_sessions, limits::MAX_SHADOW_SESSIONS)?;
+                limits::count("max_buffer", *max_buffer, limits::MAX_SHADOW_BUFFER)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The level a caller needs for this command.
     pub fn level(&self) -> Level {
         match self {

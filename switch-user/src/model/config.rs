@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
+use super::limits;
 use anyhow::{Result, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,53 @@ pub struct DaemonConfig {
     pub max_services: u32,
     pub max_backends: u32,
     pub max_flows: u32,
+}
+
+impl DaemonConfig {
+    /// Names, paths and timeouts: shapes and ceilings.
+    fn validate_inputs(&self) -> Result<()> {
+        for (i, name) in self.interfaces.iter().enumerate() {
+            // IFNAMSIZ less its NUL; no '/', ':' or blanks (the kernel's rule).
+            if name.is_empty()
+                || name.len() > 15
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':')
+            {
+                bail!("daemon.interfaces[{i}]: {name:?} is not an interface name");
+            }
+        }
+        for (key, path) in [
+            ("api", &self.api),
+            ("pin_dir", &self.pin_dir),
+            ("state_dir", &self.state_dir),
+        ] {
+            let Some(text) = path.to_str() else {
+                bail!("daemon.{key}: {} is not UTF-8", path.display());
+            };
+            limits::printable(&format!("daemon.{key}"), text)?;
+        }
+        for (key, group) in [
+            ("api_read_group", &self.api_read_group),
+            ("api_group", &self.api_group),
+            ("api_admin_group", &self.api_admin_group),
+        ] {
+            if let Some(g) = group {
+                if g.is_empty() {
+                    bail!("daemon.{key}: empty");
+                }
+                limits::printable(&format!("daemon.{key}"), g)?;
+            }
+        }
+        for (key, d) in [
+            ("tcp_close_grace", self.tcp_close_grace),
+            ("tcp_idle", self.tcp_idle),
+            ("udp_idle", self.udp_idle),
+        ] {
+            limits::duration(&format!("daemon.{key}"), d, limits::MAX_FLOW_TIMEOUT)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for DaemonConfig {
@@ -408,6 +456,7 @@ impl ConfigFile {
         if d.max_flows < 1024 {
             bail!("daemon.max_flows: {} is below 1024", d.max_flows);
         }
+        d.validate_inputs()?;
         if let Some(b) = &self.bgp {
             b.validate()?;
         }
@@ -446,17 +495,7 @@ pub const FULLNAT_IN_FLEET: &str = "mode fullnat is not supported in fleet mode:
 
 impl ServiceConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bail!(
-                "name: {:?} must be non-empty letters, digits, '-', '_' or '.'",
-                self.name
-            );
-        }
+        limits::name("name", &self.name)?;
         if self.vip.port() == 0 {
             bail!("vip: port 0 is not a service port");
         }
@@ -481,9 +520,15 @@ impl ServiceConfig {
             if h.interval.is_zero() || h.timeout.is_zero() || h.rise == 0 || h.fall == 0 {
                 bail!("health: interval, timeout, rise and fall must be above zero");
             }
-            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
-                bail!("health.path: {:?} must start with '/'", h.path);
+            limits::duration("health.interval", h.interval, limits::MAX_HEALTH_INTERVAL)?;
+            limits::duration("health.timeout", h.timeout, limits::MAX_HEALTH_TIMEOUT)?;
+            if h.rise.max(h.fall) > limits::MAX_RISE_FALL {
+                bail!(
+                    "health: rise and fall are at most {}",
+                    limits::MAX_RISE_FALL
+                );
             }
+            limits::http_path("health.path", &h.path)?;
             h.expected()?;
         }
         Ok(())
@@ -494,8 +539,9 @@ impl ServiceConfig {
         let mut pools = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (p, pool) in self.pools.iter().enumerate() {
-            if pool.name.is_empty() || !pools.insert(pool.name.as_str()) {
-                bail!("pools[{p}].name: {:?} is empty or used twice", pool.name);
+            limits::name(&format!("pools[{p}].name"), &pool.name)?;
+            if !pools.insert(pool.name.as_str()) {
+                bail!("pools[{p}].name: {:?} is used twice", pool.name);
             }
             if pool.weight > MAX_WEIGHT {
                 bail!(
@@ -617,5 +663,20 @@ pools = [
             "{EXAMPLE}\n[[service]]\nname = \"web2\"\nvip = \"198.18.0.10:80\"\nprotocol = \"tcp\"\npools = [{{ name = \"a\", weight = 1, backends = [] }}]\n"
         );
         assert!(err(&two).contains("already the VIP"));
+        // Shapes and ceilings.
+        assert!(err(&EXAMPLE.replace("/healthz", "/healthz\\r\\nHost: x")).contains("health.path"));
+        assert!(err(&EXAMPLE.replace("\"blue\"", "\"bl\\nue\"")).contains("pools[0].name"));
+        assert!(
+            err(&EXAMPLE.replace("interval = \"1s\"", "interval = \"2h\""))
+                .contains("health.interval: 2h is above the ceiling of 1h")
+        );
+        assert!(
+            err(&EXAMPLE.replace("[daemon]", "[daemon]\ntcp_idle = \"30days\""))
+                .contains("daemon.tcp_idle")
+        );
+        assert!(
+            err(&EXAMPLE.replace("[daemon]", "[daemon]\napi_group = \"sw\\nitch\""))
+                .contains("control character")
+        );
     }
 }

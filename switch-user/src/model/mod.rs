@@ -6,4 +6,5 @@ pub mod config;
 pub mod error;
 pub mod gates;
 pub mod kinds;
+pub mod limits;
 pub mod shadow;

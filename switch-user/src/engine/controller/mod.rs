@@ -263,6 +263,7 @@ impl Controller {
 
     /// One arm per command; long only because commands have many fields.
     fn dispatch(&mut self, maps: &mut dyn Maps, cmd: &Command, now: u64) -> Result<()> {
+        cmd.check_inputs()?;
         match cmd {
             Command::Status { .. }
             | Command::History { .. }
