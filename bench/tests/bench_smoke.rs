@@ -28,6 +28,10 @@ fn bench_harness_runs_every_path() {
             "100",
             "--fleet-tries",
             "2",
+            "--startup-sizes",
+            "200",
+            "--startup-runs",
+            "1",
         ])
         .output()
         .unwrap();
@@ -41,6 +45,10 @@ fn bench_harness_runs_every_path() {
     assert!(
         stdout.contains("`kill -9` of the leader → another host leads"),
         "fleet table"
+    );
+    assert!(
+        stdout.contains("Daemon start-up to a ready API") && stdout.contains("| 200 |"),
+        "start-up table"
     );
     for row in [
         "switch (nat, 4 backends)",

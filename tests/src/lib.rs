@@ -19,6 +19,7 @@ pub mod http;
 pub mod lab;
 pub mod rate;
 pub mod reference;
+pub mod scale;
 pub mod service;
 pub mod traffic;
 

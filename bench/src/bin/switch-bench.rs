@@ -86,6 +86,13 @@ struct Args {
     /// Control plane: the largest selection table to time (10 .. 10000 backends).
     #[arg(long, default_value_t = 10_000)]
     table_max: u32,
+    /// Control plane: daemon start-up with services of these many backend
+    /// addresses (at most 16384).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000u32, 10_000])]
+    startup_sizes: Vec<u32>,
+    /// Starts per size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    startup_runs: usize,
 }
 
 struct Row {
@@ -529,7 +536,46 @@ fn control_report(args: &Args) -> Result<String> {
         eprintln!("  table of {n} backends: {:.1} ms", times[5]);
     }
     out.push_str(&flip_latency()?);
+    out.push_str(&startup_time(
+        &args.startup_sizes,
+        args.startup_runs.max(1),
+    )?);
     out.push_str(&health_cost(args.health_backends, args.health_secs.max(1))?);
+    Ok(out)
+}
+
+/// From `switch daemon` starting to its API answering, with a service of
+/// `sizes` backend addresses (next hops resolved before it is ready);
+/// median of `runs` starts, each in a fresh lab.
+fn startup_time(sizes: &[u32], runs: usize) -> Result<String> {
+    use switch_tests::{daemon::Daemon, scale};
+    let mut out = String::from(format!(
+        "\nDaemon start-up to a ready API (maps written, program attached, next hops resolved; median of {runs}):\n\n| backend addresses | ready ms | first status ms |\n|---:|---:|---:|\n"
+    ));
+    for &n in sizes {
+        let mut ready = Vec::new();
+        let mut answered = Vec::new();
+        for _ in 0..runs {
+            let lab = Lab3::new()?;
+            let addrs = scale::many_backends(&lab, n)?;
+            let t = Instant::now();
+            let d = Daemon::start(&lab, "benchstart", &scale::big_service(&addrs))?;
+            ready.push(t.elapsed().as_secs_f64() * 1000.0);
+            d.status("big")?;
+            answered.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ready.sort_by(f64::total_cmp);
+        answered.sort_by(f64::total_cmp);
+        out.push_str(&format!(
+            "| {n} | {:.0} | {:.0} |\n",
+            ready[runs / 2],
+            answered[runs / 2]
+        ));
+        eprintln!(
+            "  start-up with {n} backends: ready in {:.0} ms",
+            ready[runs / 2]
+        );
+    }
     Ok(out)
 }
 
