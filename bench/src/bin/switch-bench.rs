@@ -549,9 +549,9 @@ fn control_report(args: &Args) -> Result<String> {
 /// median of `runs` starts, each in a fresh lab.
 fn startup_time(sizes: &[u32], runs: usize) -> Result<String> {
     use switch_tests::{daemon::Daemon, scale};
-    let mut out = String::from(format!(
+    let mut out = format!(
         "\nDaemon start-up to a ready API (maps written, program attached, next hops resolved; median of {runs}):\n\n| backend addresses | ready ms | first status ms |\n|---:|---:|---:|\n"
-    ));
+    );
     for &n in sizes {
         let mut ready = Vec::new();
         let mut answered = Vec::new();
