@@ -23,6 +23,8 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Map names as they appear in the object and under bpffs.
 pub mod names {
@@ -514,9 +516,19 @@ pub enum Reason {
     NoSnatPort,
     ReplyNotOurs,
     NoNeigh,
+    /// An ICMP error about a VIP flow sent on to the backend that owns it.
+    IcmpToBackend,
+    /// An ICMP error quoting a flow no pin or table here knows (or a
+    /// connection not made through a VIP): passed untouched.
+    IcmpUnknownFlow,
+    /// An ICMP error whose quote is malformed: passed untouched.
+    IcmpMalformed,
+    /// ICMP that is no error about a flow (echo, redirects, neighbour
+    /// discovery, a quote cut short): passed untouched.
+    IcmpPassed,
 }
 
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 24;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -540,6 +552,10 @@ impl Reason {
         Reason::NoSnatPort,
         Reason::ReplyNotOurs,
         Reason::NoNeigh,
+        Reason::IcmpToBackend,
+        Reason::IcmpUnknownFlow,
+        Reason::IcmpMalformed,
+        Reason::IcmpPassed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -564,6 +580,10 @@ impl Reason {
             Reason::NoSnatPort => "no_snat_port",
             Reason::ReplyNotOurs => "reply_not_ours",
             Reason::NoNeigh => "no_neigh",
+            Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::IcmpUnknownFlow => "icmp_unknown_flow",
+            Reason::IcmpMalformed => "icmp_malformed",
+            Reason::IcmpPassed => "icmp_passed",
         }
     }
 }

@@ -417,6 +417,23 @@ fn table_lookup(
     (slot, !cohort, owner)
 }
 
+/// The backend the table gives the flow `key` (client -> VIP) with no
+/// pin, as `choose` would for a TCP packet that is not a SYN: the slot's
+/// previous owner while it still serves, else its owner (`NO_BACKEND`:
+/// none). Few arguments: BPF calls take five registers, no stack.
+#[inline(never)]
+pub fn table_owner(config: &Config, service: &Service, key: &FlowKey) -> u32 {
+    let src = parse::aligned(&key.src);
+    let (slot, main, current) = table_lookup(config, service, &src, key.sport, key.proto);
+    if key.proto == PROTO_TCP && main {
+        let prev = previous_owner(service, slot, current);
+        if prev != NO_BACKEND as u32 {
+            return prev;
+        }
+    }
+    current
+}
+
 /// The slot's owner in the table before the last change, if it differs
 /// from `current` and still serves this service (active or draining).
 #[inline(never)]

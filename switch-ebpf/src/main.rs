@@ -11,6 +11,8 @@ mod choose;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -34,7 +36,7 @@ mod program {
     };
 
     use crate::{
-        choose, forward, maps, parse,
+        choose, forward, icmp, maps, parse,
         parse::Packet,
         rewrite, shadow, snat, stats,
         verdict::{pack, unpack},
@@ -62,6 +64,9 @@ mod program {
         }
         // SAFETY: parse wrote every field.
         let pkt = unsafe { pkt.assume_init_ref() };
+        if pkt.proto == icmp::PROTO_ICMP || pkt.proto == icmp::PROTO_ICMPV6 {
+            return unpack(icmp::handle(ctx, pkt));
+        }
 
         if maybe_vip(&pkt.dst) {
             // Established flows first, their whole path in one subprogram.

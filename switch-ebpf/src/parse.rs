@@ -11,7 +11,7 @@ use network_types::{
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use switch_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason};
+use switch_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -304,6 +304,11 @@ fn parse_l4(
                 0,
                 0,
             )
+        }
+        // ICMP: `icmp::handle` reads the rest (errors about VIP flows).
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let icmp: *mut [u8; 8] = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+            (icmp as usize, 0, 0, 0, 0)
         }
         _ => return Err(Reason::NotVip),
     };

@@ -1,0 +1,274 @@
+//! ICMP errors about VIP flows. A router that cannot pass a backend's
+//! answer (fragmentation needed, packet too big, unreachable, time
+//! exceeded) reports it to the answer's source — the VIP, in nat and dsr
+//! mode — so the report reaches this host and not the backend that sent
+//! the packet, which would retransmit a too-large segment forever (a
+//! path-MTU black hole). Here it goes to the backend that owns the flow,
+//! found by the quoted header's pin (or the service's table), rewritten as
+//! the mode needs: nat and fullnat turn the quoted packet back into what
+//! the backend sent and address the report to it; dsr forwards it as it
+//! is (the backend holds the VIP).
+//!
+//! An error quoting a flow we do not know, a quote cut short or malformed,
+//! or one about a connection not made through a VIP passes untouched, and
+//! each case is counted.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use switch_common::{
+    Backend, FAMILY_V4, Flow, FlowKey, Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, ServiceKey, checksum,
+};
+
+use crate::{
+    choose,
+    maps::{BACKENDS, CONFIG, FLOWS, HALF_OPEN, SERVICE_BY_ID, SERVICES},
+    parse::{self, Addr, Packet, word_at},
+    verdict::pack,
+};
+
+pub use switch_common::{PROTO_ICMP, PROTO_ICMPV6};
+
+/// ICMP header, then the quoted IP header and the first 8 bytes of its
+/// transport header (where both ports are).
+const ICMP_LEN: usize = 8;
+const QUOTED_L4: usize = 8;
+
+/// An ICMP or ICMPv6 packet `parse` found (`pkt.l4` is its header).
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u64 {
+    let v4 = pkt.family == FAMILY_V4;
+    let inner = pkt.l4 + ICMP_LEN;
+    let inner_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    // The verifier needs the whole quote checked in one comparison.
+    if !parse::fits(ctx, pkt.l4, ICMP_LEN + inner_len + QUOTED_L4) {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpPassed);
+    }
+    let kind = unsafe { *(pkt.l4 as *const u8) };
+    let error = if v4 {
+        // Destination unreachable (incl. fragmentation needed), time exceeded.
+        kind == 3 || kind == 11
+    } else {
+        // Destination unreachable, packet too big, time exceeded.
+        kind == 1 || kind == 2 || kind == 3
+    };
+    if !error {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpPassed);
+    }
+    // The quoted packet: what we sent, VIP -> client.
+    let (proto, quoted_src, quoted_dst, l4) = if v4 {
+        let (vihl, proto) = unsafe { (*(inner as *const u8), *((inner + 9) as *const u8)) };
+        if vihl != 0x45 {
+            return pack(xdp_action::XDP_PASS, Reason::IcmpMalformed);
+        }
+        (
+            proto,
+            [word_at(inner + 12), 0, 0, 0],
+            [word_at(inner + 16), 0, 0, 0],
+            inner + Ipv4Hdr::LEN,
+        )
+    } else {
+        let (ver, proto) = unsafe { (*(inner as *const u8) >> 4, *((inner + 6) as *const u8)) };
+        if ver != 6 {
+            return pack(xdp_action::XDP_PASS, Reason::IcmpMalformed);
+        }
+        (
+            proto,
+            addr_at(inner + 8),
+            addr_at(inner + 24),
+            inner + Ipv6Hdr::LEN,
+        )
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpUnknownFlow);
+    }
+    let (quoted_sport, quoted_dport) = unsafe {
+        (
+            u16::from_ne_bytes(*(l4 as *const [u8; 2])),
+            u16::from_ne_bytes(*((l4 + 2) as *const [u8; 2])),
+        )
+    };
+    // Our reply came from the VIP: the outer destination must be it.
+    if quoted_src != pkt.dst {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpUnknownFlow);
+    }
+    // The flow as the client opened it: client -> VIP.
+    let key = FlowKey {
+        src: parse::bytes(&quoted_dst),
+        dst: parse::bytes(&quoted_src),
+        sport: quoted_dport,
+        dport: quoted_sport,
+        proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let Some((backend_index, service_id, snat_port)) = owner(&key) else {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpUnknownFlow);
+    };
+    let Some(service) = SERVICE_BY_ID.get(service_id) else {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpUnknownFlow);
+    };
+    let Some(b) = BACKENDS.get(backend_index) else {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpUnknownFlow);
+    };
+    if parse::ttl_expires(pkt) {
+        return pack(xdp_action::XDP_PASS, Reason::TtlExpired);
+    }
+    let mode = Mode::from_u8(service.mode);
+    let routed = !matches!(mode, Some(Mode::Dsr));
+    if routed {
+        let snat = matches!(mode, Some(Mode::Fullnat)).then_some((&service.snat_addr, snat_port));
+        if !translate(ctx, pkt, b, snat) {
+            return pack(xdp_action::XDP_PASS, Reason::IcmpMalformed);
+        }
+    }
+    // Forward like the flow's packets: by the backend's next hop (the
+    // route lookup reads the destination from the rewritten header).
+    let (v, why) = crate::forward::to_backend(ctx, pkt, backend_index, &b.addr, routed);
+    pack(
+        v,
+        if why == Reason::Forwarded {
+            Reason::IcmpToBackend
+        } else {
+            why
+        },
+    )
+}
+
+/// The backend that owns a flow: its pin here, or (another host pinned it,
+/// or it was evicted) the service's table.
+#[inline(always)]
+fn owner(key: &FlowKey) -> Option<(u32, u32, u16)> {
+    let config = CONFIG.get(0)?;
+    // SAFETY: hash map values stay valid for the program's run (RCU).
+    let pinned: Option<&Flow> = unsafe { FLOWS.get(key).or_else(|| HALF_OPEN.get(key)) };
+    if let Some(f) = pinned {
+        let b = BACKENDS.get(f.backend)?;
+        if b.generation == f.generation {
+            return Some((f.backend, f.service, f.snat_port));
+        }
+    }
+    let skey = ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    };
+    // SAFETY: as above.
+    let service = unsafe { SERVICES.get(&skey) }?;
+    // fullnat ports live only in a pin: without one the backend cannot
+    // be told which of its connections it is.
+    if service.mode == Mode::Fullnat as u8 {
+        return None;
+    }
+    let index = choose::table_owner(config, service, key);
+    if index == NO_BACKEND as u32 {
+        return None;
+    }
+    Some((index, service.id, 0))
+}
+
+/// nat and fullnat: the report goes to the backend, about the packet the
+/// backend sent (backend -> client; fullnat: backend -> our source
+/// address and port). Outer destination, quoted source (and quoted
+/// destination for fullnat), and every checksum that covers them.
+#[inline(always)]
+fn translate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    b: &Backend,
+    snat: Option<(&[u8; 16], u16)>,
+) -> bool {
+    let v4 = pkt.family == FAMILY_V4;
+    let inner = pkt.l4 + ICMP_LEN;
+    let inner_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    if !parse::fits(ctx, pkt.l4, ICMP_LEN + inner_len + QUOTED_L4) {
+        return false;
+    }
+    let backend = parse::aligned(&b.addr);
+    let l4 = inner + inner_len;
+    let icmp_check = pkt.l4 + 2;
+    let mut icmp_diff = 0u64;
+    if v4 {
+        // Outer destination (byte 16) and the outer header's checksum.
+        let old = word_at(pkt.l3 + 16);
+        write_word(pkt.l3 + 16, backend[0]);
+        let d = checksum::ne_diff(&[old], &[backend[0]]);
+        write_half(pkt.l3 + 10, checksum::ne_apply(read_half(pkt.l3 + 10), d, false));
+        // Quoted source (and destination) and the quoted header's checksum.
+        let old_check = read_half(inner + 10);
+        let old_src = word_at(inner + 12);
+        write_word(inner + 12, backend[0]);
+        let mut d = checksum::ne_diff(&[old_src], &[backend[0]]);
+        if let Some((addr, _)) = snat {
+            let new = parse::aligned(addr);
+            let old_dst = word_at(inner + 16);
+            write_word(inner + 16, new[0]);
+            d += checksum::ne_diff(&[old_dst], &[new[0]]);
+        }
+        let new_check = checksum::ne_apply(old_check, d, false);
+        write_half(inner + 10, new_check);
+        // ICMPv4's checksum covers the quote (no pseudo-header).
+        icmp_diff += d + checksum::ne_diff16(old_check, new_check);
+    } else {
+        // ICMPv6's checksum covers the outer addresses (pseudo-header).
+        let old = addr_at(pkt.l3 + 24);
+        write_addr(pkt.l3 + 24, &backend);
+        icmp_diff += checksum::ne_diff(&old, &backend);
+        let old_src = addr_at(inner + 8);
+        write_addr(inner + 8, &backend);
+        icmp_diff += checksum::ne_diff(&old_src, &backend);
+        if let Some((addr, _)) = snat {
+            let new = parse::aligned(addr);
+            let old_dst = addr_at(inner + 24);
+            write_addr(inner + 24, &new);
+            icmp_diff += checksum::ne_diff(&old_dst, &new);
+        }
+    }
+    // Quoted ports: the backend's, and (fullnat) our source port.
+    let old_sport = read_half(l4);
+    write_half(l4, b.port);
+    icmp_diff += checksum::ne_diff16(old_sport, b.port);
+    if let Some((_, port)) = snat {
+        let old_dport = read_half(l4 + 2);
+        write_half(l4 + 2, port);
+        icmp_diff += checksum::ne_diff16(old_dport, port);
+    }
+    write_half(icmp_check, checksum::ne_apply(read_half(icmp_check), icmp_diff, false));
+    true
+}
+
+#[inline(always)]
+fn addr_at(ptr: usize) -> Addr {
+    [
+        word_at(ptr),
+        word_at(ptr + 4),
+        word_at(ptr + 8),
+        word_at(ptr + 12),
+    ]
+}
+
+#[inline(always)]
+fn write_addr(ptr: usize, a: &Addr) {
+    write_word(ptr, a[0]);
+    write_word(ptr + 4, a[1]);
+    write_word(ptr + 8, a[2]);
+    write_word(ptr + 12, a[3]);
+}
+
+#[inline(always)]
+fn write_word(ptr: usize, v: u32) {
+    // SAFETY: the caller checked the bounds (see parse::word_at on alignment).
+    unsafe { core::ptr::write_volatile(ptr as *mut u32, v) }
+}
+
+#[inline(always)]
+fn read_half(ptr: usize) -> u16 {
+    // SAFETY: as for write_word.
+    unsafe { core::ptr::read_volatile(ptr as *const u16) }
+}
+
+#[inline(always)]
+fn write_half(ptr: usize, v: u16) {
+    // SAFETY: as for write_word.
+    unsafe { core::ptr::write_volatile(ptr as *mut u16, v) }
+}
