@@ -16,7 +16,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use switch_common::{
-    Backend, FAMILY_V4, Flow, FlowKey, Mode, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, ServiceKey, checksum,
+    Backend, CONFIG_TABLE_REPLIES, FAMILY_V4, Flow, FlowKey, Mode, NO_BACKEND, PROTO_TCP,
+    PROTO_UDP, Reason, ServiceKey, checksum,
 };
 
 use crate::{
@@ -134,8 +135,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u64 {
     )
 }
 
-/// The backend that owns a flow: its pin here, or (another host pinned it,
-/// or it was evicted) the service's table.
+/// The backend that owns a flow: its pin here, or, in a fleet (where
+/// another host may hold the pin), the service's table.
 #[inline(always)]
 fn owner(key: &FlowKey) -> Option<(u32, u32, u16)> {
     let config = CONFIG.get(0)?;
@@ -146,6 +147,9 @@ fn owner(key: &FlowKey) -> Option<(u32, u32, u16)> {
         if b.generation == f.generation {
             return Some((f.backend, f.service, f.snat_port));
         }
+    }
+    if config.flags & CONFIG_TABLE_REPLIES == 0 {
+        return None;
     }
     let skey = ServiceKey {
         addr: key.dst,
@@ -172,12 +176,7 @@ fn owner(key: &FlowKey) -> Option<(u32, u32, u16)> {
 /// address and port). Outer destination, quoted source (and quoted
 /// destination for fullnat), and every checksum that covers them.
 #[inline(always)]
-fn translate(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    b: &Backend,
-    snat: Option<(&[u8; 16], u16)>,
-) -> bool {
+fn translate(ctx: &XdpContext, pkt: &Packet, b: &Backend, snat: Option<(&[u8; 16], u16)>) -> bool {
     let v4 = pkt.family == FAMILY_V4;
     let inner = pkt.l4 + ICMP_LEN;
     let inner_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
@@ -193,7 +192,10 @@ fn translate(
         let old = word_at(pkt.l3 + 16);
         write_word(pkt.l3 + 16, backend[0]);
         let d = checksum::ne_diff(&[old], &[backend[0]]);
-        write_half(pkt.l3 + 10, checksum::ne_apply(read_half(pkt.l3 + 10), d, false));
+        write_half(
+            pkt.l3 + 10,
+            checksum::ne_apply(read_half(pkt.l3 + 10), d, false),
+        );
         // Quoted source (and destination) and the quoted header's checksum.
         let old_check = read_half(inner + 10);
         let old_src = word_at(inner + 12);
@@ -233,7 +235,10 @@ fn translate(
         write_half(l4 + 2, port);
         icmp_diff += checksum::ne_diff16(old_dport, port);
     }
-    write_half(icmp_check, checksum::ne_apply(read_half(icmp_check), icmp_diff, false));
+    write_half(
+        icmp_check,
+        checksum::ne_apply(read_half(icmp_check), icmp_diff, false),
+    );
     true
 }
 

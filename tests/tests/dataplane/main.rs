@@ -21,6 +21,7 @@ use switch_user::{
 mod dsr;
 mod flow_table;
 mod hostile;
+mod icmp;
 mod nat;
 mod replies;
 mod selection;
