@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod generator;
 pub mod http;
 pub mod lab;
+pub mod path_lab;
 pub mod rate;
 pub mod reference;
 pub mod scale;
