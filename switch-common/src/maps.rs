@@ -526,9 +526,11 @@ pub enum Reason {
     /// ICMP that is no error about a flow (echo, redirects, neighbour
     /// discovery, a quote cut short): passed untouched.
     IcmpPassed,
+    /// An echo request to a VIP, answered.
+    IcmpEchoReply,
 }
 
-pub const REASON_COUNT: u32 = 24;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -556,6 +558,7 @@ impl Reason {
         Reason::IcmpUnknownFlow,
         Reason::IcmpMalformed,
         Reason::IcmpPassed,
+        Reason::IcmpEchoReply,
     ];
 
     pub fn name(self) -> &'static str {
@@ -584,6 +587,7 @@ impl Reason {
             Reason::IcmpUnknownFlow => "icmp_unknown_flow",
             Reason::IcmpMalformed => "icmp_malformed",
             Reason::IcmpPassed => "icmp_passed",
+            Reason::IcmpEchoReply => "icmp_echo_reply",
         }
     }
 }

@@ -38,13 +38,19 @@ const QUOTED_L4: usize = 8;
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u64 {
     let v4 = pkt.family == FAMILY_V4;
+    if !parse::fits(ctx, pkt.l4, ICMP_LEN) {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpPassed);
+    }
+    let kind = unsafe { *(pkt.l4 as *const u8) };
+    if kind == if v4 { 8 } else { 128 } {
+        return echo(ctx, pkt);
+    }
     let inner = pkt.l4 + ICMP_LEN;
     let inner_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     // The verifier needs the whole quote checked in one comparison.
     if !parse::fits(ctx, pkt.l4, ICMP_LEN + inner_len + QUOTED_L4) {
         return pack(xdp_action::XDP_PASS, Reason::IcmpPassed);
     }
-    let kind = unsafe { *(pkt.l4 as *const u8) };
     let error = if v4 {
         // Destination unreachable (incl. fragmentation needed), time exceeded.
         kind == 3 || kind == 11
@@ -133,6 +139,87 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u64 {
             why
         },
     )
+}
+
+/// An echo request to a VIP is answered here (operators ping VIPs; no
+/// backend is involved): addresses and MACs swapped, type turned into a
+/// reply, TTL / hop limit set afresh, sent back out the same interface.
+/// The programmer marks each VIP with an entry for ICMP (port 0) in
+/// `SERVICES`; an echo to any other address passes.
+#[inline(never)]
+fn echo(ctx: &XdpContext, pkt: &Packet) -> u64 {
+    let v4 = pkt.family == FAMILY_V4;
+    let key = ServiceKey {
+        addr: parse::bytes(&pkt.dst),
+        port: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    // SAFETY: hash map values stay valid for the program's run (RCU).
+    if unsafe { SERVICES.get(&key) }.is_none() {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpPassed);
+    }
+    let eth = pkt.eth as usize;
+    let ip_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    if !parse::fits(ctx, eth, 14)
+        || !parse::fits(ctx, pkt.l3, ip_len)
+        || !parse::fits(ctx, pkt.l4, ICMP_LEN)
+    {
+        return pack(xdp_action::XDP_PASS, Reason::IcmpMalformed);
+    }
+    // Back to where it came from.
+    let (d0, d1, s0, s1) = (
+        word_at(eth),
+        read_half(eth + 4),
+        read_half(eth + 6),
+        word_at(eth + 8),
+    );
+    write_half(eth, s0);
+    write_word(eth + 2, s1);
+    write_word(eth + 6, d0);
+    write_half(eth + 10, d1);
+    // Type: request -> reply (the code byte stays).
+    let old_type = read_half(pkt.l4);
+    let new_type = u16::from_ne_bytes([if v4 { 0 } else { 129 }, (old_type.to_ne_bytes())[1]]);
+    write_half(pkt.l4, new_type);
+    let check = pkt.l4 + 2;
+    // Swapping the addresses leaves every sum as it was (ICMPv6's
+    // pseudo-header included).
+    write_half(
+        check,
+        checksum::ne_apply(
+            read_half(check),
+            checksum::ne_diff16(old_type, new_type),
+            false,
+        ),
+    );
+    if v4 {
+        let (src, dst) = (word_at(pkt.l3 + 12), word_at(pkt.l3 + 16));
+        write_word(pkt.l3 + 12, dst);
+        write_word(pkt.l3 + 16, src);
+        // TTL shares a 16-bit word with the protocol byte (byte 8).
+        let old = read_half(pkt.l3 + 8);
+        let new = u16::from_ne_bytes([64, (old.to_ne_bytes())[1]]);
+        write_half(pkt.l3 + 8, new);
+        let c = pkt.l3 + 10;
+        write_half(
+            c,
+            checksum::ne_apply(read_half(c), checksum::ne_diff16(old, new), false),
+        );
+    } else {
+        let (src, dst) = (addr_at(pkt.l3 + 8), addr_at(pkt.l3 + 24));
+        write_addr(pkt.l3 + 8, &dst);
+        write_addr(pkt.l3 + 24, &src);
+        unsafe { *((pkt.l3 + 7) as *mut u8) = 64 };
+    }
+    // Out the way it came, as a redirect to the same device: a veth peer
+    // receives redirected frames (GRO on), XDP_TX ones only with an XDP
+    // program of its own.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let v = crate::maps::DEVICES
+        .redirect(ifindex, 0)
+        .unwrap_or(xdp_action::XDP_TX);
+    pack(v, Reason::IcmpEchoReply)
 }
 
 /// The backend that owns a flow: its pin here, or, in a fleet (where

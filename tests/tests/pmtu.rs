@@ -78,6 +78,30 @@ fn downloads_complete_through_a_smaller_mtu_on_the_way_in_every_mode() {
             "{name}: the download stalled (path-MTU black hole)"
         );
     }
+    // VIPs answer ping, in every mode; other addresses do not.
+    for vip in [
+        "198.18.10.10",
+        "198.18.10.11",
+        "198.18.10.12",
+        "2001:2:ff::10",
+        "2001:2:ff::11",
+        "2001:2:ff::12",
+    ] {
+        lab.cli
+            .exec(&format!("ping -c 2 -i 0.2 -W 2 {vip} >/dev/null"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ping {vip}: {e:#}\n{}",
+                    d.ok(&["status"]).unwrap_or_default()
+                );
+            });
+    }
+    assert!(
+        lab.cli
+            .exec("ping -c 1 -W 1 198.18.10.99 >/dev/null")
+            .is_err(),
+        "an address that is no VIP answered"
+    );
     // The router's reports reached the backends through the switch (one
     // at least per download: the first too-large segment).
     let st = d.ok(&["status"]).unwrap();

@@ -24,6 +24,8 @@ const APT: &[&str] = &[
     "haproxy",
     "fonts-dejavu-core",
     "tcpdump",
+    // ping: VIPs answer echo requests.
+    "iputils-ping",
     // A real Prometheus (and promtool) for the canary-gate and alert-rule tests.
     "prometheus",
     // Fleet mode: a real etcd for the tests (and etcdctl), and protoc with

@@ -222,3 +222,77 @@ fn a_too_big_error_about_a_vip_flow_goes_to_its_backend_as_the_backend_sent_it()
         })
         .unwrap();
 }
+
+#[test]
+fn an_echo_request_to_a_vip_is_answered_and_one_to_another_address_passes() {
+    let lab = Lab::new().unwrap();
+    let (c0, c0_mac) = (lab.c0, lab.c0_mac);
+    lab.ns
+        .run(move || {
+            for v6 in [false, true] {
+                let spec = service(v6, Protocol::Tcp, ForwardMode::Nat, 100, 0);
+                let (mut dp, _p) = setup_standalone(&spec);
+                let ping = |to: IpAddr| {
+                    let b = PacketBuilder::ethernet2(CLIENT_MAC, c0_mac);
+                    let mut out = Vec::new();
+                    match (client(v6), to) {
+                        (IpAddr::V4(c), IpAddr::V4(t)) => b
+                            .ipv4(c.octets(), t.octets(), 64)
+                            .icmpv4_echo_request(7, 1)
+                            .write(&mut out, b"ping payload")
+                            .unwrap(),
+                        (IpAddr::V6(c), IpAddr::V6(t)) => b
+                            .ipv6(c.octets(), t.octets(), 64)
+                            .icmpv6_echo_request(7, 1)
+                            .write(&mut out, b"ping payload")
+                            .unwrap(),
+                        _ => unreachable!(),
+                    }
+                    out
+                };
+                let (v, out) = run(dp.program().unwrap(), c0, &ping(spec.vip.ip())).unwrap();
+                // Out of the interface it came in on (a redirect to it).
+                assert_eq!(v, XDP_REDIRECT, "v6={v6}");
+                assert_eq!(&out[..6], &CLIENT_MAC, "v6={v6}: back to the sender");
+                assert_eq!(&out[6..12], &c0_mac, "v6={v6}");
+                let p = SlicedPacket::from_ethernet(&out).unwrap();
+                match (&p.net, &p.transport) {
+                    (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
+                        let h = ip.header().to_header();
+                        assert_eq!(h.header_checksum, h.calc_header_checksum());
+                        assert_eq!(IpAddr::from(h.source), spec.vip.ip());
+                        assert_eq!(IpAddr::from(h.destination), client(v6));
+                        let ih = icmp.header();
+                        assert_eq!(ih.checksum, ih.icmp_type.calc_checksum(icmp.payload()));
+                        assert!(matches!(ih.icmp_type, Icmpv4Type::EchoReply(e) if e.id == 7 && e.seq == 1));
+                        assert_eq!(icmp.payload(), b"ping payload");
+                    }
+                    (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(icmp))) => {
+                        let h = ip.header().to_header();
+                        assert_eq!(IpAddr::from(h.source), spec.vip.ip());
+                        assert_eq!(IpAddr::from(h.destination), client(v6));
+                        let ih = icmp.header();
+                        assert_eq!(
+                            ih.checksum,
+                            ih.icmp_type
+                                .calc_checksum(h.source, h.destination, icmp.payload())
+                                .unwrap()
+                        );
+                        assert!(matches!(ih.icmp_type, Icmpv6Type::EchoReply(e) if e.id == 7 && e.seq == 1));
+                    }
+                    other => panic!("v6={v6}: {other:?}"),
+                }
+                assert_eq!(reason(&dp, Reason::IcmpEchoReply), 1);
+                // Not a VIP: the kernel's to answer (or not).
+                let other: IpAddr = if v6 {
+                    "2001:2:ff::99".parse().unwrap()
+                } else {
+                    "198.18.10.99".parse().unwrap()
+                };
+                let f = ping(other);
+                let (v, out) = run(dp.program().unwrap(), c0, &f).unwrap();
+                assert_eq!((v, out), (XDP_PASS, f), "v6={v6}");
+            }
+        })
+        .unwrap();
+}

@@ -60,7 +60,7 @@ impl Dataplane {
     pub fn load(pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::SERVICES, capacity.services)
+            .map_max_entries(names::SERVICES, capacity.services * 2)
             .map_max_entries(names::SERVICE_STATS, capacity.services)
             .map_max_entries(names::SERVICE_BY_ID, capacity.services)
             .map_max_entries(names::SERVICE_MISSES, capacity.services)
@@ -238,10 +238,12 @@ impl Dataplane {
         Ok((get(names::VIP_FILTER)?, get(names::REPLY_FILTER)?))
     }
 
+    /// The services' entries (not the VIPs' ICMP marks, port 0).
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
         let m: HashMap<&MapData, ServiceKey, Service> =
             HashMap::try_from(self.map_ref(names::SERVICES)?)?;
-        Ok(m.iter().collect::<Result<_, _>>()?)
+        let all: Vec<(ServiceKey, Service)> = m.iter().collect::<Result<_, _>>()?;
+        Ok(all.into_iter().filter(|(k, _)| k.port != 0).collect())
     }
 
     /// A second handle on the flow table (and what counting needs), for a

@@ -46,6 +46,8 @@ impl Programmer {
             .filter(|t| self.slot_history && *t < NO_PREV_TABLE as u32);
         let service = service_entry(id, table_slot, cohort_table, prev_table, spec);
         commit_point(maps, &key, &service)?;
+        // The VIP answers ping (idempotent; also on adopted state).
+        maps.set_service(&echo_key(spec), &service)?;
 
         // 4. Clean up what the old state had and the new one does not. The
         // new state is live: a failure here is logged, not returned, so the

@@ -28,6 +28,18 @@ pub fn service_key(s: &ServiceConfig) -> ServiceKey {
     }
 }
 
+/// The entry that marks a VIP itself (ICMP, port 0): the data plane
+/// answers echo requests to addresses that have one.
+pub(super) fn echo_key(s: &ServiceConfig) -> ServiceKey {
+    let v4 = s.vip.is_ipv4();
+    ServiceKey {
+        addr: addr_bytes(s.vip.ip()),
+        port: 0,
+        proto: if v4 { PROTO_ICMP } else { PROTO_ICMPV6 },
+        family: family(s.vip.ip()),
+    }
+}
+
 pub(super) fn real_key(s: &ServiceConfig, a: SocketAddr) -> RealKey {
     let k = service_key(s);
     RealKey {

@@ -8,7 +8,7 @@ mod apply;
 mod entries;
 
 pub use entries::{addr_bytes, family, service_key, to_table};
-use entries::{commit_point, mode_flag, real_key, service_entry, set_bit};
+use entries::{commit_point, echo_key, mode_flag, real_key, service_entry, set_bit};
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -20,8 +20,8 @@ use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use switch_common::{
     AddrFilter, Backend, BackendState, CONFIG_FULLNAT, CONFIG_NAT, CONFIG_READY, Config, FAMILY_V4,
-    FAMILY_V6, Mode, NO_BACKEND, NO_PREV_TABLE, NextHop, PROTO_TCP, PROTO_UDP, Real, RealKey,
-    SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
+    FAMILY_V6, Mode, NO_BACKEND, NO_PREV_TABLE, NextHop, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, Real, RealKey, SERVICE_CLIENT_AFFINITY, Service, ServiceKey, TABLE_SIZE, Table,
     hash::backend_ident,
     table::{self, BackendSpec, PoolSpec},
 };
@@ -336,6 +336,14 @@ impl Programmer {
             .remove(name)
             .ok_or_else(|| anyhow!("no service named {name:?}"))?;
         maps.remove_service(&service_key(&p.spec))?;
+        // The VIP stops answering ping with its last service.
+        if !self
+            .services
+            .values()
+            .any(|o| o.spec.vip.ip() == p.spec.vip.ip())
+        {
+            maps.remove_service(&echo_key(&p.spec))?;
+        }
         self.retire_table(p.table);
         if let Some(t) = p.prev_table {
             self.retire_table(t);
