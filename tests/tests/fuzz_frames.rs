@@ -85,6 +85,9 @@ struct Case {
     mutation: Mutation,
     /// A frame of random bytes instead.
     random: Option<Vec<u8>>,
+    /// An ICMP message to the VIP instead (kind index, quote length): an
+    /// error quoting a reply of the VIP's, or an echo, or another type.
+    icmp: Option<(u8, usize)>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -109,9 +112,10 @@ fn case() -> impl Strategy<Value = Case> {
         0usize..64,
         mutation,
         prop::option::weighted(0.1, prop::collection::vec(any::<u8>(), 14..200)),
+        prop::option::weighted(0.15, (0u8..6, 0usize..90)),
     )
         .prop_map(
-            |(v6, udp, target, sport, flags, payload, mutation, random)| Case {
+            |(v6, udp, target, sport, flags, payload, mutation, random, icmp)| Case {
                 v6,
                 udp,
                 target,
@@ -120,8 +124,69 @@ fn case() -> impl Strategy<Value = Case> {
                 payload,
                 mutation,
                 random,
+                icmp,
             },
         )
+}
+
+/// An ICMP message from a router to the VIP; errors quote the VIP's reply
+/// to the client (cut to `quote_len` bytes).
+fn icmp_frame(
+    c: &Case,
+    c0_mac: [u8; 6],
+    kind: u8,
+    quote_len: usize,
+    port: u16,
+    udp: bool,
+) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder};
+    let l4 = if udp {
+        L4::Udp
+    } else {
+        L4::Tcp { flags: 0x10 }
+    };
+    let reply = frame(
+        [0; 6],
+        [0; 6],
+        vip(c.v6, port).ip(),
+        port,
+        client(c.v6),
+        c.sport,
+        l4,
+        &[0x5a; 32],
+    );
+    let quote = &reply[14..(14 + quote_len).min(reply.len())];
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], c0_mac);
+    let mut out = Vec::new();
+    match vip(c.v6, port).ip() {
+        IpAddr::V4(v) => {
+            let kinds = [3u8, 11, 8, 0, 5, 12];
+            b.ipv4([198, 18, 0, 254], v.octets(), 64)
+                .icmpv4(Icmpv4Type::Unknown {
+                    type_u8: kinds[kind as usize % 6],
+                    code_u8: 4,
+                    bytes5to8: [0, 0, 5, 20],
+                })
+                .write(&mut out, quote)
+                .unwrap();
+        }
+        IpAddr::V6(v) => {
+            let kinds = [1u8, 2, 3, 128, 129, 135];
+            b.ipv6(
+                [0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe],
+                v.octets(),
+                64,
+            )
+            .icmpv6(Icmpv6Type::Unknown {
+                type_u8: kinds[kind as usize % 6],
+                code_u8: 0,
+                bytes5to8: [0, 0, 5, 20],
+            })
+            .write(&mut out, quote)
+            .unwrap();
+        }
+    }
+    out
 }
 
 fn build(c: &Case, c0_mac: [u8; 6]) -> (Vec<u8>, bool) {
@@ -150,16 +215,21 @@ fn build(c: &Case, c0_mac: [u8; 6]) -> (Vec<u8>, bool) {
     } else {
         vip(c.v6, port).ip()
     };
-    let mut f = frame(
-        [2, 0, 0, 0, 0, 7],
-        c0_mac,
-        client(c.v6),
-        c.sport,
-        dst,
-        port,
-        l4,
-        &vec![0x5a; c.payload],
-    );
+    let mut f = match c.icmp {
+        Some((kind, quote_len)) if c.target != 3 => {
+            icmp_frame(c, c0_mac, kind, quote_len, port, udp)
+        }
+        _ => frame(
+            [2, 0, 0, 0, 0, 7],
+            c0_mac,
+            client(c.v6),
+            c.sport,
+            dst,
+            port,
+            l4,
+            &vec![0x5a; c.payload],
+        ),
+    };
     let ip = 14;
     let intact = matches!(c.mutation, Mutation::None);
     match c.mutation {
