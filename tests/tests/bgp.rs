@@ -518,3 +518,64 @@ fn what_hosts_report_matches_the_routers_table_through_leave_join_detach_and_a_d
     router_agrees(&lab, &[&ds[0]], 0)?;
     Ok(())
 }
+
+/// No `[bgp]`: the router has a static ECMP route to the VIP over the three
+/// hosts and the backends' way back is ECMP over the three hosts too (as
+/// with a VRRP gateway, replies and requests take different hosts). Every
+/// fresh connection is answered, and `wrk` sees no error.
+#[test]
+fn a_fleet_without_bgp_behind_static_ecmp_answers_every_connection() -> Result<()> {
+    let lab = BgpLab::new(3)?;
+    lab.start_backends()?;
+    lab.rt.exec(
+        "ip route add 198.18.40.20/32 nexthop via 198.18.30.1 nexthop via 198.18.30.2 nexthop via 198.18.30.3",
+    )?;
+    for b in &lab.bes {
+        b.exec(
+            "sysctl -qw net.ipv4.fib_multipath_hash_policy=1 && \
+             ip route replace 198.18.20.0/24 nexthop via 198.18.30.1 nexthop via 198.18.30.2 nexthop via 198.18.30.3",
+        )?;
+    }
+    let nat = format!(
+        "[[service]]\nname = \"webn\"\nvip = \"198.18.40.20:80\"\nprotocol = \"tcp\"\n\
+         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        backend(1),
+        backend(2),
+        backend(3),
+        backend(4)
+    );
+    let mut ds = Vec::new();
+    for i in 1..=3 {
+        let mut d = Daemon::prepare(
+            &lab.lab.sws[i - 1],
+            &format!("static{i}"),
+            &["eth0"],
+            &format!("seed = \"{}\"", switch_tests::fleet::SEED),
+            &format!(
+                "{nat}\n[fleet]\nhost = \"sw-{i}\"\netcd = [\"{}\"]\nlease = \"2s\"\n",
+                switch_tests::fleet::ETCD
+            ),
+        )?;
+        d.spawn()?;
+        ds.push(d);
+    }
+    for d in &ds {
+        d.wait_for("webn", 10, |st| st["pools"][0]["weight"] == 100)?;
+    }
+    let out = lab.cli.exec(
+        "for k in $(seq 200); do curl -s --max-time 2 http://198.18.40.20/ || echo FAILED; done",
+    )?;
+    assert!(!out.contains("FAILED"), "{out}");
+    assert_eq!(out.matches("hello from").count(), 200, "{out}");
+    let r = switch_tests::http::wrk_in(&lab.cli, "http://198.18.40.20/", 5, 16, "")?;
+    assert_eq!(r.errors, 0, "wrk: {r:?}");
+    // Every host forwarded some of them.
+    for (i, d) in ds.iter().enumerate() {
+        assert!(
+            new_flows(d, "webn")? > 0,
+            "host {} forwarded nothing",
+            i + 1
+        );
+    }
+    Ok(())
+}

@@ -703,6 +703,7 @@ fn history_is_pruned_by_the_leader_only_and_etcd_is_compacted() -> Result<()> {
                 etcd: vec![switch_tests::fleet::ETCD.into()],
                 prefix: "/switch".into(),
                 lease: Duration::from_secs(5),
+                replies_by_table: true,
             };
             let store = Store::connect(&cfg).await?;
             let lease = store.grant(cfg.lease).await?;

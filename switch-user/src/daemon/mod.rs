@@ -257,9 +257,10 @@ fn restore_controller(
         }
         None => Controller::new(Programmer::new(seed, capacity)),
     };
-    // Behind ECMP a connection's replies may come back through a host that
-    // never saw it: nat replies are then recognised by the table.
-    ctl.programmer.table_replies = file.fleet.is_some() && file.bgp.is_some();
+    // In a fleet a connection's replies may come back through a host that
+    // never saw it (ECMP, static routes, a VRRP gateway: whatever announces
+    // the VIP): nat replies are then recognised by the table.
+    ctl.programmer.table_replies = file.fleet.as_ref().is_some_and(|f| f.replies_by_table);
     ctl.programmer.filters_open = true;
     // Test-only: the slot history off, to show what it protects (a
     // connection that changes host after a table change).

@@ -95,6 +95,18 @@ pub struct FleetConfig {
     /// (and a dead leader replaced) this long after its last word.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
+    /// nat replies of connections another host forwarded (the fleet's
+    /// return path is not its forward path: ECMP, static routes, a VRRP
+    /// gateway) are recognised by the service's table and rewritten. On by
+    /// default; off only where every reply returns through the host that
+    /// forwarded the request and clients reach backends' own addresses
+    /// through the switch hosts (whose replies the table could claim).
+    #[serde(default = "yes")]
+    pub replies_by_table: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_prefix() -> String {
