@@ -350,6 +350,7 @@ fn the_shipped_systemd_unit_is_well_formed() {
         "CapabilityBoundingSet=CAP_BPF",
         "RuntimeDirectoryMode=0755",
         "LimitNOFILE=",
+        "KillMode=process",
     ] {
         assert!(unit.contains(want), "unit lacks {want}");
     }

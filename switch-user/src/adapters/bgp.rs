@@ -23,6 +23,8 @@ pub struct Bird {
     cfg: BgpConfig,
     dir: PathBuf,
     announced: Option<BTreeSet<IpAddr>>,
+    /// Times BIRD was found dead and started again.
+    pub restarts: u64,
     /// Per neighbor, the channels last written into BIRD's configuration
     /// (worked out when it is written: it asks the kernel for addresses).
     channels: Vec<Vec<(bool, Option<IpAddr>)>>,
@@ -65,6 +67,7 @@ impl Bird {
             cfg: cfg.clone(),
             dir,
             announced: None,
+            restarts: 0,
             channels: Vec::new(),
         };
         b.channels = b.work_out_channels();
@@ -78,25 +81,62 @@ impl Bird {
             .collect();
         std::fs::write(&conf, b.config(&kept))?;
         if birdc(&b.sock(), &["configure"]).is_err() {
-            let mut cmd = Command::new("bird");
-            cmd.arg("-c")
-                .arg(&conf)
-                .arg("-s")
-                .arg(b.sock())
-                .arg("-P")
-                .arg(b.dir.join("bird.pid"));
-            // BIRD forks into the background once its configuration is read.
-            let status = crate::process::run_command(cmd, None, BIRD_TIMEOUT)
-                .context("cannot start bird (install bird2: cargo xtask setup does)")?
-                .status;
-            if !status.success() {
-                bail!(
-                    "bird refused its configuration {} ({status})",
-                    conf.display()
-                );
-            }
+            b.launch()?;
         }
         Ok(b)
+    }
+
+    /// Starts BIRD on the configuration written in `bird.conf`.
+    fn launch(&self) -> Result<()> {
+        let conf = self.dir.join("bird.conf");
+        let mut cmd = Command::new("bird");
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(self.sock())
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"));
+        // BIRD forks into the background once its configuration is read.
+        let status = crate::process::run_command(cmd, None, BIRD_TIMEOUT)
+            .context("cannot start bird (install bird2: cargo xtask setup does)")?
+            .status;
+        if !status.success() {
+            bail!(
+                "bird refused its configuration {} ({status})",
+                conf.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the BIRD this host started is still running (by its pid
+    /// file; a BIRD that answers nothing but lives is left alone).
+    fn alive(&self) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.dir.join("bird.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return false;
+        };
+        // Signal 0: is there such a process, and is it BIRD?
+        let exists = unsafe { libc::kill(pid, 0) } == 0;
+        exists
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "bird")
+    }
+
+    /// BIRD supervised: found dead, it is started again announcing exactly
+    /// `vips` (what this host should announce now). True when it was.
+    pub fn supervise(&mut self, vips: &BTreeSet<IpAddr>) -> Result<bool> {
+        if self.alive() {
+            return Ok(false);
+        }
+        self.channels = self.work_out_channels();
+        std::fs::write(self.dir.join("bird.conf"), self.config(vips))?;
+        self.launch()?;
+        self.restarts += 1;
+        self.announced = Some(vips.clone());
+        Ok(true)
     }
 
     fn sock(&self) -> PathBuf {

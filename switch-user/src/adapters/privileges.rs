@@ -18,8 +18,18 @@ pub fn kept_mask() -> u64 {
     KEPT.iter().fold(0, |m, c| m | c.bitmask())
 }
 
+/// With `[bgp]`, also kept: a BIRD the daemon starts again after it died
+/// must bind BGP's port 179 (and under `NoNewPrivileges` a child gets no
+/// capability its parent lacks).
+pub const KEPT_FOR_BGP: [Capability; 1] = [Capability::CAP_NET_BIND_SERVICE];
+
 pub fn drop_all_but_kept() -> Result<()> {
-    let keep: CapsHashSet = KEPT.into_iter().collect();
+    drop_all_but(&[])
+}
+
+/// The same, keeping `extra` too.
+pub fn drop_all_but(extra: &[Capability]) -> Result<()> {
+    let keep: CapsHashSet = KEPT.into_iter().chain(extra.iter().copied()).collect();
     // The bounding set first: dropping from it needs CAP_SETPCAP, which the
     // effective set is about to lose.
     for cap in caps::all() {

@@ -50,6 +50,14 @@ pub(super) fn sync_bgp(shared: &Mutex<Shared>) {
         return;
     };
     let Ok(mut bird) = bird.lock() else { return };
+    match bird.supervise(&vips) {
+        Ok(true) => tracing::warn!(
+            "bgp: BIRD had died; started again ({} restarts so far)",
+            bird.restarts
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("bgp: BIRD is dead and cannot be started again: {e:#}"),
+    }
     if let Err(e) = bird.announce(&vips) {
         tracing::warn!("bgp: {e:#}");
     }
@@ -72,6 +80,7 @@ pub(super) fn sync_bgp(shared: &Mutex<Shared>) {
         .collect();
     let status = crate::model::bgp::BgpStatus {
         asn: bird.asn(),
+        restarts: bird.restarts,
         sessions,
         announced,
         bird_answering,

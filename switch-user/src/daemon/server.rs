@@ -66,11 +66,14 @@ pub(super) async fn serve(
     let access = Arc::new(access);
     // Everything that needs privileges is done: maps and links are open,
     // sockets bound.
-    match privileges::drop_all_but_kept() {
+    let bgp = shared.lock().map_err(|_| anyhow!("lock"))?.bgp.is_some();
+    let extra: &[caps::Capability] = if bgp { &privileges::KEPT_FOR_BGP } else { &[] };
+    match privileges::drop_all_but(extra) {
         Ok(()) => tracing::info!(
             "keeping only {}",
             privileges::KEPT
                 .iter()
+                .chain(extra)
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -53,6 +53,9 @@ pub struct BgpStatus {
     /// Why this host announces nothing or not every VIP, if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawn: Option<String>,
+    /// Times the daemon found BIRD dead and started it again.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 fn yes() -> bool {
@@ -68,6 +71,7 @@ impl Default for BgpStatus {
             bird_answering: true,
             not_announced: BTreeMap::new(),
             withdrawn: None,
+            restarts: 0,
         }
     }
 }

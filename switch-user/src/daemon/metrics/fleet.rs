@@ -147,6 +147,12 @@ pub(super) fn bgp(o: &mut Page, services: &[ServiceStatus]) {
         }
     }
     o.family(
+        "bgp_restarts_total",
+        "counter",
+        "Times the daemon found BIRD dead and started it again.",
+    );
+    o.sample("bgp_restarts_total", Labels::None, b.restarts);
+    o.family(
         "bgp_session_established",
         "gauge",
         "1 while the BGP session with the neighbor is established.",
