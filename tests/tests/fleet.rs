@@ -770,3 +770,72 @@ fn history_is_pruned_by_the_leader_only_and_etcd_is_compacted() -> Result<()> {
     })??;
     Ok(())
 }
+
+/// Rogue `etcdctl put`s of the service record — garbage, a backend
+/// `0.0.0.0:0`, a weight past the ceiling — are not applied: every host
+/// keeps forwarding on the last good state under load, status names the
+/// key and why, the metric counts them; a valid command afterwards
+/// replaces the bad record everywhere.
+#[test]
+fn invalid_records_in_etcd_are_not_applied_and_a_valid_change_afterwards_is() -> Result<()> {
+    let lab = FleetLab::new(3)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let ds = start(&lab, &services(false))?;
+    let cli = lab.clis[0].name.clone();
+    let load = std::thread::spawn(move || {
+        switch_tests::sh(&format!(
+            "ip netns exec {cli} wrk -t2 -c16 -d8s http://{VIP}/"
+        ))
+    });
+    let key = "/switch/services/web";
+    let good = lab.etcdctl(&format!("get --print-value-only {key}"))?;
+    let good: serde_json::Value = serde_json::from_str(good.trim())?;
+    let mut zero = good.clone();
+    zero["spec"]["pools"][0]["backends"][0] = serde_json::json!("0.0.0.0:0");
+    let mut heavy = good.clone();
+    heavy["spec"]["pools"][0]["weight"] = serde_json::json!(2_000_000);
+    let file = lab.dir.join("rogue.json");
+    for (what, value, want) in [
+        ("garbage", "not json at all".to_string(), "unreadable"),
+        ("0.0.0.0:0", zero.to_string(), "port 0"),
+        ("weight", heavy.to_string(), "above the maximum"),
+    ] {
+        std::fs::write(&file, &value)?;
+        lab.etcdctl(&format!("put {key} < {}", file.display()))?;
+        for d in &ds {
+            let st = d.wait_for("web", 5, |st| {
+                fleet(st)["rejected_record"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(key) && r.contains(want))
+            })?;
+            assert_eq!(weight(&st, "blue"), 100, "{what}: {st}");
+        }
+    }
+    assert!(
+        lab.metrics(2)?
+            .lines()
+            .any(|l| l.starts_with("switch_fleet_rejected_records_total ") && !l.ends_with(" 0")),
+        "{}",
+        lab.metrics(2)?
+    );
+    let text = ds[2].ok(&["status", "web"])?;
+    assert!(text.contains("RECORD REJECTED"), "{text}");
+    // Every host went on forwarding on the last good state.
+    let out = load.join().expect("wrk thread")?;
+    assert!(
+        !out.contains("Socket errors") && !out.contains("Non-2xx"),
+        "wrk saw errors:\n{out}"
+    );
+    for i in 1..=3 {
+        let by = requests(&lab, i, 10)?;
+        assert!(!by.contains_key("FAILED"), "host {i}: {by:?}");
+    }
+    // A valid change replaces the bad record on every host.
+    ds[0].ok(&["weights", "web", "blue=50", "green=50"])?;
+    for d in &ds {
+        d.wait_for("web", 5, |st| {
+            weight(st, "green") == 50 && fleet(st)["rejected_record"].is_null()
+        })?;
+    }
+    Ok(())
+}

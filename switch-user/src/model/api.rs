@@ -445,6 +445,13 @@ pub struct FleetStatus {
     /// Why this host does not take part, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Records read from etcd and not applied (this service's, if any):
+    /// the key and why; the host keeps the last good state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_record: Option<String>,
+    /// Records rejected on this host since it started (all services).
+    #[serde(default)]
+    pub rejected_records_total: u64,
     pub hosts: Vec<FleetHostStatus>,
     /// Fleet-wide counters per pool (every host, restarts included).
     pub pools: Vec<FleetPoolStatus>,

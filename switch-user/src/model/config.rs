@@ -569,6 +569,9 @@ impl ServiceConfig {
                 if a.port() == 0 {
                     bail!("pools[{p}].backends[{b}]: port 0");
                 }
+                if a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
+                    bail!("pools[{p}].backends[{b}]: {a} is not a backend's address");
+                }
                 if self.mode == ForwardMode::Dsr && a.port() != self.vip.port() {
                     bail!(
                         "pools[{p}].backends[{b}]: in dsr mode the backend port must equal the VIP port {} (the packet is not rewritten)",

@@ -36,6 +36,12 @@ pub struct FleetState {
     /// Wakes the heartbeat at once when the leader key goes (a campaign
     /// should not wait for the next round).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Service records read from etcd and not applied (unreadable, or
+    /// failing the validation every command gets), by service: the key and
+    /// why. The host keeps the last good state of those services.
+    pub rejected: BTreeMap<String, String>,
+    /// Records rejected since the start.
+    pub rejected_total: u64,
 }
 
 impl FleetState {
@@ -58,7 +64,23 @@ impl FleetState {
             ledger: Ledger::default(),
             housekeeping: None,
             wake: Arc::new(tokio::sync::Notify::new()),
+            rejected: BTreeMap::new(),
+            rejected_total: 0,
         }
+    }
+
+    /// A record of `name` (at `rev`) that is not applied, and why (logged
+    /// once per reason). Its revision becomes the base of the next command
+    /// on that service, so a good one can replace it.
+    pub(super) fn reject(&mut self, name: &str, why: String, rev: i64) {
+        self.rejected_total += 1;
+        if rev > 0 {
+            self.revisions.insert(name.to_string(), rev);
+        }
+        if self.rejected.get(name) != Some(&why) {
+            tracing::error!("fleet: not applying {why}; keeping the last good state of {name}");
+        }
+        self.rejected.insert(name.to_string(), why);
     }
 
     pub(super) fn fleet_health(&self) -> FleetHealth {

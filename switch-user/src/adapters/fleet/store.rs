@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub health: BTreeMap<SocketAddr, Verdict>,
     pub health_revision: i64,
     pub ledger: Option<Ledger>,
+    /// Service records that could not be read: by service, the key and
+    /// why, and the record's revision.
+    pub rejected: BTreeMap<String, (String, i64)>,
 }
 
 /// One atomic change of the fleet's state.
@@ -203,7 +206,12 @@ impl Store {
                         s.services
                             .insert(name.to_string(), (rec, kv.mod_revision()));
                     }
-                    Err(e) => tracing::warn!("fleet: ignoring unreadable record {key}: {e}"),
+                    Err(e) => {
+                        s.rejected.insert(
+                            name.to_string(),
+                            (format!("{key}: unreadable: {e}"), kv.mod_revision()),
+                        );
+                    }
                 },
                 Some(("hosts", name)) => {
                     if let Ok(h) = serde_json::from_slice(kv.value()) {

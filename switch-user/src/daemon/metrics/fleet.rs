@@ -16,6 +16,16 @@ pub(super) fn fleet(o: &mut Page, services: &[ServiceStatus]) {
     );
     o.sample("fleet_etcd_reachable", Labels::None, f.etcd_reachable as u8);
     o.family(
+        "fleet_rejected_records_total",
+        "counter",
+        "Service records read from etcd and not applied (unreadable or invalid); status names the key and why.",
+    );
+    o.sample(
+        "fleet_rejected_records_total",
+        Labels::None,
+        f.rejected_records_total,
+    );
+    o.family(
         "fleet_is_leader",
         "gauge",
         "1 while this host leads the fleet (runs its strategies).",

@@ -80,6 +80,8 @@ fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
             health_revision: 40,
             applied_revision: 57,
             refused: None,
+            rejected_record: None,
+            rejected_records_total: 0,
             hosts: vec![
                 crate::model::api::FleetHostStatus {
                     name: "sw-a".into(),

@@ -47,6 +47,39 @@ pub struct ServiceRecord {
     pub previous: Option<ServiceConfig>,
 }
 
+/// A record read from etcd, checked as a command's result is: its name,
+/// its spec and the previous one (addresses, ports, weights, pools, modes,
+/// names, sizes), fullnat refused in a fleet, and its strategy's durations.
+/// Anyone who can write to etcd could otherwise send a VIP anywhere.
+pub fn check_record(name: &str, r: &ServiceRecord) -> Result<()> {
+    if r.spec.name != name {
+        anyhow::bail!("the record under {name:?} is for service {:?}", r.spec.name);
+    }
+    for (what, spec) in [("spec", Some(&r.spec)), ("previous", r.previous.as_ref())] {
+        let Some(spec) = spec else { continue };
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("{what}: {e:#}"))?;
+        if spec.mode == crate::model::config::ForwardMode::Fullnat {
+            anyhow::bail!("{what}: {}", crate::model::config::FULLNAT_IN_FLEET);
+        }
+        if spec.vip != r.spec.vip || spec.protocol != r.spec.protocol {
+            anyhow::bail!("{what}: a service's VIP cannot change");
+        }
+    }
+    if let Some(sh) = &r.shadow {
+        if r.spec.pool(&sh.to).is_none() {
+            anyhow::bail!("shadow: no pool named {:?}", sh.to);
+        }
+        if sh.sample > 65_536
+            || sh.max_sessions > crate::model::limits::MAX_SHADOW_SESSIONS
+            || sh.max_buffer > crate::model::limits::MAX_SHADOW_BUFFER
+        {
+            anyhow::bail!("shadow: sample, sessions or buffer past its ceiling");
+        }
+    }
+    Ok(())
+}
+
 /// The fleet's word on backend health, as this host last heard it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FleetHealth {

@@ -127,15 +127,23 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
     if let Err(e) = s.ctl.set_fleet_health(&mut *s.dp, fh) {
         tracing::warn!("fleet: health: {e:#}");
     }
+    // A service whose record cannot be read is not gone: it keeps its last
+    // good state.
     let gone: Vec<String> = s
         .ctl
         .services
         .keys()
-        .filter(|n| !snap.services.contains_key(*n))
+        .filter(|n| !snap.services.contains_key(*n) && !snap.rejected.contains_key(*n))
         .cloned()
         .collect();
     for name in gone {
         adopt_one(s, &name, None, 0);
+    }
+    s.fleet
+        .rejected
+        .retain(|n, _| snap.rejected.contains_key(n));
+    for (name, (why, rev)) in snap.rejected {
+        s.fleet.reject(&name, why, rev);
     }
     for (name, (rec, rev)) in snap.services {
         adopt_one(s, &name, Some(rec), rev);
@@ -146,9 +154,24 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
 }
 
 pub(super) fn adopt_one(s: &mut Parts<'_>, name: &str, rec: Option<ServiceRecord>, rev: i64) {
+    // Validated as a command is: a bad `etcdctl put` changes nothing here.
+    if let Some(r) = &rec
+        && let Err(e) = crate::engine::controller::replica::check_record(name, r)
+    {
+        let key = s
+            .fleet
+            .store
+            .as_ref()
+            .map(|st| st.keys.service(name))
+            .unwrap_or_else(|| name.to_string());
+        s.fleet
+            .reject(name, format!("{key} (revision {rev}): {e:#}"), rev);
+        return;
+    }
     match s.ctl.adopt(&mut *s.dp, name, rec.as_ref()) {
         Ok(_) => {
             let f = &mut *s.fleet;
+            f.rejected.remove(name);
             match rec {
                 Some(_) => f.revisions.insert(name.to_string(), rev),
                 None => f.revisions.remove(name),
@@ -177,7 +200,8 @@ pub(super) fn apply_events(s: &mut Parts<'_>, events: Vec<(bool, String, Vec<u8>
                     match serde_json::from_slice::<ServiceRecord>(&value) {
                         Ok(r) => Some(r),
                         Err(e) => {
-                            tracing::warn!("fleet: ignoring unreadable record {key}: {e}");
+                            s.fleet
+                                .reject(name, format!("{key}: unreadable: {e}"), mod_rev);
                             continue;
                         }
                     }

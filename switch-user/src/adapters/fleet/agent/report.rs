@@ -127,6 +127,8 @@ pub fn status(f: &FleetState, name: &str, spec: &ServiceConfig) -> crate::model:
         health_revision: f.health_revision,
         applied_revision: f.applied,
         refused: f.refused.clone(),
+        rejected_record: f.rejected.get(name).cloned(),
+        rejected_records_total: f.rejected_total,
         hosts,
         pools,
         backends,
