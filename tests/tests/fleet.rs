@@ -839,3 +839,88 @@ fn invalid_records_in_etcd_are_not_applied_and_a_valid_change_afterwards_is() ->
     }
     Ok(())
 }
+
+/// Host keys put without a lease are no hosts: four of them voting every
+/// backend down change nothing. A second daemon configured with the name
+/// of a live host refuses to join, with a sentence.
+#[test]
+fn keys_without_a_lease_do_not_vote_and_a_taken_host_name_is_refused() -> Result<()> {
+    let lab = FleetLab::new(4)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let ds = start(&lab, &services(true))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let down: BTreeMap<String, bool> = (1..=4).map(|i| (backend(i), false)).collect();
+    let file = lab.dir.join("rogue-host.json");
+    for n in 1..=4 {
+        let report = serde_json::json!({
+            "host": format!("rogue{n}"), "epoch": "x", "at_ms": now as u64, "applied": 0,
+            "health": down,
+        });
+        std::fs::write(&file, report.to_string())?;
+        lab.etcdctl(&format!("put /switch/hosts/rogue{n} < {}", file.display()))?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for d in &ds {
+        let st = d.status("web")?;
+        let f = fleet(&st);
+        assert!(
+            f["hosts"].as_array().is_some_and(|h| h
+                .iter()
+                .all(|h| !h["name"].as_str().unwrap_or("").starts_with("rogue"))),
+            "{f}"
+        );
+        for p in st["pools"].as_array().unwrap() {
+            for b in p["backends"].as_array().unwrap() {
+                assert_eq!(
+                    b["healthy"], true,
+                    "voted down by keys without a lease: {st}"
+                );
+            }
+        }
+    }
+    let by = requests(&lab, 1, 10)?;
+    assert!(!by.contains_key("FAILED"), "{by:?}");
+
+    // Host 4 configured as "sw-1", which host 1 (alive) holds.
+    let d = Daemon::prepare(
+        &lab.sws[3],
+        "twin",
+        &["up0", "down0"],
+        &format!("seed = \"{SEED}\""),
+        &format!(
+            "{}\n[fleet]\nhost = \"sw-1\"\netcd = [\"{}\"]\nprefix = \"/switch\"\n",
+            services(true),
+            switch_tests::fleet::ETCD
+        ),
+    )?;
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.sws[3].name))
+        .arg(switch_tests::daemon::switch_bin()?)
+        .args(["daemon", "--config"])
+        .arg(&d.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("a daemon with a taken host name did not refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err)?;
+    assert!(!status.success());
+    assert!(
+        err.contains("fleet.host \"sw-1\" is held by another live host"),
+        "{err}"
+    );
+    // Host 1 is untouched.
+    ds[0].status("web")?;
+    Ok(())
+}

@@ -281,6 +281,10 @@ fn join_fleet(
     pin_dir: &Path,
 ) -> Result<crate::adapters::fleet::agent::FleetState> {
     let fp = crate::adapters::fleet::fingerprint(seed);
+    // This machine and data plane: a restart keeps it, another host with
+    // the same `host` name does not.
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let identity = format!("{}:{}", machine.trim(), pin_dir.display());
     boot.block_on(async {
         if let Ok(Ok(store)) = tokio::time::timeout(
             std::time::Duration::from_secs(3),
@@ -288,7 +292,11 @@ fn join_fleet(
         )
         .await
         {
-            store.check_seed(&fp).await.or_else(|e| {
+            let checked = match store.check_seed(&fp).await {
+                Ok(()) => store.check_host(&f.host, &identity).await,
+                Err(e) => Err(e),
+            };
+            checked.or_else(|e| {
                 if e.to_string().contains("refuses to join") {
                     Err(e)
                 } else {
@@ -298,11 +306,9 @@ fn join_fleet(
         }
         Ok::<(), anyhow::Error>(())
     })?;
-    Ok(crate::adapters::fleet::agent::FleetState::new(
-        f.clone(),
-        fp,
-        epoch(pin_dir),
-    ))
+    let mut state = crate::adapters::fleet::agent::FleetState::new(f.clone(), fp, epoch(pin_dir));
+    state.identity = identity;
+    Ok(state)
 }
 
 /// The maps written (the config's services on a first start, the state's

@@ -118,6 +118,11 @@ pub type PoolCounters = BTreeMap<String, BTreeMap<String, [u64; 3]>>;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostReport {
     pub host: String,
+    /// Which machine and data plane this is (machine id and pin
+    /// directory): a second host configured with a name a live host holds
+    /// is told apart from that host restarting.
+    #[serde(default)]
+    pub identity: String,
     /// Changes when the host's counters start again from zero (its maps
     /// were made anew), so a restart never looks like a negative rate.
     pub epoch: String,

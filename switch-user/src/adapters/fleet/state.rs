@@ -11,6 +11,8 @@ pub struct FleetState {
     pub cfg: FleetConfig,
     pub fingerprint: String,
     pub epoch: String,
+    /// See `HostReport::identity`.
+    pub identity: String,
     pub store: Option<Store>,
     /// Each service's record revision as adopted here.
     pub revisions: BTreeMap<String, i64>,
@@ -50,6 +52,7 @@ impl FleetState {
             cfg,
             fingerprint,
             epoch,
+            identity: String::new(),
             store: None,
             revisions: BTreeMap::new(),
             applied: 0,

@@ -148,6 +148,31 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses when a live host (its key on a lease) of another identity
+    /// holds this host's name: two hosts with one name would both lead
+    /// with one fencing token and mix their reports.
+    pub async fn check_host(&self, name: &str, identity: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        let r = c
+            .get(self.keys.host(name), None)
+            .await
+            .map_err(unreachable)?;
+        let Some(kv) = r.kvs().first() else {
+            return Ok(());
+        };
+        if kv.lease() == 0 {
+            return Ok(());
+        }
+        let theirs: HostReport = serde_json::from_slice(kv.value()).unwrap_or_default();
+        if !theirs.identity.is_empty() && theirs.identity != identity {
+            bail!(
+                "fleet.host {name:?} is held by another live host ({}): it refuses to join; give every host its own name",
+                theirs.identity
+            );
+        }
+        Ok(())
+    }
+
     /// A seed every host of this etcd cluster and prefix derives alike, for
     /// fleets that configure none (it is not secret: set `daemon.seed` to
     /// keep the hashing unpredictable to outsiders).
@@ -213,7 +238,8 @@ impl Store {
                         );
                     }
                 },
-                Some(("hosts", name)) => {
+                // Only a key on a lease is a live host (and a voter).
+                Some(("hosts", name)) if kv.lease() != 0 => {
                     if let Ok(h) = serde_json::from_slice(kv.value()) {
                         s.hosts.insert(name.to_string(), h);
                     }

@@ -24,7 +24,12 @@ pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig
         (f.cfg.clone(), f.fingerprint.clone())
     })?;
     let store = Store::connect(&cfg).await?;
-    if let Err(e) = store.check_seed(&fp).await {
+    let identity = with(shared, |s| s.fleet.identity.clone())?;
+    let checked = match store.check_seed(&fp).await {
+        Ok(()) => store.check_host(&cfg.host, &identity).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
         if e.to_string().contains("refuses to join") {
             tracing::error!("fleet: {e}");
             with(shared, |s| s.fleet.refused = Some(e.to_string()))?;
@@ -93,6 +98,11 @@ pub(super) async fn sync_once(shared: &SharedRef, seed_services: &[ServiceConfig
             .iter()
             .filter_map(|e| {
                 let kv = e.kv()?;
+                let put = e.event_type() == EventType::Put;
+                // Only a host key on a lease is a live host (and a voter).
+                if put && kv.lease() == 0 && store.keys.classify(kv.key_str().ok()?)?.0 == "hosts" {
+                    return None;
+                }
                 Some((
                     e.event_type() == EventType::Put,
                     kv.key_str().ok()?.to_string(),

@@ -7,6 +7,7 @@ pub(super) fn report(s: &Parts<'_>) -> Option<HostReport> {
     let f = &*s.fleet;
     let mut r = HostReport {
         host: f.cfg.host.clone(),
+        identity: f.identity.clone(),
         epoch: f.epoch.clone(),
         at_ms: now_ms(),
         applied: f.applied,
