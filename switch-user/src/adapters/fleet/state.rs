@@ -33,7 +33,7 @@ pub struct FleetState {
     /// revisions, what this host's tables are built from.
     pub health_revision: i64,
     pub ledger: Ledger,
-    /// When this host, leading, last pruned the history and compacted etcd.
+    /// When this host, leading, last pruned the history.
     pub housekeeping: Option<Instant>,
     /// Wakes the heartbeat at once when the leader key goes (a campaign
     /// should not wait for the next round).

@@ -210,20 +210,36 @@ impl Store {
         Ok(c.txn(txn).await.map_err(unreachable)?.succeeded())
     }
 
+    /// What a host needs to forward and follow, at one revision (one
+    /// transaction): services, hosts, leader, health and ledger — not the
+    /// history, which grows with every change and would push a snapshot of
+    /// the whole prefix past etcd's and gRPC's message limits.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut c = self.client.clone();
-        let r = c
-            .get(
-                self.keys.prefix.clone() + "/",
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(unreachable)?;
+        let k = &self.keys;
+        let prefixed = || Some(GetOptions::new().with_prefix());
+        let txn = Txn::new().and_then([
+            TxnOp::get(k.services(), prefixed()),
+            TxnOp::get(k.hosts(), prefixed()),
+            TxnOp::get(k.leader(), None),
+            TxnOp::get(k.health(), None),
+            TxnOp::get(k.ledger(), None),
+        ]);
+        let r = c.txn(txn).await.map_err(unreachable)?;
+        let kvs: Vec<etcd_client::KeyValue> = r
+            .op_responses()
+            .into_iter()
+            .filter_map(|o| match o {
+                etcd_client::TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         let mut s = Snapshot {
             revision: r.header().map(|h| h.revision()).unwrap_or(0),
             ..Default::default()
         };
-        for kv in r.kvs() {
+        for kv in &kvs {
             let Ok(key) = kv.key_str() else { continue };
             match self.keys.classify(key) {
                 Some(("services", name)) => match serde_json::from_slice(kv.value()) {
@@ -412,14 +428,6 @@ impl Store {
             )]);
         let r = c.txn(txn).await.map_err(unreachable)?;
         Ok(if r.succeeded() { keys.len() - keep } else { 0 })
-    }
-
-    /// Drops etcd's history of changes older than `revision` (reports are
-    /// rewritten every second: without it etcd's database only grows).
-    pub async fn compact(&self, revision: i64) -> Result<()> {
-        let mut c = self.client.clone();
-        c.compact(revision, None).await.map_err(unreachable)?;
-        Ok(())
     }
 
     /// The fleet's history of a service, oldest first.

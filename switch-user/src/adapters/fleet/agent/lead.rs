@@ -136,7 +136,10 @@ pub(super) async fn heartbeat(
     Ok(())
 }
 
-/// Once a minute while leading: bounded history, compacted etcd.
+/// Once a minute while leading: a bounded history. (The fleet never
+/// compacts etcd: compaction is cluster-wide, and a shared cluster's other
+/// users have their own needs; etcd's `--auto-compaction-*` settings do
+/// it, see the README.)
 pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) -> Result<()> {
     let due = with(shared, |s| {
         s.fleet.leading == Some(token)
@@ -147,23 +150,13 @@ pub(super) async fn housekeeping(shared: &SharedRef, store: &Store, token: i64) 
     if !due {
         return Ok(());
     }
-    let (names, applied) = with(shared, |s| {
-        (
-            s.ctl.services.keys().cloned().collect::<Vec<_>>(),
-            s.fleet.applied,
-        )
+    let names = with(shared, |s| {
+        s.ctl.services.keys().cloned().collect::<Vec<_>>()
     })?;
     for name in names {
         let n = store.prune_history(&name, HISTORY_KEEP, token).await?;
         if n > 0 {
             tracing::info!("fleet: pruned {n} old history events of {name}");
-        }
-    }
-    if applied > REVISIONS_KEEP {
-        // A watcher behind the compacted revision starts over from a
-        // snapshot (the sync loop does so on a cancelled watch).
-        if let Err(e) = store.compact(applied - REVISIONS_KEEP).await {
-            tracing::debug!("fleet: compaction: {e:#}");
         }
     }
     with(shared, |s| s.fleet.housekeeping = Some(Instant::now()))?;
