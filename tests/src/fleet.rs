@@ -385,6 +385,17 @@ impl BgpLab {
     /// `multiprotocol`: the router's IPv4 sessions carry IPv6 routes too and
     /// its IPv6 sessions IPv4 routes (MP-BGP), as many routers are set up.
     pub fn with_router(hosts: usize, multiprotocol: bool) -> Result<BgpLab> {
+        Self::with_router_opts(hosts, multiprotocol, "", "")
+    }
+
+    /// The same with `session` lines in each of the router's BGP sessions
+    /// (a password, `bfd on`) and `global` lines (a `protocol bfd`).
+    pub fn with_router_opts(
+        hosts: usize,
+        multiprotocol: bool,
+        session: &str,
+        global: &str,
+    ) -> Result<BgpLab> {
         let fab = Netns::new("bfab")?;
         let etcd_ns = Netns::new("betcd")?;
         let be = Netns::new("bbe")?;
@@ -455,6 +466,8 @@ impl BgpLab {
              protocol kernel { ipv4 { export all; }; merge paths on; }\n\
              protocol kernel { ipv6 { export all; }; merge paths on; }\n",
         );
+        conf.push_str(global);
+        conf.push('\n');
         let (extra4, extra6) = if multiprotocol {
             (
                 " ipv6 { import all; export none; };",
@@ -465,8 +478,8 @@ impl BgpLab {
         };
         for i in 1..=hosts {
             conf.push_str(&format!(
-                "protocol bgp h{i} {{ local as 65000; neighbor 198.18.30.{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; ipv4 {{ import all; export none; }};{extra4} }}\n\
-                 protocol bgp h{i}v6 {{ local as 65000; neighbor 2001:2:30::{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; ipv6 {{ import all; export none; }};{extra6} }}\n"
+                "protocol bgp h{i} {{ local as 65000; neighbor 198.18.30.{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; {session} ipv4 {{ import all; export none; }};{extra4} }}\n\
+                 protocol bgp h{i}v6 {{ local as 65000; neighbor 2001:2:30::{i} as 65001; hold time 3; connect retry time 1; error wait time 1, 5; {session} ipv6 {{ import all; export none; }};{extra6} }}\n"
             ));
         }
         std::fs::write(dir.join("router.conf"), conf)?;

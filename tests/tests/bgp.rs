@@ -596,3 +596,61 @@ fn a_fleet_without_bgp_behind_static_ecmp_answers_every_connection() -> Result<(
     }
     Ok(())
 }
+
+/// Sessions with a TCP MD5 password and BFD against a router configured
+/// alike: the right password establishes (BFD up on the router), a wrong
+/// one does not, and that host's status says its VIP is not announced.
+#[test]
+fn bgp_sessions_take_a_password_and_bfd_and_a_wrong_password_is_reported() -> Result<()> {
+    let lab = BgpLab::with_router_opts(
+        2,
+        false,
+        "password \"s3cret\"; bfd on;",
+        "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }",
+    )?;
+    lab.start_backends()?;
+    let good = lab.lab.dir.join("good-password");
+    let bad = lab.lab.dir.join("bad-password");
+    std::fs::write(&good, "s3cret\n")?;
+    std::fs::write(&bad, "wrong\n")?;
+    let neighbor = |file: &std::path::Path| {
+        format!(
+            "{{ address = \"198.18.30.254\", asn = 65000, password_file = \"{}\", bfd = true, bfd_interval = \"100ms\", bfd_multiplier = 3 }}",
+            file.display()
+        )
+    };
+    let svc = blue_green("web", &format!("{VIP}:80"), "mode = \"dsr\"", backend);
+    let d1 = lab.daemon_with_neighbors(1, &svc, &[], &neighbor(&good))?;
+    let d2 = lab.daemon_with_neighbors(2, &svc, &[], &neighbor(&bad))?;
+    wait_announced(&d1, "web")?;
+    lab.wait_next_hops(VIP, 1, 10)?;
+    // BFD runs on the session that came up.
+    let t = Instant::now();
+    loop {
+        let bfd = lab.rt.exec(&format!(
+            "birdc -s {}/router.ctl show bfd sessions",
+            lab.lab.dir.display()
+        ))?;
+        if bfd.contains("198.18.30.1") && bfd.contains("Up") {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("no BFD session up on the router:\n{bfd}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The wrong password: no session, and the host says so.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.next_hops(VIP)?,
+        1,
+        "the host with the wrong password got in"
+    );
+    let st = d2.status("web")?;
+    assert_ne!(st["bgp"]["sessions"][0]["state"], "Established", "{st}");
+    let (announced, why) = announcement(&d2, "web")?;
+    assert!(!announced, "{why}");
+    // The password is in no status.
+    assert!(!d1.ok(&["status", "--json"])?.contains("s3cret"));
+    Ok(())
+}

@@ -71,7 +71,6 @@ impl Bird {
             channels: Vec::new(),
         };
         b.channels = b.work_out_channels();
-        let conf = b.dir.join("bird.conf");
         // Until the daemon decides, announce what the last run did (a
         // restart must not withdraw by itself).
         let kept = std::fs::read_to_string(b.dir.join("announced"))
@@ -79,7 +78,7 @@ impl Bird {
             .lines()
             .filter_map(|l| l.parse().ok())
             .collect();
-        std::fs::write(&conf, b.config(&kept))?;
+        b.write_config(&kept)?;
         if birdc(&b.sock(), &["configure"]).is_err() {
             b.launch()?;
         }
@@ -132,7 +131,7 @@ impl Bird {
             return Ok(false);
         }
         self.channels = self.work_out_channels();
-        std::fs::write(self.dir.join("bird.conf"), self.config(vips))?;
+        self.write_config(vips)?;
         self.launch()?;
         self.restarts += 1;
         self.announced = Some(vips.clone());
@@ -144,8 +143,19 @@ impl Bird {
     }
 
     /// BIRD's whole configuration, announcing `vips`. A reload changes only
-    /// the static protocols' routes; the BGP sessions stay up.
-    fn config(&self, vips: &BTreeSet<IpAddr>) -> String {
+    /// the static protocols' routes; the BGP sessions stay up. The file
+    /// holds the sessions' passwords: only its owner reads it.
+    fn write_config(&self, vips: &BTreeSet<IpAddr>) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join("bird.conf");
+        let text = self.config(vips)?;
+        std::fs::write(&path, "")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::write(&path, text)?;
+        Ok(())
+    }
+
+    fn config(&self, vips: &BTreeSet<IpAddr>) -> Result<String> {
         let c = &self.cfg;
         let routes = |v4: bool| -> String {
             vips.iter()
@@ -161,7 +171,41 @@ impl Bird {
             routes(true),
             routes(false)
         );
+        // BFD: one protocol for the sessions that ask for it, timed by the
+        // first of them that says how.
+        if let Some(n) = c.neighbors.iter().find(|n| n.bfd) {
+            let first = c
+                .neighbors
+                .iter()
+                .find(|n| n.bfd && (n.bfd_interval.is_some() || n.bfd_multiplier.is_some()))
+                .unwrap_or(n);
+            let ms = first
+                .bfd_interval
+                .map(|d| d.as_millis().max(10))
+                .unwrap_or(100);
+            s.push_str(&format!(
+                "protocol bfd {{ interface \"*\" {{ min rx interval {ms} ms; min tx interval {ms} ms; multiplier {}; }}; }}\n",
+                first.bfd_multiplier.unwrap_or(3)
+            ));
+        }
         for (i, n) in c.neighbors.iter().enumerate() {
+            let mut extra = String::new();
+            if let Some(p) = &n.password_file {
+                let pw = std::fs::read_to_string(p).with_context(|| {
+                    format!("bgp: password_file {} of {}", p.display(), n.address)
+                })?;
+                let pw = pw.trim_end_matches(['\n', '\r']);
+                if pw.is_empty() || pw.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+                    bail!(
+                        "bgp: the password in {} is empty or holds a quote, backslash or control character",
+                        p.display()
+                    );
+                }
+                extra.push_str(&format!("  password \"{pw}\";\n"));
+            }
+            if n.bfd {
+                extra.push_str("  bfd on;\n");
+            }
             let channels: String = self.channels[i]
                 .iter()
                 .map(|(v4, next_hop)| {
@@ -180,14 +224,14 @@ impl Bird {
                 })
                 .collect();
             s.push_str(&format!(
-                "protocol bgp n{i} {{\n  local as {};\n  neighbor {} as {};\n  hold time {};\n  connect retry time 1;\n  error wait time 1, 5;\n{channels}}}\n",
+                "protocol bgp n{i} {{\n  local as {};\n  neighbor {} as {};\n  hold time {};\n  connect retry time 1;\n  error wait time 1, 5;\n{extra}{channels}}}\n",
                 c.asn,
                 n.address,
                 n.asn,
                 c.hold.as_secs().max(3),
             ));
         }
-        s
+        Ok(s)
     }
 
     /// The channels of neighbor `i`: (IPv4?, explicit next hop). Its own
@@ -222,7 +266,7 @@ impl Bird {
             return Ok(());
         }
         self.channels = self.work_out_channels();
-        std::fs::write(self.dir.join("bird.conf"), self.config(vips))?;
+        self.write_config(vips)?;
         birdc(&self.sock(), &["configure"])?;
         std::fs::write(
             self.dir.join("announced"),

@@ -49,6 +49,20 @@ pub struct BgpConfig {
 pub struct BgpNeighbor {
     pub address: std::net::IpAddr,
     pub asn: u32,
+    /// A file holding the session's password (TCP MD5, RFC 2385; BIRD's
+    /// `password`). Read when BIRD's configuration is written; never
+    /// logged, shown or stored elsewhere.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Bidirectional forwarding detection on the session (BIRD's BFD): a
+    /// dead path is noticed in `bfd_interval` × `bfd_multiplier`, not
+    /// after the hold time.
+    #[serde(default)]
+    pub bfd: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub bfd_interval: Option<Duration>,
+    #[serde(default)]
+    pub bfd_multiplier: Option<u32>,
 }
 
 fn default_hold() -> Duration {
@@ -68,6 +82,27 @@ impl BgpConfig {
         for n in &self.neighbors {
             if n.asn == 0 {
                 bail!("bgp.neighbors: {} has AS 0", n.address);
+            }
+            if let Some(p) = &n.password_file {
+                limits::printable(
+                    &format!("bgp.neighbors ({}).password_file", n.address),
+                    &p.to_string_lossy(),
+                )?;
+            }
+            if let Some(i) = n.bfd_interval
+                && (i < Duration::from_millis(10) || i > Duration::from_secs(10))
+            {
+                bail!(
+                    "bgp.neighbors ({}).bfd_interval: {} is not between 10ms and 10s",
+                    n.address,
+                    humantime::format_duration(i)
+                );
+            }
+            if n.bfd_multiplier.is_some_and(|m| m == 0 || m > 255) {
+                bail!(
+                    "bgp.neighbors ({}).bfd_multiplier: not in 1..=255",
+                    n.address
+                );
             }
         }
         if self.hold < Duration::from_secs(3) || self.hold > Duration::from_secs(65_535) {
