@@ -23,7 +23,8 @@ use switch_common::{
 use crate::{
     choose,
     maps::{BACKENDS, CONFIG, FLOWS, HALF_OPEN, SERVICE_BY_ID, SERVICES},
-    parse::{self, Addr, Packet, word_at},
+    parse::{self, Addr, Packet, addr_at, word_at},
+    rewrite::{read_half, write_half, write_word},
     verdict::pack,
 };
 
@@ -330,37 +331,9 @@ fn translate(ctx: &XdpContext, pkt: &Packet, b: &Backend, snat: Option<(&[u8; 16
 }
 
 #[inline(always)]
-fn addr_at(ptr: usize) -> Addr {
-    [
-        word_at(ptr),
-        word_at(ptr + 4),
-        word_at(ptr + 8),
-        word_at(ptr + 12),
-    ]
-}
-
-#[inline(always)]
 fn write_addr(ptr: usize, a: &Addr) {
     write_word(ptr, a[0]);
     write_word(ptr + 4, a[1]);
     write_word(ptr + 8, a[2]);
     write_word(ptr + 12, a[3]);
-}
-
-#[inline(always)]
-fn write_word(ptr: usize, v: u32) {
-    // SAFETY: the caller checked the bounds (see parse::word_at on alignment).
-    unsafe { core::ptr::write_volatile(ptr as *mut u32, v) }
-}
-
-#[inline(always)]
-fn read_half(ptr: usize) -> u16 {
-    // SAFETY: as for write_word.
-    unsafe { core::ptr::read_volatile(ptr as *const u16) }
-}
-
-#[inline(always)]
-fn write_half(ptr: usize, v: u16) {
-    // SAFETY: as for write_word.
-    unsafe { core::ptr::write_volatile(ptr as *mut u16, v) }
 }

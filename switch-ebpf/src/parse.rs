@@ -143,7 +143,7 @@ pub fn word_at(ptr: usize) -> u32 {
 
 /// Four words of the frame at `ptr` (an IPv6 address).
 #[inline(always)]
-fn addr_at(ptr: usize) -> Addr {
+pub fn addr_at(ptr: usize) -> Addr {
     [
         word_at(ptr),
         word_at(ptr + 4),

@@ -84,19 +84,19 @@ fn rewrite_body(ctx: &XdpContext, pkt: &Packet, addr: &[u8; 16], port: u16, src:
 
 /// A 32-bit store into the frame (see `parse::word_at` on alignment).
 #[inline(always)]
-fn write_word(ptr: usize, v: u32) {
+pub fn write_word(ptr: usize, v: u32) {
     // SAFETY: the caller checked the bounds.
     unsafe { core::ptr::write_volatile(ptr as *mut u32, v) }
 }
 
 #[inline(always)]
-fn read_half(ptr: usize) -> u16 {
+pub fn read_half(ptr: usize) -> u16 {
     // SAFETY: the caller checked the bounds; 2-byte aligned header fields.
     unsafe { core::ptr::read_volatile(ptr as *const u16) }
 }
 
 #[inline(always)]
-fn write_half(ptr: usize, v: u16) {
+pub fn write_half(ptr: usize, v: u16) {
     // SAFETY: as for read_half.
     unsafe { core::ptr::write_volatile(ptr as *mut u16, v) }
 }

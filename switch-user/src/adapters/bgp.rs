@@ -117,11 +117,17 @@ impl Bird {
         else {
             return false;
         };
-        // Signal 0: is there such a process, and is it BIRD?
-        let exists = unsafe { libc::kill(pid, 0) } == 0;
-        exists
-            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "bird")
+        // A process named bird that has not exited (a zombie has: BIRD
+        // daemonizes, and its reaper may be slow).
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            return false;
+        };
+        let comm = &stat[open + 1..close];
+        let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+        comm == "bird" && !matches!(state, "Z" | "X" | "x")
     }
 
     /// BIRD supervised: found dead, it is started again announcing exactly
