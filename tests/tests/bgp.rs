@@ -28,6 +28,18 @@ fn start(lab: &BgpLab, hosts: usize, env: &[(&str, &str)]) -> Result<Vec<Daemon>
     Ok(ds)
 }
 
+/// `webn`: a nat service on 198.18.40.20:80 over all four backends.
+fn nat_service() -> String {
+    format!(
+        "[[service]]\nname = \"webn\"\nvip = \"198.18.40.20:80\"\nprotocol = \"tcp\"\n\
+         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\", \"{}\", \"{}\"]\n",
+        backend(1),
+        backend(2),
+        backend(3),
+        backend(4)
+    )
+}
+
 fn new_flows(d: &Daemon, svc: &str) -> Result<u64> {
     Ok(d.status(svc)?["new_flows"].as_u64().unwrap_or(0))
 }
@@ -250,14 +262,7 @@ fn nat_replies_through_a_host_that_never_saw_the_connection_are_rewritten() -> R
     for b in &lab.bes {
         b.exec("ip route replace 198.18.20.0/24 via 198.18.30.3")?;
     }
-    let nat = format!(
-        "[[service]]\nname = \"webn\"\nvip = \"198.18.40.20:80\"\nprotocol = \"tcp\"\n\
-         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        backend(1),
-        backend(2),
-        backend(3),
-        backend(4)
-    );
+    let nat = nat_service();
     let mut ds = Vec::new();
     for i in 1..=3 {
         ds.push(lab.daemon(i, &format!("{}\n{nat}", services()), &[])?);
@@ -544,14 +549,7 @@ fn a_fleet_without_bgp_behind_static_ecmp_answers_every_connection() -> Result<(
              ip route replace 198.18.20.0/24 nexthop via 198.18.30.1 nexthop via 198.18.30.2 nexthop via 198.18.30.3",
         )?;
     }
-    let nat = format!(
-        "[[service]]\nname = \"webn\"\nvip = \"198.18.40.20:80\"\nprotocol = \"tcp\"\n\
-         [[service.pools]]\nname = \"blue\"\nweight = 100\nbackends = [\"{}\", \"{}\", \"{}\", \"{}\"]\n",
-        backend(1),
-        backend(2),
-        backend(3),
-        backend(4)
-    );
+    let nat = nat_service();
     let mut ds = Vec::new();
     for i in 1..=3 {
         let mut d = Daemon::prepare(
