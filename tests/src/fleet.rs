@@ -129,17 +129,26 @@ impl FleetLab {
 
     /// etcd (one member, data on tmpfs), waiting until it answers.
     pub fn start_etcd(&mut self) -> Result<()> {
+        self.start_etcd_with(ETCD, &[], "")
+    }
+
+    /// etcd listening on `url` with `extra` flags (TLS); `etcdctl_flags`
+    /// reach it (certificates) for the health check.
+    pub fn start_etcd_with(
+        &mut self,
+        url: &str,
+        extra: &[String],
+        etcdctl_flags: &str,
+    ) -> Result<()> {
         let data = self.etcd_data();
         let log = std::fs::File::create(self.dir.join("etcd.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.etcd_ns.name, "etcd"])
             .args(["--name", "e1", "--data-dir"])
             .arg(&data)
+            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .args(extra)
             .args([
-                "--listen-client-urls",
-                ETCD,
-                "--advertise-client-urls",
-                ETCD,
                 "--listen-peer-urls",
                 "http://198.18.30.9:2380",
                 "--initial-advertise-peer-urls",
@@ -153,7 +162,13 @@ impl FleetLab {
             .context("starting etcd (cargo xtask setup installs etcd-server)")?;
         self.etcd = Some(child);
         let t = Instant::now();
-        while self.etcdctl("endpoint health").is_err() {
+        while self
+            .etcd_ns
+            .exec(&format!(
+                "ETCDCTL_API=3 etcdctl --endpoints={url} {etcdctl_flags} --dial-timeout=1s endpoint health"
+            ))
+            .is_err()
+        {
             if t.elapsed() > Duration::from_secs(20) {
                 bail!("etcd did not come up");
             }

@@ -704,6 +704,9 @@ fn history_is_pruned_by_the_leader_only_and_a_snapshot_skips_it() -> Result<()> 
                 prefix: "/switch".into(),
                 lease: Duration::from_secs(5),
                 replies_by_table: true,
+                tls: None,
+                user: None,
+                password_file: None,
             };
             let store = Store::connect(&cfg).await?;
             let lease = store.grant(cfg.lease).await?;
@@ -919,5 +922,186 @@ fn keys_without_a_lease_do_not_vote_and_a_taken_host_name_is_refused() -> Result
     );
     // Host 1 is untouched.
     ds[0].status("web")?;
+    Ok(())
+}
+
+/// A fleet host as configured with `fleet` lines (endpoints, TLS, user).
+fn host_with(lab: &FleetLab, i: usize, fleet: &str) -> Result<Daemon> {
+    let mut d = Daemon::prepare(
+        &lab.sws[i - 1],
+        &format!("sec{i}"),
+        &["up0", "down0"],
+        &format!("seed = \"{SEED}\""),
+        &format!(
+            "{}\n[fleet]\nhost = \"sw-{i}\"\nlease = \"2s\"\n{fleet}\n",
+            services(false)
+        ),
+    )?;
+    d.spawn()?;
+    Ok(d)
+}
+
+/// Waits until each host has the service (seeded through etcd).
+fn have_service(ds: &[Daemon]) -> Result<()> {
+    let t = Instant::now();
+    while !ds.iter().all(|d| d.status("web").is_ok()) {
+        if t.elapsed() > Duration::from_secs(15) {
+            bail!("the hosts did not get the service from etcd within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    formed(ds)
+}
+
+/// Restarts host `d` with other `[fleet]` lines: it keeps forwarding on
+/// its cache, and its status says why etcd will not talk to it.
+fn etcd_error_after_restart(d: &mut Daemon, lines: &str, want: &str) -> Result<()> {
+    d.kill9();
+    let text = std::fs::read_to_string(&d.config)?;
+    let head = text.split("[fleet]").next().unwrap_or("").to_string();
+    let host = text
+        .lines()
+        .find(|l| l.starts_with("host = "))
+        .unwrap_or("")
+        .to_string();
+    std::fs::write(
+        &d.config,
+        format!("{head}[fleet]\n{host}\nlease = \"2s\"\n{lines}\n"),
+    )?;
+    d.spawn()?;
+    let st = d.wait_for("web", 10, |st| {
+        fleet(st)["etcd_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(want))
+    })?;
+    assert_eq!(fleet(&st)["etcd_reachable"], false, "{st}");
+    Ok(())
+}
+
+/// etcd over mutual TLS with a CA made here: hosts with a client
+/// certificate join; without one, or with one of another CA, a host says
+/// why (naming TLS) and forwards on its cache.
+#[test]
+fn etcd_over_mutual_tls() -> Result<()> {
+    let mut lab = FleetLab::new(2)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    let pki = lab.dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let p = pki.display().to_string();
+    std::fs::write(
+        pki.join("server.ext"),
+        "subjectAltName=IP:198.18.30.9\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
+    std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    switch_tests::sh(&format!(
+        "cd {p} && \
+         openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=switch-test-ca 2>/dev/null && \
+         openssl req -x509 {ec} -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=other-ca 2>/dev/null && \
+         openssl req {ec} -keyout server.key -out server.csr -subj /CN=etcd 2>/dev/null && \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null && \
+         openssl req {ec} -keyout client.key -out client.csr -subj /CN=switch 2>/dev/null && \
+         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null && \
+         openssl req {ec} -keyout rogue.key -out rogue.csr -subj /CN=switch 2>/dev/null && \
+         openssl x509 -req -in rogue.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -out rogue.pem -days 2 -extfile client.ext 2>/dev/null"
+    ))?;
+    let https = "https://198.18.30.9:2379";
+    lab.stop_etcd();
+    lab.start_etcd_with(
+        https,
+        &[
+            "--cert-file".into(),
+            format!("{p}/server.pem"),
+            "--key-file".into(),
+            format!("{p}/server.key"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            format!("{p}/ca.pem"),
+        ],
+        &format!("--cacert {p}/ca.pem --cert {p}/client.pem --key {p}/client.key"),
+    )?;
+    let tls = |cert: &str| {
+        format!(
+            "etcd = [\"{https}\"]\ntls = {{ ca = \"{p}/ca.pem\"{} }}",
+            if cert.is_empty() {
+                String::new()
+            } else {
+                format!(", cert = \"{p}/{cert}.pem\", key = \"{p}/{cert}.key\"")
+            }
+        )
+    };
+    let mut ds = vec![
+        host_with(&lab, 1, &tls("client"))?,
+        host_with(&lab, 2, &tls("client"))?,
+    ];
+    if let Err(e) = have_service(&ds) {
+        let log = std::fs::read_to_string(lab.dir.join("etcd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        bail!("{e:#}\netcd log:\n{}", tail.join("\n"));
+    }
+    for i in 1..=2 {
+        let by = requests(&lab, i, 5)?;
+        assert!(!by.contains_key("FAILED"), "host {i}: {by:?}");
+    }
+    etcd_error_after_restart(
+        &mut ds[1],
+        &tls(""),
+        "TLS: etcd requires a client certificate",
+    )?;
+    etcd_error_after_restart(
+        &mut ds[1],
+        &tls("rogue"),
+        "TLS: etcd refused this host's client certificate",
+    )?;
+    let by = requests(&lab, 2, 5)?;
+    assert!(!by.contains_key("FAILED"), "host 2 on its cache: {by:?}");
+    Ok(())
+}
+
+/// etcd with authentication: the right user and password join; a wrong
+/// password, and a user without permission on the prefix, are named in
+/// status while the host forwards on its cache.
+#[test]
+fn etcd_authentication_is_used_and_its_refusals_are_named() -> Result<()> {
+    let lab = FleetLab::new(1)?;
+    lab.start_backends(&[1, 2, 3, 4])?;
+    for c in [
+        "user add root --new-user-password=rootpw",
+        "user grant-role root root",
+        "user add switch --new-user-password=right",
+        "role add switch",
+        "role grant-permission switch --prefix=true readwrite /switch/",
+        "user grant-role switch switch",
+        "user add nobody --new-user-password=nopw",
+        "auth enable",
+    ] {
+        lab.etcdctl(c)?;
+    }
+    let dir = lab.dir.display().to_string();
+    for (f, pw) in [
+        ("right", "right\n"),
+        ("wrong", "wrong\n"),
+        ("nobody", "nopw\n"),
+    ] {
+        std::fs::write(lab.dir.join(f), pw)?;
+    }
+    let user = |u: &str, file: &str| {
+        format!(
+            "etcd = [\"{}\"]\nuser = \"{u}\"\npassword_file = \"{dir}/{file}\"",
+            switch_tests::fleet::ETCD
+        )
+    };
+    let mut ds = vec![host_with(&lab, 1, &user("switch", "right"))?];
+    have_service(&ds)?;
+    let by = requests(&lab, 1, 5)?;
+    assert!(!by.contains_key("FAILED"), "{by:?}");
+    etcd_error_after_restart(
+        &mut ds[0],
+        &user("switch", "wrong"),
+        "etcd refused the user \"switch\" or its password",
+    )?;
+    etcd_error_after_restart(&mut ds[0], &user("nobody", "nobody"), "no permission")?;
+    let by = requests(&lab, 1, 5)?;
+    assert!(!by.contains_key("FAILED"), "on its cache: {by:?}");
     Ok(())
 }

@@ -26,6 +26,8 @@ const APT: &[&str] = &[
     "tcpdump",
     // ping: VIPs answer echo requests.
     "iputils-ping",
+    // openssl: the tests' certificate authorities (etcd over mutual TLS).
+    "openssl",
     // A real Prometheus (and promtool) for the canary-gate and alert-rule tests.
     "prometheus",
     // Fleet mode: a real etcd for the tests (and etcdctl), and protoc with

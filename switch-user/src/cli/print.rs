@@ -20,6 +20,9 @@ pub(super) fn print_fleet(f: &crate::model::api::FleetStatus) {
     if let Some(why) = &f.refused {
         println!("  fleet: NOT JOINED: {why}");
     }
+    if let Some(why) = &f.etcd_error {
+        println!("  fleet: etcd: {why}");
+    }
     if let Some(why) = &f.rejected_record {
         println!("  fleet: RECORD REJECTED, last good state kept: {why}");
     }

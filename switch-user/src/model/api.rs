@@ -452,6 +452,10 @@ pub struct FleetStatus {
     /// Records rejected on this host since it started (all services).
     #[serde(default)]
     pub rejected_records_total: u64,
+    /// Why etcd does not talk to this host, when it does not (TLS,
+    /// password, permissions, unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_error: Option<String>,
     pub hosts: Vec<FleetHostStatus>,
     /// Fleet-wide counters per pool (every host, restarts included).
     pub pools: Vec<FleetPoolStatus>,

@@ -138,6 +138,27 @@ pub struct FleetConfig {
     /// through the switch hosts (whose replies the table could claim).
     #[serde(default = "yes")]
     pub replies_by_table: bool,
+    /// TLS towards etcd (`https://` endpoints): the CA that signs etcd's
+    /// certificate (the system's roots when absent) and this host's client
+    /// certificate and key (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<FleetTls>,
+    /// etcd authentication: a user, and a file holding its password.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetTls {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -167,6 +188,19 @@ impl FleetConfig {
         }
         if self.etcd.is_empty() {
             bail!("fleet.etcd: give at least one etcd endpoint, e.g. \"http://198.18.9.2:2379\"");
+        }
+        if self.tls.is_some()
+            && let Some(e) = self.etcd.iter().find(|e| e.starts_with("http://"))
+        {
+            bail!("fleet.tls is set but fleet.etcd {e:?} is plain http: use https:// endpoints");
+        }
+        if let Some(t) = &self.tls
+            && t.cert.is_some() != t.key.is_some()
+        {
+            bail!("fleet.tls: give cert and key together (a client certificate needs its key)");
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            bail!("fleet.user and fleet.password_file go together");
         }
         for e in &self.etcd {
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {

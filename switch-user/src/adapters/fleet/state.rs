@@ -44,6 +44,9 @@ pub struct FleetState {
     pub rejected: BTreeMap<String, String>,
     /// Records rejected since the start.
     pub rejected_total: u64,
+    /// Why etcd does not talk to this host now (TLS, password,
+    /// permissions, unreachable), if it does not.
+    pub etcd_error: Option<String>,
 }
 
 impl FleetState {
@@ -69,6 +72,7 @@ impl FleetState {
             wake: Arc::new(tokio::sync::Notify::new()),
             rejected: BTreeMap::new(),
             rejected_total: 0,
+            etcd_error: None,
         }
     }
 

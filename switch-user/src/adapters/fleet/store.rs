@@ -83,7 +83,83 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// TLS towards etcd: the configured CA (else the system's roots) and the
+/// client certificate, if any.
+fn tls_options(cfg: &FleetConfig) -> Result<etcd_client::TlsOptions> {
+    let t = cfg.tls.clone().unwrap_or_default();
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("fleet.tls.{what} {}", p.display()))
+    };
+    let mut o = etcd_client::TlsOptions::new();
+    o = match &t.ca {
+        Some(ca) => o.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "ca")?)),
+        None => o.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+        o = o.identity(etcd_client::Identity::from_pem(
+            read(cert, "cert")?,
+            read(key, "key")?,
+        ));
+    }
+    Ok(o)
+}
+
+/// Why etcd would not talk to this host, in one sentence naming the
+/// cause (TLS, the password, permissions), or plain unreachability.
+pub fn explain(cfg: &FleetConfig, e: etcd_client::Error) -> anyhow::Error {
+    match cause(cfg, &format!("{e:?} {e}")) {
+        Some(why) => anyhow!("{why}; forwarding goes on with the last applied state"),
+        None => unreachable(e),
+    }
+}
+
+/// The cause in an error's text, when it is TLS, the password or
+/// permissions (None: etcd is plainly unreachable or something else).
+pub fn cause(cfg: &FleetConfig, text: &str) -> Option<String> {
+    let low = text.to_lowercase();
+    let why = if low.contains("unknownissuer") || low.contains("invalid peer certificate") {
+        "TLS: etcd's certificate is not signed by a CA this host trusts (fleet.tls.ca)".to_string()
+    } else if [
+        "certificaterequired",
+        "certificate required",
+        "unknownca",
+        "unknown ca",
+        "badcertificate",
+        "bad certificate",
+    ]
+    .iter()
+    .any(|w| low.contains(w))
+    {
+        // etcd says "bad certificate" for a missing one too.
+        if cfg.tls.as_ref().is_none_or(|t| t.cert.is_none()) {
+            "TLS: etcd requires a client certificate and this host gives none (fleet.tls.cert, fleet.tls.key)".to_string()
+        } else {
+            "TLS: etcd refused this host's client certificate (not signed by a CA it trusts)"
+                .to_string()
+        }
+    } else if low.contains("authentication failed") || low.contains("invalid user id or password") {
+        format!(
+            "etcd refused the user {:?} or its password (fleet.user, fleet.password_file)",
+            cfg.user.as_deref().unwrap_or("")
+        )
+    } else if low.contains("permission denied") {
+        format!(
+            "etcd user {:?} has no permission on {}/ (grant it readwrite on the prefix)",
+            cfg.user.as_deref().unwrap_or(""),
+            cfg.prefix
+        )
+    } else {
+        return None;
+    };
+    Some(why)
+}
+
 fn unreachable(e: etcd_client::Error) -> anyhow::Error {
+    if e.to_string().to_lowercase().contains("permission denied") {
+        return anyhow!(
+            "etcd refuses this host's user on the fleet's prefix (permission denied): grant it readwrite on the prefix; forwarding goes on with the last applied state"
+        );
+    }
     anyhow!(
         "etcd is unreachable ({e}); state changes are refused until it is back, forwarding goes on with the last applied state"
     )
@@ -91,13 +167,21 @@ fn unreachable(e: etcd_client::Error) -> anyhow::Error {
 
 impl Store {
     pub async fn connect(cfg: &FleetConfig) -> Result<Store> {
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(1), CALL_TIMEOUT);
+        if cfg.tls.is_some() || cfg.etcd.iter().any(|e| e.starts_with("https://")) {
+            opts = opts.with_tls(tls_options(cfg)?);
+        }
+        if let (Some(user), Some(file)) = (&cfg.user, &cfg.password_file) {
+            let pw = std::fs::read_to_string(file)
+                .with_context(|| format!("fleet.password_file {}", file.display()))?;
+            opts = opts.with_user(user.clone(), pw.trim_end_matches(['\n', '\r']).to_string());
+        }
         let client = Client::connect(&cfg.etcd, Some(opts))
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| explain(cfg, e))?;
         Ok(Store {
             client,
             keys: Keys {

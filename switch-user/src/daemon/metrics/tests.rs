@@ -82,6 +82,7 @@ fn status(description: &str, phase: PhaseKind) -> Vec<ServiceStatus> {
             refused: None,
             rejected_record: None,
             rejected_records_total: 0,
+            etcd_error: None,
             hosts: vec![
                 crate::model::api::FleetHostStatus {
                     name: "sw-a".into(),

@@ -5,8 +5,18 @@ use super::*;
 pub(super) async fn sync_loop(shared: SharedRef, seed_services: Vec<ServiceConfig>) {
     loop {
         if let Err(e) = sync_once(&shared, &seed_services).await {
-            tracing::debug!("fleet: sync: {e:#}");
-            let _ = with(&shared, |s| set_reachable(s, false));
+            let _ = with(&shared, |s| {
+                // The cause when it is TLS, the password or permissions.
+                let text = format!("{e:#}");
+                let why = super::super::store::cause(&s.fleet.cfg, &text)
+                    .map(|c| format!("{c}; forwarding goes on with the last applied state"))
+                    .unwrap_or(text);
+                if s.fleet.etcd_error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("fleet: {why}");
+                }
+                s.fleet.etcd_error = Some(why);
+                set_reachable(s, false)
+            });
         }
         if with(&shared, |s| s.fleet.refused.is_some()).unwrap_or(true) {
             return;
@@ -133,6 +143,7 @@ pub(super) fn adopt_snapshot(s: &mut Parts<'_>, snap: Snapshot, store: Store) {
         f.cfg.host.clone()
     };
     set_reachable(s, true);
+    s.fleet.etcd_error = None;
     let fh = s.fleet.fleet_health();
     if let Err(e) = s.ctl.set_fleet_health(&mut *s.dp, fh) {
         tracing::warn!("fleet: health: {e:#}");

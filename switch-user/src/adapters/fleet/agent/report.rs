@@ -130,6 +130,7 @@ pub fn status(f: &FleetState, name: &str, spec: &ServiceConfig) -> crate::model:
         refused: f.refused.clone(),
         rejected_record: f.rejected.get(name).cloned(),
         rejected_records_total: f.rejected_total,
+        etcd_error: f.etcd_error.clone(),
         hosts,
         pools,
         backends,
