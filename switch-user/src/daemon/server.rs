@@ -280,7 +280,11 @@ pub(super) async fn client(
             }
         };
         let parsed = serde_json::from_str::<Request>(&line);
-        let req_name = parsed.as_ref().ok().map(|r| r.cmd.name().to_string());
+        let is_detach = matches!(&parsed, Ok(r) if matches!(r.cmd, Command::Detach));
+        let refusal = parsed
+            .as_ref()
+            .ok()
+            .and_then(|r| access.refusal(&caller, &r.cmd));
         let resp = match parsed {
             Err(e) => Response::err(format!("bad request: {e}")),
             Ok(req) if req.v != api::VERSION => Response::err(format!(
@@ -288,8 +292,8 @@ pub(super) async fn client(
                 req.v,
                 api::VERSION
             )),
-            Ok(req) if access.refusal(&caller, &req.cmd).is_some() => {
-                let why = access.refusal(&caller, &req.cmd).unwrap_or_default();
+            Ok(req) if refusal.is_some() => {
+                let why = refusal.unwrap_or_default();
                 let actor = actor_of(&caller, &req);
                 tracing::info!(cmd = req.cmd.name(), user = %actor.user, "refused: {why}");
                 let fleet = shared.lock().is_ok_and(|s| s.fleet.is_some());
@@ -374,7 +378,7 @@ pub(super) async fn client(
         };
         let mut out = serde_json::to_vec(&resp)?;
         out.push(b'\n');
-        let detached = resp.ok && matches!(req_name.as_deref(), Some("detach"));
+        let detached = resp.ok && is_detach;
         // A caller that never reads its answers cannot hold a place.
         let written = tokio::time::timeout(IDLE_TIMEOUT, w.write_all(&out)).await;
         if detached {
